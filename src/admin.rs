@@ -1,0 +1,82 @@
+//! The plain-HTTP admin listener: `/healthz` (liveness), `/readyz` (readiness: listening,
+//! not draining, upstream reachable) and `/metrics` (Prometheus text). Bind it to loopback or
+//! a private interface: it is not authenticated.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::proxy::server::Shared;
+
+/// Serves admin requests until the process exits.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(shared.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn answer(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if shared.draining.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !shared.listening.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not listening yet\n")
+            } else if !shared.current.load().upstream.probe().await {
+                text(StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, shared.metrics.encode());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n",
+        ),
+    })
+}

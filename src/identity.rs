@@ -1,0 +1,492 @@
+//! The verified client identity: the leaf certificate parsed once per handshake with
+//! x509-parser, and the identity headers for the upstream rendered once per connection.
+//!
+//! Three header families are supported: Envoy's `x-forwarded-client-cert` (XFCC), AWS ALB's
+//! `X-Amzn-Mtls-Clientcert-*`, and RFC 9440's `Client-Cert`/`Client-Cert-Chain`. Every
+//! rendered value is a valid HTTP header value whatever bytes the certificate holds: control
+//! characters are escaped, so a hostile certificate field can never split or forge a header.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use http::header::{HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::*;
+
+use crate::config::{ForwardConfig, HeaderFamily};
+
+/// The identity headers this proxy owns. Inbound copies are always stripped
+/// (see [`is_identity_header`]); these are the names it sets.
+pub mod names {
+    use http::header::HeaderName;
+    /// Envoy's XFCC.
+    pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+    /// ALB: hex serial number.
+    pub const ALB_SERIAL: HeaderName =
+        HeaderName::from_static("x-amzn-mtls-clientcert-serial-number");
+    /// ALB: issuer DN, RFC 2253.
+    pub const ALB_ISSUER: HeaderName = HeaderName::from_static("x-amzn-mtls-clientcert-issuer");
+    /// ALB: subject DN, RFC 2253.
+    pub const ALB_SUBJECT: HeaderName = HeaderName::from_static("x-amzn-mtls-clientcert-subject");
+    /// ALB: `NotBefore=…Z;NotAfter=…Z`.
+    pub const ALB_VALIDITY: HeaderName = HeaderName::from_static("x-amzn-mtls-clientcert-validity");
+    /// ALB: URL-encoded PEM leaf.
+    pub const ALB_LEAF: HeaderName = HeaderName::from_static("x-amzn-mtls-clientcert-leaf");
+    /// RFC 9440 leaf.
+    pub const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
+    /// RFC 9440 chain.
+    pub const CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-chain");
+}
+
+/// The leaf certificate's fields that allow-lists, logs and headers use.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// Subject DN, RFC 2253 (most specific RDN first, e.g. `CN=my-client,O=Example`).
+    pub subject: String,
+    /// Issuer DN, RFC 2253.
+    pub issuer: String,
+    /// Serial number, upper-case hex without leading zero bytes.
+    pub serial_hex: String,
+    /// Every subject commonName.
+    pub common_names: Vec<String>,
+    /// Every subject organizationalUnitName.
+    pub organizational_units: Vec<String>,
+    /// SAN dNSName entries.
+    pub dns_names: Vec<String>,
+    /// SAN URI entries.
+    pub uris: Vec<String>,
+    /// SHA-256 of the leaf DER.
+    pub fingerprint: [u8; 32],
+    /// SHA-256 of the leaf's SubjectPublicKeyInfo DER.
+    pub spki_sha256: [u8; 32],
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// The leaf as presented.
+    pub leaf: CertificateDer<'static>,
+    /// Intermediates as presented, in order.
+    pub intermediates: Vec<CertificateDer<'static>>,
+}
+
+/// The leaf could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot parse client certificate: {0}")]
+pub struct ParseError(String);
+
+impl ClientIdentity {
+    /// Parses the leaf of a presented chain.
+    pub fn parse(
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Self, ParseError> {
+        let (_, cert) =
+            X509Certificate::from_der(leaf.as_ref()).map_err(|e| ParseError(e.to_string()))?;
+        let mut dns_names = Vec::new();
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => dns_names.push((*d).to_owned()),
+                    GeneralName::URI(u) => uris.push((*u).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let subject = cert.subject();
+        let common_names = subject
+            .iter_common_name()
+            .filter_map(|a| a.as_str().ok().map(str::to_owned))
+            .collect();
+        let organizational_units = subject
+            .iter_organizational_unit()
+            .filter_map(|a| a.as_str().ok().map(str::to_owned))
+            .collect();
+        Ok(Self {
+            subject: rfc2253(subject),
+            issuer: rfc2253(cert.issuer()),
+            serial_hex: serial_hex(cert.raw_serial()),
+            common_names,
+            organizational_units,
+            dns_names,
+            uris,
+            fingerprint: sha256(leaf.as_ref()),
+            spki_sha256: sha256(cert.public_key().raw),
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            leaf: leaf.clone().into_owned(),
+            intermediates: intermediates
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
+        })
+    }
+
+    /// Lower-case hex SHA-256 of the leaf (XFCC `Hash=` and the logs use this form).
+    pub fn fingerprint_hex(&self) -> String {
+        hex::encode(self.fingerprint)
+    }
+
+    /// The first commonName, or `-` for logs.
+    pub fn cn_for_log(&self) -> &str {
+        self.common_names.first().map(String::as_str).unwrap_or("-")
+    }
+
+    /// Renders the configured identity headers. Called once per connection.
+    pub fn headers(&self, forward: &ForwardConfig) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(6);
+        for family in &forward.client_cert_headers {
+            match family {
+                HeaderFamily::Xfcc => out.push((
+                    names::XFCC,
+                    header_value(&self.xfcc(forward.xfcc_include_cert)),
+                )),
+                HeaderFamily::Alb => {
+                    out.push((names::ALB_SERIAL, header_value(&self.serial_hex)));
+                    out.push((names::ALB_ISSUER, header_value(&self.issuer)));
+                    out.push((names::ALB_SUBJECT, header_value(&self.subject)));
+                    out.push((
+                        names::ALB_VALIDITY,
+                        header_value(&format!(
+                            "NotBefore={};NotAfter={}",
+                            rfc3339_z(self.not_before),
+                            rfc3339_z(self.not_after)
+                        )),
+                    ));
+                    out.push((names::ALB_LEAF, header_value(&url_encoded_pem(&self.leaf))));
+                }
+                HeaderFamily::Rfc9440 => {
+                    out.push((names::CLIENT_CERT, header_value(&sf_binary(&self.leaf))));
+                    if !self.intermediates.is_empty() {
+                        let chain: Vec<String> =
+                            self.intermediates.iter().map(|c| sf_binary(c)).collect();
+                        out.push((names::CLIENT_CERT_CHAIN, header_value(&chain.join(", "))));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Envoy's XFCC element for this client: `Hash=…;[Cert="…";Chain="…";]Subject="…";URI=…;DNS=…`.
+    pub fn xfcc(&self, include_cert: bool) -> String {
+        let mut s = String::with_capacity(160);
+        s.push_str("Hash=");
+        s.push_str(&self.fingerprint_hex());
+        if include_cert {
+            s.push_str(";Cert=\"");
+            s.push_str(&url_encoded_pem(&self.leaf));
+            s.push('"');
+            if !self.intermediates.is_empty() {
+                s.push_str(";Chain=\"");
+                s.push_str(&url_encoded_pem(&self.leaf));
+                for c in &self.intermediates {
+                    s.push_str(&url_encoded_pem(c));
+                }
+                s.push('"');
+            }
+        }
+        // Envoy always quotes Subject; other values only when they hold `,`, `;` or `=`.
+        s.push_str(";Subject=");
+        push_quoted(&mut s, &self.subject);
+        for uri in &self.uris {
+            s.push_str(";URI=");
+            push_xfcc_value(&mut s, uri);
+        }
+        for dns in &self.dns_names {
+            s.push_str(";DNS=");
+            push_xfcc_value(&mut s, dns);
+        }
+        s
+    }
+}
+
+/// True for any header, in any case or with `_` for `-`, that claims a client identity: XFCC,
+/// ALB's `x-amzn-mtls-clientcert*`, and RFC 9440's `client-cert`/`client-cert-chain`.
+///
+/// Security: these are stripped from every inbound request whatever `forward` mode is set, so
+/// an upstream never mistakes a client-written header for one this proxy verified. The
+/// underscore variants matter because some app servers (and CGI-style gateways) fold `_` and
+/// `-` together.
+pub fn is_identity_header(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    eq_folded(n, b"x-forwarded-client-cert")
+        || starts_with_folded(n, b"x-amzn-mtls-clientcert")
+        || eq_folded(n, b"client-cert")
+        || eq_folded(n, b"client-cert-chain")
+}
+
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+fn eq_folded(name: &[u8], pattern: &[u8]) -> bool {
+    name.len() == pattern.len() && starts_with_folded(name, pattern)
+}
+
+fn starts_with_folded(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len() && name.iter().zip(prefix).all(|(a, b)| fold(*a) == *b)
+}
+
+/// SHA-256 with the same provider rustls uses.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Makes any string a valid header value: bytes below 0x20 (except none) and DEL become
+/// `\XX`. UTF-8 above 0x7f is allowed by `HeaderValue::from_bytes` (obs-text).
+fn header_value(s: &str) -> HeaderValue {
+    let escaped;
+    let bytes = if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        escaped = escape_controls(s);
+        escaped.as_bytes()
+    } else {
+        s.as_bytes()
+    };
+    // Every byte is now 0x20..=0x7e or >= 0x80, which from_bytes accepts; the fallback only
+    // exists so that a future change cannot turn this into a panic.
+    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if (c as u32) < 0x20 || c as u32 == 0x7f {
+            let _ = write!(out, "\\{:02X}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn push_quoted(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+fn push_xfcc_value(out: &mut String, v: &str) {
+    if v.contains([',', ';', '=', '"']) {
+        push_quoted(out, v);
+    } else {
+        out.push_str(v);
+    }
+}
+
+/// RFC 2253 string of a DN: RDNs most-specific first, `+` inside multi-valued RDNs, and the
+/// special characters escaped. Unknown attribute types are shown as dotted OIDs.
+pub fn rfc2253(name: &X509Name<'_>) -> String {
+    let mut out = String::new();
+    let rdns: Vec<_> = name.iter().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, atv) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = atv.attr_type();
+            match oid2abbrev(oid, oid_registry()) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => out.push_str(&oid.to_id_string()),
+            }
+            out.push('=');
+            match atv.as_str() {
+                Ok(v) => escape_rfc2253_value(&mut out, v),
+                Err(_) => {
+                    out.push('#');
+                    out.push_str(&hex::encode(atv.attr_value().data));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn escape_rfc2253_value(out: &mut String, v: &str) {
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\{:02X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+fn serial_hex(raw: &[u8]) -> String {
+    let trimmed = match raw.iter().position(|b| *b != 0) {
+        Some(i) => &raw[i..],
+        None => &raw[raw.len().saturating_sub(1)..],
+    };
+    hex::encode_upper(trimmed)
+}
+
+/// `2024-09-20T01:50:17Z`
+pub fn rfc3339_z(unix: i64) -> String {
+    match ::time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => unix.to_string(),
+    }
+}
+
+/// Characters kept as-is in URL-encoded PEM: RFC 3986 unreserved. Base64's `+`, `/`, `=`,
+/// spaces and newlines are encoded, as ALB and Envoy do.
+const URL_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut s = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+    s.push_str("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // Base64 output is ASCII, so every 64-byte chunk is valid UTF-8.
+        s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        s.push('\n');
+    }
+    s.push_str("-----END CERTIFICATE-----\n");
+    s
+}
+
+fn url_encoded_pem(der: &[u8]) -> String {
+    utf8_percent_encode(&pem(der), URL_ENCODE).to_string()
+}
+
+/// RFC 8941 byte sequence: `:base64:`.
+fn sf_binary(der: &[u8]) -> String {
+    format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with(
+        dn: &[(rcgen::DnType, &str)],
+        sans: Vec<rcgen::SanType>,
+    ) -> CertificateDer<'static> {
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in dn {
+            p.distinguished_name.push(t.clone(), *v);
+        }
+        p.subject_alt_names = sans;
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn xfcc_has_hash_subject_uri_dns() {
+        let der = cert_with(
+            &[
+                (rcgen::DnType::OrganizationName, "Example"),
+                (rcgen::DnType::CommonName, "my-client"),
+            ],
+            vec![
+                rcgen::SanType::URI("spiffe://example.org/ns/a".try_into().unwrap()),
+                rcgen::SanType::DnsName("api.example.com".try_into().unwrap()),
+            ],
+        );
+        let id = ClientIdentity::parse(&der, &[]).unwrap();
+        let x = id.xfcc(false);
+        assert_eq!(
+            x,
+            format!(
+                "Hash={};Subject=\"CN=my-client,O=Example\";URI=spiffe://example.org/ns/a;DNS=api.example.com",
+                hex::encode(sha256(&der))
+            )
+        );
+    }
+
+    #[test]
+    fn hostile_subject_stays_one_valid_header_value() {
+        let der = cert_with(
+            &[(
+                rcgen::DnType::CommonName,
+                "evil\r\nx-forwarded-client-cert: Hash=0\"",
+            )],
+            vec![],
+        );
+        let id = ClientIdentity::parse(&der, &[]).unwrap();
+        let fwd = ForwardConfig {
+            client_cert_headers: vec![HeaderFamily::Xfcc, HeaderFamily::Alb, HeaderFamily::Rfc9440],
+            xfcc_include_cert: true,
+        };
+        for (_, v) in id.headers(&fwd) {
+            assert!(!v.as_bytes().iter().any(|b| *b == b'\r' || *b == b'\n'));
+        }
+        assert!(id.subject.contains("\\0D\\0A"), "{}", id.subject);
+    }
+
+    #[test]
+    fn identity_header_matching_folds_case_and_underscores() {
+        for n in [
+            "x-forwarded-client-cert",
+            "x_forwarded_client_cert",
+            "x-amzn-mtls-clientcert-leaf",
+            "x_amzn_mtls_clientcert_subject",
+            "x-amzn-mtls-clientcert",
+            "client-cert",
+            "client_cert_chain",
+        ] {
+            assert!(
+                is_identity_header(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
+        }
+        for n in ["client-certificate", "x-forwarded-for", "x-client-cert"] {
+            assert!(
+                !is_identity_header(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn serial_hex_drops_sign_byte() {
+        assert_eq!(serial_hex(&[0x00, 0x9f, 0x01]), "9F01");
+        assert_eq!(serial_hex(&[0x00]), "00");
+    }
+
+    #[test]
+    fn rfc2253_escapes_specials() {
+        let mut s = String::new();
+        escape_rfc2253_value(&mut s, " a,b+c#");
+        assert_eq!(s, "\\ a\\,b\\+c#");
+    }
+}

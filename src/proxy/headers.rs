@@ -1,0 +1,178 @@
+//! Header rules between the client and the upstream: hop-by-hop removal, identity-header
+//! stripping and injection, and `X-Forwarded-*`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::identity::is_identity_header;
+
+/// `X-Forwarded-For`
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// RFC 9110 §7.6.1 hop-by-hop headers, plus the legacy ones proxies still see.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`. For an
+/// upgrade (`keep_upgrade`), `Connection: upgrade` and `Upgrade` pass through, since the
+/// upstream must see them to switch protocols.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Only allocate when a Connection header names extra headers (rare from CDNs).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // TE is hop-by-hop, but `te: trailers` must reach an h2/gRPC upstream; keep only that.
+    let keep_te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Rewrites an accepted request's headers for the upstream.
+///
+/// Security: every client-sent identity header (any family, any case or `_` spelling) is
+/// removed before the proxy's own are added, so the upstream sees exactly one set, ours.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    identity: &[(HeaderName, HeaderValue)],
+    is_upgrade: bool,
+) {
+    remove_hop_by_hop(headers, is_upgrade);
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_identity_header(n))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    append_forwarded_for(headers, peer);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    for (name, value) in identity {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// Appends the peer to `X-Forwarded-For`, folding multiple inbound fields into one list.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+    let mut existing = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                if !existing.is_empty() {
+                    existing.push_str(", ");
+                }
+                existing.push_str(s);
+            }
+        }
+    }
+    let value = if existing.is_empty() {
+        peer.to_string()
+    } else {
+        format!("{existing}, {peer}")
+    };
+    // An IP address and comma-separated visible ASCII are always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Rewrites the upstream's response headers for the client.
+pub fn rewrite_response(headers: &mut HeaderMap, is_upgrade: bool) {
+    remove_hop_by_hop(headers, is_upgrade);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn spoofed_identity_is_replaced_and_xff_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-client-cert",
+            HeaderValue::from_static("Hash=evil"),
+        );
+        h.insert(
+            "x_amzn_mtls_clientcert_subject",
+            HeaderValue::from_static("CN=admin"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
+        let ours = [(
+            crate::identity::names::XFCC,
+            HeaderValue::from_static("Hash=good"),
+        )];
+        rewrite_request(&mut h, "127.0.0.1".parse().unwrap(), &ours, false);
+        let xfcc: Vec<_> = h.get_all("x-forwarded-client-cert").iter().collect();
+        assert_eq!(xfcc, vec!["Hash=good"]);
+        assert!(h.get("x_amzn_mtls_clientcert_subject").is_none());
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn te_trailers_survives() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::TE], "trailers");
+    }
+}

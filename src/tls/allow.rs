@@ -1,0 +1,226 @@
+//! The identity allow-list: which verified certificates may connect.
+//!
+//! A certificate is allowed when it matches at least one entry of any list; an empty
+//! allow-list allows every certificate that verifies. Entries are parsed once, when the
+//! config is loaded, so a malformed pin is a config error, never a silent non-match.
+
+use std::collections::HashSet;
+
+use base64::Engine as _;
+
+use crate::config::AllowConfig;
+use crate::identity::ClientIdentity;
+
+/// A compiled allow-list.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    common_names: HashSet<String>,
+    organizational_units: HashSet<String>,
+    /// Lower-cased: DNS names compare case-insensitively.
+    dns_names: HashSet<String>,
+    uris_exact: HashSet<String>,
+    /// Prefixes from entries ending in `/*`, each ending in `/`.
+    uri_prefixes: Vec<String>,
+    fingerprints: HashSet<[u8; 32]>,
+    spkis: HashSet<[u8; 32]>,
+}
+
+impl AllowList {
+    /// Parses the config lists. On error returns the key (e.g. `fingerprints_sha256[1]`) and
+    /// a message saying what is wrong.
+    pub fn compile(c: &AllowConfig) -> Result<AllowList, (String, String)> {
+        let mut list = AllowList {
+            common_names: c.common_names.iter().cloned().collect(),
+            organizational_units: c.organizational_units.iter().cloned().collect(),
+            dns_names: c.dns_names.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            ..Default::default()
+        };
+        for (i, uri) in c.uris.iter().enumerate() {
+            match uri.strip_suffix('*') {
+                Some(prefix) if prefix.ends_with('/') && prefix.len() > 1 => {
+                    list.uri_prefixes.push(prefix.to_owned())
+                }
+                Some(_) => {
+                    return Err((
+                        format!("uris[{i}]"),
+                        format!("{uri:?}: a wildcard is only allowed as a trailing \"/*\""),
+                    ))
+                }
+                None if uri.contains('*') => {
+                    return Err((
+                        format!("uris[{i}]"),
+                        format!("{uri:?}: a wildcard is only allowed as a trailing \"/*\""),
+                    ))
+                }
+                None => {
+                    list.uris_exact.insert(uri.clone());
+                }
+            }
+        }
+        for (i, fp) in c.fingerprints_sha256.iter().enumerate() {
+            let hex: String = fp
+                .chars()
+                .filter(|c| *c != ':' && !c.is_whitespace())
+                .collect();
+            let bytes = decode_32_hex(&hex).ok_or_else(|| {
+                (
+                    format!("fingerprints_sha256[{i}]"),
+                    format!(
+                        "{fp:?} is not a SHA-256 fingerprint: expected 64 hex digits (colons allowed), e.g. from `openssl x509 -noout -fingerprint -sha256 -in client.pem`"
+                    ),
+                )
+            })?;
+            list.fingerprints.insert(bytes);
+        }
+        for (i, pin) in c.spki_sha256.iter().enumerate() {
+            let bytes = decode_spki_pin(pin).ok_or_else(|| {
+                (
+                    format!("spki_sha256[{i}]"),
+                    format!(
+                        "{pin:?} is not a SHA-256 public-key pin: expected 64 hex digits or 44 base64 characters, e.g. from `openssl x509 -in client.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`"
+                    ),
+                )
+            })?;
+            list.spkis.insert(bytes);
+        }
+        Ok(list)
+    }
+
+    /// True when no entry is configured.
+    pub fn is_empty(&self) -> bool {
+        self.common_names.is_empty()
+            && self.organizational_units.is_empty()
+            && self.dns_names.is_empty()
+            && self.uris_exact.is_empty()
+            && self.uri_prefixes.is_empty()
+            && self.fingerprints.is_empty()
+            && self.spkis.is_empty()
+    }
+
+    /// Whether a verified identity may connect.
+    pub fn allows(&self, id: &ClientIdentity) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        self.fingerprints.contains(&id.fingerprint)
+            || self.spkis.contains(&id.spki_sha256)
+            || id
+                .common_names
+                .iter()
+                .any(|cn| self.common_names.contains(cn))
+            || id
+                .organizational_units
+                .iter()
+                .any(|ou| self.organizational_units.contains(ou))
+            || id
+                .dns_names
+                .iter()
+                .any(|d| self.dns_names.contains(&d.to_ascii_lowercase()))
+            || id.uris.iter().any(|u| {
+                self.uris_exact.contains(u)
+                    || self
+                        .uri_prefixes
+                        .iter()
+                        .any(|p| u.len() > p.len() && u.starts_with(p.as_str()))
+            })
+    }
+}
+
+fn decode_32_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+fn decode_spki_pin(pin: &str) -> Option<[u8; 32]> {
+    // Accept curl's `--pinnedpubkey sha256//…` form too, as operators copy it from there.
+    let pin = pin.trim();
+    let pin = pin.strip_prefix("sha256//").unwrap_or(pin);
+    if pin.len() == 64 {
+        if let Some(b) = decode_32_hex(pin) {
+            return Some(b);
+        }
+    }
+    let engines = [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    engines
+        .iter()
+        .find_map(|e| e.decode(pin).ok())
+        .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> ClientIdentity {
+        ClientIdentity {
+            subject: "CN=my-client".into(),
+            issuer: "CN=ca".into(),
+            serial_hex: "01".into(),
+            common_names: vec!["my-client".into()],
+            organizational_units: vec!["batch".into()],
+            dns_names: vec!["API.example.com".into()],
+            uris: vec!["spiffe://example.org/ns/a".into()],
+            fingerprint: [7; 32],
+            spki_sha256: [9; 32],
+            not_before: 0,
+            not_after: 0,
+            leaf: Vec::new().into(),
+            intermediates: vec![],
+        }
+    }
+
+    fn allow(f: impl FnOnce(&mut AllowConfig)) -> AllowList {
+        let mut c = AllowConfig::default();
+        f(&mut c);
+        AllowList::compile(&c).unwrap()
+    }
+
+    #[test]
+    fn empty_allows_all() {
+        assert!(allow(|_| {}).allows(&id()));
+    }
+
+    #[test]
+    fn each_kind_matches_and_misses() {
+        assert!(allow(|c| c.common_names = vec!["my-client".into()]).allows(&id()));
+        assert!(!allow(|c| c.common_names = vec!["other".into()]).allows(&id()));
+        assert!(allow(|c| c.organizational_units = vec!["batch".into()]).allows(&id()));
+        assert!(allow(|c| c.dns_names = vec!["api.EXAMPLE.com".into()]).allows(&id()));
+        assert!(allow(|c| c.uris = vec!["spiffe://example.org/*".into()]).allows(&id()));
+        assert!(!allow(|c| c.uris = vec!["spiffe://other.org/*".into()]).allows(&id()));
+        assert!(allow(|c| c.uris = vec!["spiffe://example.org/ns/a".into()]).allows(&id()));
+        let fp = hex::encode_upper([7u8; 32]);
+        let colons: Vec<_> = fp
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        assert!(allow(|c| c.fingerprints_sha256 = vec![colons.join(":")]).allows(&id()));
+        let b64 = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        assert!(allow(|c| c.spki_sha256 = vec![b64.clone()]).allows(&id()));
+        assert!(allow(|c| c.spki_sha256 = vec![format!("sha256//{b64}")]).allows(&id()));
+        assert!(allow(|c| c.spki_sha256 = vec![hex::encode([9u8; 32])]).allows(&id()));
+    }
+
+    #[test]
+    fn malformed_entries_name_the_entry() {
+        let mut c = AllowConfig::default();
+        c.fingerprints_sha256 = vec![hex::encode([1u8; 32]), "AB:CD".into()];
+        assert_eq!(
+            AllowList::compile(&c).unwrap_err().0,
+            "fingerprints_sha256[1]"
+        );
+        let mut c = AllowConfig::default();
+        c.spki_sha256 = vec!["tooshort".into()];
+        assert_eq!(AllowList::compile(&c).unwrap_err().0, "spki_sha256[0]");
+        let mut c = AllowConfig::default();
+        c.uris = vec!["spiffe://*.org/x".into()];
+        assert_eq!(AllowList::compile(&c).unwrap_err().0, "uris[0]");
+    }
+}

@@ -1,0 +1,131 @@
+//! Reading PEM/DER material from disk. Every error names the file and says what to do.
+//!
+//! PEM is read with the `PemObject` trait of rustls-pki-types (rustls-pemfile is
+//! unmaintained, RUSTSEC-2025-0134).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+/// A file-level error: one line that names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct LoadError {
+    /// The offending file.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl LoadError {
+    /// Builds an error for `path`.
+    pub fn new(path: &Path, message: impl Into<String>) -> Self {
+        Self {
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|e| {
+        LoadError::new(
+            path,
+            format!("cannot read {what}: {e}; check the path and the file's permissions"),
+        )
+    })
+}
+
+/// Reads every certificate of a PEM file, in order. Fails if there is none.
+pub fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    let bytes = read(path, what)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LoadError::new(path, format!("{what} is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(LoadError::new(
+            path,
+            format!("{what} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
+    let bytes = read(path, "private key")?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        LoadError::new(
+            path,
+            format!("no usable private key ({e}); expected a PKCS#8, PKCS#1 or SEC1 PEM key"),
+        )
+    })
+}
+
+/// Reads CRLs: PEM (one or more `X509 CRL` blocks) or a single DER CRL.
+pub fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
+    let bytes = read(path, "CRL")?;
+    let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| LoadError::new(path, format!("CRL is not valid PEM: {e}")))?;
+    let crls = if pem.is_empty() {
+        // Not PEM: treat the file as one DER CRL; parsing below rejects anything else.
+        vec![CertificateRevocationListDer::from(bytes)]
+    } else {
+        pem
+    };
+    for crl in &crls {
+        parse_crl(crl.as_ref()).map_err(|m| LoadError::new(path, m))?;
+    }
+    Ok(crls)
+}
+
+/// Parses one DER CRL fully, so a damaged file stops start-up or a reload instead of being
+/// half-applied.
+pub fn parse_crl(
+    der: &[u8],
+) -> Result<x509_parser::revocation_list::CertificateRevocationList<'_>, String> {
+    use x509_parser::prelude::FromDer;
+    match x509_parser::revocation_list::CertificateRevocationList::from_der(der) {
+        Ok((rest, crl)) if rest.is_empty() => Ok(crl),
+        Ok(_) => Err("CRL has trailing bytes after the DER structure".into()),
+        Err(e) => Err(format!(
+            "cannot parse CRL ({e}); expected PEM (-----BEGIN X509 CRL-----) or DER"
+        )),
+    }
+}
+
+/// Loads the server chain and key and proves that the key belongs to the leaf.
+pub fn server_identity(
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, LoadError> {
+    let chain = certificates(cert_path, "server certificate")?;
+    let key = private_key(key_path)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| LoadError::new(key_path, format!("unsupported private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    // A mismatched pair would otherwise only fail at the first handshake, as a confusing
+    // client-side signature error; refuse it here instead.
+    match certified.keys_match() {
+        Ok(()) => Ok(Arc::new(certified)),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            // rustls cannot compare this key type; accept, as it will still be used correctly.
+            Ok(Arc::new(certified))
+        }
+        Err(_) => Err(LoadError::new(
+            key_path,
+            format!(
+                "private key does not match the certificate in {}; check that both files come from the same issuance",
+                cert_path.display()
+            ),
+        )),
+    }
+}
