@@ -101,8 +101,21 @@ pub fn init_logging(log: &LogConfig) {
     };
 }
 
-/// Serves `cfg` until SIGTERM/SIGINT. `config_path` enables SIGHUP and watch reloads.
-pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// A started server: listeners bound, accepting, not yet waiting for signals.
+pub struct Running {
+    /// The bound mTLS listener address.
+    pub address: SocketAddr,
+    /// The bound admin address, if any.
+    pub admin: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    reloader: Option<Arc<Reloader>>,
+    accept: tokio::task::JoinHandle<()>,
+    shutdown_timeout: std::time::Duration,
+}
+
+/// Builds everything from `cfg`, binds the listeners and starts accepting. `config_path`
+/// enables SIGHUP and watch reloads.
+pub async fn start(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let address = cfg.listener.address;
     let admin_address = cfg.admin.as_ref().map(|a| a.address);
@@ -115,10 +128,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<Ex
         .await
         .with_context(|| format!("cannot bind listener.address {address}"))?;
     let bound = listener.local_addr()?;
+    let mut admin_bound = None;
     if let Some(addr) = admin_address {
         let admin = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot bind admin.address {addr}"))?;
+        admin_bound = Some(admin.local_addr()?);
         tracing::info!(address = %admin.local_addr()?, "admin listening");
         tokio::spawn(crate::admin::serve(admin, shared.clone()));
     }
@@ -129,37 +144,62 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<Ex
         tokio::spawn(r.clone().watch(every));
     }
     let accept = tokio::spawn(server::serve(listener, shared.clone()));
+    Ok(Running {
+        address: bound,
+        admin: admin_bound,
+        shared,
+        reloader,
+        accept,
+        shutdown_timeout,
+    })
+}
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let which = loop {
-        tokio::select! {
-            _ = hup.recv() => match &reloader {
-                Some(r) => { let _ = r.reload("SIGHUP").await; }
-                None => tracing::info!("SIGHUP ignored: no config file to reload"),
-            },
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
+impl Running {
+    /// Handles signals until SIGTERM/SIGINT, then drains and returns.
+    pub async fn wait(self) -> anyhow::Result<ExitCode> {
+        let Running {
+            shared,
+            reloader,
+            accept,
+            shutdown_timeout,
+            ..
+        } = self;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let which = loop {
+            tokio::select! {
+                _ = hup.recv() => match &reloader {
+                    Some(r) => { let _ = r.reload("SIGHUP").await; }
+                    None => tracing::info!("SIGHUP ignored: no config file to reload"),
+                },
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+            }
+        };
+        tracing::info!(signal = which, timeout = ?shutdown_timeout, "draining: no new connections; in-flight requests may finish");
+        shared.begin_drain();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        });
+        let _ = accept.await;
+        if shared.wait_drained(shutdown_timeout).await {
+            tracing::info!("all connections closed; exiting");
+        } else {
+            tracing::warn!(timeout = ?shutdown_timeout, "shutdown_timeout reached with connections still open; exiting");
         }
-    };
-    tracing::info!(signal = which, timeout = ?shutdown_timeout, "draining: no new connections; in-flight requests may finish");
-    shared.begin_drain();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(1);
-    });
-    let _ = accept.await;
-    if shared.wait_drained(shutdown_timeout).await {
-        tracing::info!("all connections closed; exiting");
-    } else {
-        tracing::warn!(timeout = ?shutdown_timeout, "shutdown_timeout reached with connections still open; exiting");
+        Ok(ExitCode::SUCCESS)
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves `cfg` until SIGTERM/SIGINT.
+pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    start(cfg, config_path).await?.wait().await
 }
 
 async fn demo(
@@ -182,7 +222,8 @@ async fn demo(
     )
     .with_context(|| format!("{}: cannot write demo config", config_path.display()))?;
     let cfg = Config::load(&config_path)?;
-    let (good, bad) = crate::demo::curl_commands(&dir, listen);
+    let running = start(cfg, Some(config_path)).await?;
+    let (good, bad) = crate::demo::curl_commands(&dir, running.address);
     println!(
         "mtls-shield demo: certificates and config in {}",
         dir.display()
@@ -197,9 +238,11 @@ async fn demo(
         "See what the upstream receives:  {}",
         good.replace("/pets", "/headers")
     );
-    println!("Metrics:                         curl http://{admin}/metrics");
+    if let Some(admin) = running.admin {
+        println!("Metrics:                         curl http://{admin}/metrics");
+    }
     println!("Press Ctrl-C to stop.");
-    run(cfg, Some(config_path)).await
+    running.wait().await
 }
 
 fn gen_certs(out: &Path, force: bool) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,893 @@
+//! Shared integration-test harness: a PKI generated at test time (rcgen), a counting
+//! upstream, the real `mtls-shield` binary on free loopback ports, and real clients (a
+//! rustls + hyper client in Rust, plus helpers for curl and `openssl s_client`).
+//!
+//! Nothing here sleeps to pass: waits poll a condition until a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use time::OffsetDateTime;
+
+/// Default deadline for waits.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it is true or `deadline` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+static SERIAL: AtomicU64 = AtomicU64::new(1000);
+
+fn next_serial() -> u64 {
+    SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
+fn days(n: i64) -> time::Duration {
+    time::Duration::days(n)
+}
+
+/// A certificate authority (root or intermediate).
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    pub key: KeyPair,
+    pub name: String,
+}
+
+impl Ca {
+    /// A self-signed root.
+    pub fn root(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(name, None);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = OffsetDateTime::now_utc() - days(1);
+        p.not_after = OffsetDateTime::now_utc() + days(3650);
+        p.serial_number = Some(SerialNumber::from(next_serial()));
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            cert,
+            key,
+            name: name.into(),
+        }
+    }
+
+    /// An intermediate signed by `self`.
+    pub fn intermediate(&self, name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(name, None);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = OffsetDateTime::now_utc() - days(1);
+        p.not_after = OffsetDateTime::now_utc() + days(1000);
+        p.serial_number = Some(SerialNumber::from(next_serial()));
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Ca {
+            cert,
+            key,
+            name: name.into(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// Issues a leaf from `spec`.
+    pub fn issue(&self, spec: Leaf) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(&spec.cn, spec.ou.as_deref());
+        let mut sans: Vec<SanType> = spec
+            .dns
+            .iter()
+            .map(|d| SanType::DnsName(d.as_str().try_into().unwrap()))
+            .collect();
+        sans.extend(
+            spec.uris
+                .iter()
+                .map(|u| SanType::URI(u.as_str().try_into().unwrap())),
+        );
+        sans.extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        p.subject_alt_names = sans;
+        p.extended_key_usages = spec.eku.clone();
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now + days(spec.not_before_days);
+        p.not_after = now + days(spec.not_after_days);
+        let serial = next_serial();
+        p.serial_number = Some(SerialNumber::from(serial));
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+            serial,
+        }
+    }
+
+    /// A CRL revoking `serials`, valid from `this_update_days` to `next_update_days` (relative
+    /// to now).
+    pub fn crl(
+        &self,
+        serials: &[u64],
+        number: u64,
+        this_update_days: i64,
+        next_update_days: i64,
+    ) -> String {
+        let now = OffsetDateTime::now_utc();
+        let p = CertificateRevocationListParams {
+            this_update: now + days(this_update_days),
+            next_update: now + days(next_update_days),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: now - time::Duration::hours(1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        p.signed_by(&self.cert, &self.key).unwrap().pem().unwrap()
+    }
+}
+
+fn dn(cn: &str, ou: Option<&str>) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::OrganizationName, "mtls-shield tests");
+    if let Some(ou) = ou {
+        d.push(DnType::OrganizationalUnitName, ou);
+    }
+    d.push(DnType::CommonName, cn);
+    d
+}
+
+/// What to put in a leaf certificate.
+#[derive(Clone)]
+pub struct Leaf {
+    pub cn: String,
+    pub ou: Option<String>,
+    pub dns: Vec<String>,
+    pub uris: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
+    pub eku: Vec<ExtendedKeyUsagePurpose>,
+    pub not_before_days: i64,
+    pub not_after_days: i64,
+}
+
+impl Leaf {
+    /// A valid client certificate with EKU clientAuth.
+    pub fn client(cn: &str) -> Leaf {
+        Leaf {
+            cn: cn.into(),
+            ou: None,
+            dns: vec![],
+            uris: vec![],
+            ips: vec![],
+            eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            not_before_days: -1,
+            not_after_days: 365,
+        }
+    }
+
+    /// The server certificate for localhost and 127.0.0.1.
+    pub fn server() -> Leaf {
+        Leaf {
+            cn: "localhost".into(),
+            ou: None,
+            dns: vec!["localhost".into()],
+            uris: vec![],
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            eku: vec![ExtendedKeyUsagePurpose::ServerAuth],
+            not_before_days: -1,
+            not_after_days: 365,
+        }
+    }
+
+    pub fn ou(mut self, ou: &str) -> Leaf {
+        self.ou = Some(ou.into());
+        self
+    }
+    pub fn dns(mut self, d: &str) -> Leaf {
+        self.dns.push(d.into());
+        self
+    }
+    pub fn uri(mut self, u: &str) -> Leaf {
+        self.uris.push(u.into());
+        self
+    }
+    pub fn eku(mut self, eku: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
+        self.eku = eku;
+        self
+    }
+    pub fn valid_days(mut self, not_before: i64, not_after: i64) -> Leaf {
+        self.not_before_days = not_before;
+        self.not_after_days = not_after;
+        self
+    }
+}
+
+/// An issued leaf.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+    pub serial: u64,
+}
+
+impl Issued {
+    /// Writes `<name>.pem` and `<name>.key` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let c = dir.join(format!("{name}.pem"));
+        let k = dir.join(format!("{name}.key"));
+        std::fs::write(&c, &self.cert_pem).unwrap();
+        std::fs::write(&k, &self.key_pem).unwrap();
+        (c, k)
+    }
+
+    /// SHA-256 of the DER, lower-case hex.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            self.cert_der.as_ref(),
+        ))
+    }
+}
+
+/// The standard test PKI: a root, a server certificate, and a good client.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub root: Ca,
+    pub server: Issued,
+    pub client: Issued,
+}
+
+impl Pki {
+    /// Generates and writes `root.pem` (also `truststore.pem`), `server.pem/.key`,
+    /// `client.pem/.key`.
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Ca::root("Test Root CA");
+        let server = root.issue(Leaf::server());
+        let client = root.issue(Leaf::client("my-client"));
+        std::fs::write(dir.path().join("root.pem"), root.pem()).unwrap();
+        std::fs::write(dir.path().join("truststore.pem"), root.pem()).unwrap();
+        server.write(dir.path(), "server");
+        client.write(dir.path(), "client");
+        Pki {
+            dir,
+            root,
+            server,
+            client,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A config with this PKI, listener and admin on free ports, and `extra` TOML appended
+    /// (extra tables, or keys for tables that the base leaves open: see `base_config`).
+    pub fn config(&self, upstream: &str, extra: &str) -> String {
+        base_config(upstream, extra)
+    }
+
+    /// Writes the config into the PKI folder and returns its path.
+    pub fn write_config(&self, upstream: &str, extra: &str) -> PathBuf {
+        let p = self.path("mtls-shield.toml");
+        std::fs::write(&p, self.config(upstream, extra)).unwrap();
+        p
+    }
+}
+
+/// The base config. `extra` is inserted in the `[listener]` table's position-independent
+/// way: it is appended, so it may add keys to `[client_auth]` only through a
+/// `[client_auth.allow]`-style table; to change listener or client_auth keys, use
+/// `listener_extra`/`client_auth_extra` via [`config_with`].
+pub fn base_config(upstream: &str, extra: &str) -> String {
+    config_with(upstream, "", "", extra)
+}
+
+/// A config with extra keys in `[listener]` and `[client_auth]`, and extra tables appended.
+pub fn config_with(
+    upstream: &str,
+    listener_extra: &str,
+    client_auth_extra: &str,
+    tables: &str,
+) -> String {
+    format!(
+        r#"[listener]
+address = "127.0.0.1:0"
+certificate = "server.pem"
+private_key = "server.key"
+handshake_timeout = "5s"
+{listener_extra}
+
+[client_auth]
+truststore = "truststore.pem"
+{client_auth_extra}
+
+[upstream]
+url = "{upstream}"
+connect_timeout = "2s"
+response_timeout = "5s"
+
+[admin]
+address = "127.0.0.1:0"
+
+[log]
+level = "info"
+format = "text"
+
+{tables}
+"#
+    )
+}
+
+/// A running `mtls-shield run` process.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub config: PathBuf,
+}
+
+impl Proxy {
+    /// Starts the binary with `config` and waits until it logs its bound addresses.
+    pub fn start(config: &Path) -> Proxy {
+        Self::try_start(config).unwrap_or_else(|logs| panic!("proxy did not start:\n{logs}"))
+    }
+
+    /// Like `start`, but returns the logs if the process exits or never listens.
+    pub fn try_start(config: &Path) -> Result<Proxy, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mtls-shield"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mtls-shield");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let end = Instant::now() + DEADLINE;
+        let mut addr = None;
+        let mut admin = None;
+        while Instant::now() < end {
+            for line in logs.lock().unwrap().iter() {
+                if let Some(a) = field(line, "address") {
+                    if line.contains("admin listening") {
+                        admin = a.parse().ok();
+                    } else if line.contains(" listening ") {
+                        addr = a.parse().ok();
+                    }
+                }
+            }
+            if let Some(addr) = addr {
+                return Ok(Proxy {
+                    child,
+                    addr,
+                    admin,
+                    logs,
+                    config: config.to_owned(),
+                });
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        // Let the reader thread drain what is left.
+        std::thread::sleep(Duration::from_millis(100));
+        let text = logs.lock().unwrap().join("\n");
+        Err(text)
+    }
+
+    /// All log lines so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing every needle.
+    pub fn wait_log(&self, needles: &[&str]) -> String {
+        let mut found = None;
+        wait_until(&format!("log line with {needles:?}"), DEADLINE, || {
+            found = self
+                .logs()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, `INT`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.expect("admin listener configured");
+        http_get_plain(admin, path)
+    }
+
+    /// The value of a metric line that starts with `prefix` (e.g. a name with labels), or 0.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits for the process to exit, returning its status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Extracts `key=value` (value unquoted) from a text log line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let needle = format!(" {key}=");
+    let start = line.find(&needle)? + needle.len();
+    let rest = &line[start..];
+    if let Some(q) = rest.strip_prefix('"') {
+        Some(q[..q.find('"')?].to_owned())
+    } else {
+        Some(rest.split_whitespace().next()?.to_owned())
+    }
+}
+
+/// A plain HTTP/1.1 GET with std networking: (status, body).
+pub fn http_get_plain(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The test upstream: counts requests and answers by path.
+/// - `/pets`: the PetStore JSON
+/// - `/headers`: request headers as a JSON object of arrays
+/// - `/bytes/N`: N bytes of a repeating pattern
+/// - `/upload`: reads the body, answers `<len> <sha256-hex>`
+/// - `/slow/MS`: waits MS milliseconds, then 200
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let h = hits.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        upstream_answer(req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, rt }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// A byte pattern for big bodies: byte i is `(i % 251) as u8`.
+pub fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn upstream_answer(
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, std::convert::Infallible> {
+    let path = req.uri().path().to_owned();
+    let full = |s: String| Full::new(Bytes::from(s)).boxed();
+    let resp = if path == "/pets" {
+        Response::new(full(mtls_shield::demo::PETS.to_owned()))
+    } else if path == "/headers" {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in req.headers() {
+            map.entry(k.as_str().to_owned())
+                .or_default()
+                .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        }
+        Response::new(full(serde_json::to_string(&map).unwrap()))
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        let stream = futures_stream(n);
+        Response::new(stream)
+    } else if path == "/upload" {
+        let mut body = req.into_body();
+        let mut len = 0u64;
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Some(d) = frame.data_ref() {
+                len += d.len() as u64;
+                ctx.update(d);
+            }
+        }
+        Response::new(full(format!("{len} {}", hex::encode(ctx.finish()))))
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(full("slow done".into()))
+    } else {
+        let mut r = Response::new(full("not found".into()));
+        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+        r
+    };
+    Ok(resp)
+}
+
+/// A streaming body of `n` pattern bytes in 64 KiB frames, never held whole.
+fn futures_stream(n: u64) -> BoxBody {
+    struct Pattern {
+        sent: u64,
+        total: u64,
+    }
+    impl hyper::body::Body for Pattern {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            if self.sent >= self.total {
+                return std::task::Poll::Ready(None);
+            }
+            let len = (self.total - self.sent).min(64 * 1024);
+            let start = self.sent;
+            let chunk: Vec<u8> = (start..start + len).map(pattern).collect();
+            self.sent += len;
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(chunk)))))
+        }
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.total - self.sent)
+        }
+    }
+    Pattern { sent: 0, total: n }.boxed()
+}
+
+/// A client identity for the Rust client.
+#[derive(Clone)]
+pub struct ClientCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Vec<u8>,
+}
+
+impl ClientCert {
+    pub fn leaf(i: &Issued) -> ClientCert {
+        ClientCert {
+            chain: vec![i.cert_der.clone()],
+            key: i.key_der.clone(),
+        }
+    }
+    pub fn with_chain(i: &Issued, intermediates: &[&Ca]) -> ClientCert {
+        let mut chain = vec![i.cert_der.clone()];
+        chain.extend(intermediates.iter().map(|c| c.cert.der().clone()));
+        ClientCert {
+            chain,
+            key: i.key_der.clone(),
+        }
+    }
+}
+
+/// Options for the Rust client.
+#[derive(Clone)]
+pub struct ClientOpts {
+    pub cert: Option<ClientCert>,
+    pub h2: bool,
+    pub tls12_only: bool,
+    pub resumption: Option<Arc<dyn rustls::client::ClientSessionStore>>,
+}
+
+impl ClientOpts {
+    pub fn with(cert: ClientCert) -> ClientOpts {
+        ClientOpts {
+            cert: Some(cert),
+            h2: false,
+            tls12_only: false,
+            resumption: None,
+        }
+    }
+    pub fn anonymous() -> ClientOpts {
+        ClientOpts {
+            cert: None,
+            h2: false,
+            tls12_only: false,
+            resumption: None,
+        }
+    }
+}
+
+/// A rustls client config trusting `root`.
+pub fn client_config(root: &Ca, opts: &ClientOpts) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if opts.tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match &opts.cert {
+        Some(c) => b
+            .with_client_auth_cert(
+                c.chain.clone(),
+                PrivateKeyDer::try_from(c.key.clone()).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = if opts.h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    if let Some(store) = &opts.resumption {
+        cfg.resumption = rustls::client::Resumption::store(store.clone());
+    } else {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
+    Arc::new(cfg)
+}
+
+/// A response seen by the Rust client.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The `/headers` echo as a map.
+    pub fn echoed(&self) -> BTreeMap<String, Vec<String>> {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// The error a refused client sees, and every byte it received after the handshake.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: String,
+}
+
+/// Connects over TLS with `opts`; returns the TLS stream.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    root: &Ca,
+    opts: &ClientOpts,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(client_config(root, opts));
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// One request over a fresh connection. `Err` holds the client-side error (a refused
+/// handshake surfaces here, often only at the first read in TLS 1.3).
+pub async fn request(
+    addr: SocketAddr,
+    root: &Ca,
+    opts: &ClientOpts,
+    req: Request<Full<Bytes>>,
+) -> Result<Got, String> {
+    let tls = tls_connect(addr, root, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let resp = if opts.h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
+    Ok(Got {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `GET path` with Host: localhost.
+pub fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// A blocking wrapper around [`request`] for tests that are not async.
+pub fn block_request(
+    addr: SocketAddr,
+    root: &Ca,
+    opts: &ClientOpts,
+    req: Request<Full<Bytes>>,
+) -> Result<Got, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            tokio::time::timeout(DEADLINE, request(addr, root, opts, req))
+                .await
+                .map_err(|_| "client timed out".to_owned())?
+        })
+}
+
+/// Runs curl with `args` (plus `-sS --max-time 20`): (exit code, stdout bytes, stderr).
+pub fn curl(args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed (apt-get install -y curl)");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The URL of `path` on the proxy, as curl should use it (with `--resolve`-free localhost).
+pub fn url(p: &Proxy, path: &str) -> String {
+    format!("https://localhost:{}{path}", p.addr.port())
+}
+
+/// curl with this PKI's CA and (optionally) a client cert/key from the PKI folder.
+pub fn curl_pki(
+    pki: &Pki,
+    client: Option<(&str, &str)>,
+    extra: &[&str],
+    url: &str,
+) -> (i32, Vec<u8>, String) {
+    let ca = pki.path("root.pem");
+    let mut args: Vec<String> = vec!["--cacert".into(), ca.display().to_string()];
+    if let Some((c, k)) = client {
+        args.push("--cert".into());
+        args.push(pki.path(c).display().to_string());
+        args.push("--key".into());
+        args.push(pki.path(k).display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(url.into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&refs)
+}

@@ -1,0 +1,36 @@
+//! Accepted clients reach the upstream with the verified identity (issue 2).
+mod common;
+use common::*;
+
+#[test]
+fn accepted_client_gets_upstream_answer() {
+    let pki = Pki::new();
+    let up = Upstream::start();
+    let proxy = Proxy::start(&pki.write_config(&up.url(), ""));
+    let got = block_request(
+        proxy.addr,
+        &pki.root,
+        &ClientOpts::with(ClientCert::leaf(&pki.client)),
+        get("/pets"),
+    )
+    .unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), mtls_shield::demo::PETS);
+    assert_eq!(up.hits(), 1);
+}
+
+#[test]
+fn client_without_certificate_gets_no_http_bytes_and_upstream_is_not_contacted() {
+    let pki = Pki::new();
+    let up = Upstream::start();
+    let proxy = Proxy::start(&pki.write_config(&up.url(), ""));
+    let (code, stdout, stderr) = curl_pki(&pki, None, &[], &url(&proxy, "/pets"));
+    assert_ne!(code, 0, "curl should fail: {stderr}");
+    assert!(
+        stdout.is_empty(),
+        "no HTTP bytes expected, got {:?}",
+        String::from_utf8_lossy(&stdout)
+    );
+    proxy.wait_log(&["handshake rejected", "reason=\"no_certificate\""]);
+    assert_eq!(up.hits(), 0);
+}
