@@ -222,13 +222,54 @@ for ins in "${INSTR[@]}"; do
       while [[ $cmd == --mount=* ]]; do cmd=${cmd#* }; done
       [ "$cmd" = "cargo build --release --locked" ] || ci_die "RUN not known to the replay: $cmd"
       echo "  RUN $cmd    (in ${CWD#"$WORK"/})"
+      # Whatever the build reads outside the COPYd files breaks `docker build`: catch the usual suspects.
+      [ ! -e build.rs ] || [ -e "$CWD/build.rs" ] || ci_die "build.rs exists but the Dockerfile does not COPY it"
+      python3 - "$CI_REPO" "$CWD" <<'PY' || ci_die "the build reads files that the Dockerfile does not COPY"
+import os, re, sys
+repo, stage = sys.argv[1:3]
+bad = []
+for d, _, fs in os.walk(os.path.join(stage, "src")):
+    for f in fs:
+        if not f.endswith(".rs"):
+            continue
+        p = os.path.join(d, f)
+        text = open(p, errors="replace").read()
+        text = text.split("#[cfg(test)]")[0]   # test modules (at the end, by convention) are not built
+        for m in re.finditer(r'include_(?:str|bytes)!\(\s*"([^"]+)"', text):
+            if not os.path.exists(os.path.normpath(os.path.join(d, m.group(1)))):
+                bad.append(f"{os.path.relpath(p, stage)}: {m.group(1)}")
+for b in bad:
+    print("  not in the build context copy:", b)
+sys.exit(1 if bad else 0)
+PY
+      # Every target Cargo.toml declares must have its source in the copy, or cargo refuses to build.
+      python3 - "$CWD" <<'PY' || ci_die "Cargo.toml declares targets whose sources the Dockerfile does not COPY"
+import os, sys, tomllib
+stage = sys.argv[1]
+m = tomllib.load(open(os.path.join(stage, "Cargo.toml"), "rb"))
+pkg = m.get("package", {}).get("name", "")
+def defaults(kind, name):
+    return {"bench": [f"benches/{name}.rs", f"benches/{name}/main.rs"],
+            "test": [f"tests/{name}.rs", f"tests/{name}/main.rs"],
+            "example": [f"examples/{name}.rs", f"examples/{name}/main.rs"],
+            "bin": [f"src/bin/{name}.rs", f"src/bin/{name}/main.rs"] + (["src/main.rs"] if name == pkg else [])}[kind]
+need = []
+if "lib" in m:
+    need.append(("lib", [m["lib"].get("path", "src/lib.rs")]))
+for kind in ("bin", "bench", "test", "example"):
+    for t in m.get(kind, []):
+        need.append((f"{kind} {t.get('name')}", [t["path"]] if "path" in t else defaults(kind, t.get("name"))))
+build = m.get("package", {}).get("build")
+if isinstance(build, str):
+    need.append(("build script", [build]))
+bad = [(what, paths) for what, paths in need if not any(os.path.exists(os.path.join(stage, p)) for p in paths)]
+for what, paths in bad:
+    print(f"  {what}: none of {paths} is in the copy")
+print(f"  Cargo.toml targets: {len(need)} declared, all present" if not bad else "", end="" if bad else "\n")
+sys.exit(1 if bad else 0)
+PY
       if [ -x "$BIN" ]; then
         echo "  using the already-built $BIN instead of running it"
-        if command -v cargo >/dev/null; then
-          # The copied tree must still be a complete package (every target in Cargo.toml present).
-          (cd "$CWD" && cargo metadata --locked --offline --no-deps --format-version 1 >/dev/null) ||
-            ci_die "the files the Dockerfile COPYs do not make a loadable package"
-        fi
       else
         [ "${MTLS_SHIELD_BIN:-}" = "" ] || ci_die "MTLS_SHIELD_BIN=$MTLS_SHIELD_BIN is not an executable"
         ci_need cargo
@@ -350,7 +391,9 @@ else
   echo "hello from upstream" >"$WORK/upstream/index.html"
   python3 -m http.server 8080 --bind 127.0.0.1 --directory "$WORK/upstream" >"$WORK/upstream.log" 2>&1 &
   PIDS+=($!)
-  as_user "$EXE" "${ENTRY[1]}" "${ENTRY[2]}" "$CONFIG" >"$WORK/proxy.log" 2>&1 &   # the ENTRYPOINT
+  # The ENTRYPOINT. Not through the as_user function: $! must be the proxy itself (env and setpriv exec).
+  env -i PATH="$IMAGE_PATH" HOME=/nonexistent "${AS_USER[@]}" "$EXE" "${ENTRY[1]}" "${ENTRY[2]}" "$CONFIG" \
+    >"$WORK/proxy.log" 2>&1 &
   PROXY=$!
   PIDS+=("$PROXY")
   fail() { echo "--- proxy log"; tail -n 40 "$WORK/proxy.log"; ci_die "$*"; }

@@ -63,6 +63,7 @@ grep -q '^SupplementaryGroups=mtls-shield$' "$UNIT" || ci_die "the unit no longe
 echo "group mtls-shield: created"
 
 ci_step "required directives"
+# shellcheck disable=SC2016  # $MAINPID is literal unit text
 for d in 'DynamicUser=yes' 'ProtectSystem=strict' 'NoNewPrivileges=yes' 'ProtectHome=yes' 'PrivateTmp=yes' \
   'CapabilityBoundingSet=CAP_NET_BIND_SERVICE' 'AmbientCapabilities=CAP_NET_BIND_SERVICE' \
   'ExecReload=/bin/kill -HUP $MAINPID' 'Restart=on-failure' 'SystemCallFilter=@system-service' \

@@ -10,10 +10,16 @@
 #   DL_COUNT 100 MiB downloads per round [5/1]  HS_CONNS concurrency of the handshake
 #   phase [32]  TARGETS ["mtls-shield nginx haproxy"]  MTLS_SHIELD_BIN (use this binary,
 #   never build)  SKIP_BUILD=1 (use target/release/mtls-shield as it is)
-#   PROXY_CPU [1]  LOAD_CPU [0]  BASE_PORT [18080]  KEEP_RUN=1 (keep bench/.run/)
+#   PROXY_CPU [1]  LOAD_CPU [0]  BASE_PORT [18080]
+#   MAX_OTHER_PCT [5] % of a CPU used by processes other than the proxy, the upstream and the
+#   load tool that marks a phase disturbed  RETRY_DISTURBED [1] re-runs of a disturbed load phase  QUIET_WAIT [60] seconds
+#   to wait for an idle machine before each target and each re-run
 #
 # Every server binds 127.0.0.1 only; every load phase is bounded in time.
 set -euo pipefail
+# The whole script is one { ... } block: bash parses it completely before running, so editing
+# this file cannot disturb a run in progress.
+{
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
@@ -34,6 +40,9 @@ HS_CONNS="${HS_CONNS:-32}"
 H2_CONNS=4
 H2_STREAMS=25
 TARGET_LIST="${TARGETS:-mtls-shield nginx haproxy}"
+MAX_OTHER_PCT="${MAX_OTHER_PCT:-5}"      # % of a CPU used by other processes that marks a phase disturbed
+RETRY_DISTURBED="${RETRY_DISTURBED:-1}"  # re-run a disturbed load phase this many times
+QUIET_WAIT="${QUIET_WAIT:-60}"           # before each target and retry, wait up to this long for an idle machine
 PROXY_CPU="${PROXY_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 BASE_PORT="${BASE_PORT:-18080}"
@@ -127,7 +136,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (( $(ulimit -n) > IDLE_CONNS * 2 + 200 )) || log "WARNING: fd limit $(ulimit -n) is low for $IDLE_CONNS idle connections"
 
 # ------------------------------------------------------------------ 4. work dir + PKI
-[[ "${KEEP_RUN:-0}" == 1 ]] || rm -rf "$RUN"
+rm -rf "$RUN"   # the last run's configs, PKI and logs stay here until the next run
 mkdir -p "$RUN" "$RESULTS"
 PKI="$RUN/pki"
 mkdir -p "$PKI"
@@ -245,12 +254,15 @@ http {
 EOF
 }
 
+# HAProxy wants about 2 fds per connection and refuses to start if it cannot have them.
+HAPROXY_MAXCONN=$(( ( $(ulimit -n) - 200 ) / 2 ))
+(( HAPROXY_MAXCONN > 20000 )) && HAPROXY_MAXCONN=20000
 mk_haproxy() {
   local d="$RUN/haproxy"; mkdir -p "$d"
   cat > "$d/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 20000
+  maxconn $HAPROXY_MAXCONN
   tune.ssl.cachesize 0
   ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets
 
@@ -262,7 +274,7 @@ defaults
   timeout server 60s
   timeout http-request 300s
   timeout http-keep-alive 300s
-  maxconn 20000
+  maxconn $HAPROXY_MAXCONN
 
 frontend fe
   bind 127.0.0.1:${PORT[haproxy]} ssl crt $PKI/server-with-key.pem ca-file $PKI/ca.pem verify required ssl-min-ver TLSv1.2 no-tls-tickets alpn h2,http/1.1
@@ -299,7 +311,8 @@ truststore = "truststore.pem"
 url = "http://127.0.0.1:$PORT_UP"
 
 [log]
-level = "warn"
+# warn, but keep the one-line "listening" startup message (info, from the cli module)
+level = "warn,mtls_shield::cli=info"
 access_log = false
 
 [runtime]
@@ -369,6 +382,8 @@ note() { # note TARGET ROUND TEXT
 }
 cpu_of() { "$PY" "$LIB" cpu "$1"; }
 rss_of() { "$PY" "$LIB" rss "$1"; }
+fmt0() { [[ "$1" == null ]] && echo "-" || printf '%.0f' "$1"; }
+fmt3() { [[ "$1" == null ]] && echo "-" || printf '%.3f' "$1"; }
 calc() { "$PY" -c "import sys; v=$1; print('null' if v is None else repr(float(v)))" 2>/dev/null || echo null; }
 
 sanity() { # sanity TARGET ROUND -> 0 if the proxy serves the body with a cert and refuses without
@@ -377,46 +392,117 @@ sanity() { # sanity TARGET ROUND -> 0 if the proxy serves the body with a cert a
   [[ "$body" == "$BODY" ]] || { note "$t" "$r" "with a client cert: unexpected response '${body:0:200}'"; return 1; }
   code="$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' --cacert "$PKI/ca.pem" "$url" 2>/dev/null || true)"
   [[ "$code" == 200 ]] && { note "$t" "$r" "answered 200 WITHOUT a client certificate"; return 1; }
-  # Resumption must be off: a second handshake offering the first session must be full.
-  local sess="$RUN/$t/sess.pem"
-  rm -f "$sess"
-  echo | timeout 5 openssl s_client -connect "127.0.0.1:${PORT[$t]}" -CAfile "$PKI/ca.pem" \
-    -cert "$PKI/client.pem" -key "$PKI/client.key" -sess_out "$sess" >/dev/null 2>&1 || true
-  if [[ -s "$sess" ]]; then
-    if echo | timeout 5 openssl s_client -connect "127.0.0.1:${PORT[$t]}" -CAfile "$PKI/ca.pem" \
+  # Resumption must be off: a second handshake offering the first one's session (TLS 1.2
+  # session ID or ticket, TLS 1.3 ticket) must be a full handshake again.
+  local sess="$RUN/$t/sess.pem" v
+  for v in -tls1_2 -tls1_3; do
+    rm -f "$sess"
+    echo | timeout 5 openssl s_client "$v" -connect "127.0.0.1:${PORT[$t]}" -CAfile "$PKI/ca.pem" \
+      -cert "$PKI/client.pem" -key "$PKI/client.key" -sess_out "$sess" >/dev/null 2>&1 || true
+    [[ -s "$sess" ]] || continue
+    if echo | timeout 5 openssl s_client "$v" -connect "127.0.0.1:${PORT[$t]}" -CAfile "$PKI/ca.pem" \
         -cert "$PKI/client.pem" -key "$PKI/client.key" -sess_in "$sess" 2>/dev/null | grep -q '^Reused'; then
-      note "$t" "$r" "TLS session resumption happened although it should be off"
+      note "$t" "$r" "TLS session resumption (${v#-}) happened although it should be off"
     fi
+  done
+  return 0
+}
+
+run_counted() { # run_counted OUT CMD... -> CMD's stdout in OUT; prints the CPU seconds CMD used
+  local out=$1; shift
+  ( "$@" > "$out" 2>"$out.err" || true
+    # This subshell has reaped CMD (and CMD its children): its cutime+cstime is their CPU.
+    awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); print ($14 + $15) / hz}' "/proc/$BASHPID/stat" )
+}
+oha_run() { # oha_run OUTFILE ARGS... -> OHA_SUMMARY (one JSON line), OHA_CPU (oha's CPU s)
+  local out=$1; shift
+  OHA_CPU=$(run_counted "$out" timeout $((DURATION + 30)) "${ON_LOAD[@]}" "$OHA" --no-tui \
+    --output-format json -z "${DURATION}s" --worker-threads 1 \
+    --cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "$@")
+  if [[ -s "$out" ]]; then OHA_SUMMARY=$("$PY" "$LIB" oha "$out"); else OHA_SUMMARY='{}'; fi
+}
+jget() { "$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); v=d.get(sys.argv[2]); print("null" if v is None else v)' "$1" "$2"; }
+
+cpu_busy_s() { # cpu_busy_s CPU -> user+nice+system+steal seconds of that CPU since boot
+  # irq/softirq ticks are left out: the kernel's loopback work for the proxy's own sends lands
+  # there, and without CONFIG_IRQ_TIME_ACCOUNTING it is in neither column of the proxy.
+  awk -v c="cpu$1" -v hz="$(getconf CLK_TCK)" '$1 == c {print ($2+$3+$4+$9)/hz}' /proc/stat
+}
+now_s() { date +%s.%N; }
+all_busy_s() { awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print ($2+$3+$4+$9)/hz}' /proc/stat; }
+# Around a measured phase: how busy the proxy was, and whether anything else ran on its CPU.
+phase_begin() { # phase_begin PID
+  PH_C0=$(cpu_of "$1"); PH_U0=$(cpu_of "$UP_PID")
+  PH_B0=$(cpu_busy_s "$PROXY_CPU"); PH_A0=$(all_busy_s); PH_T0=$(now_s)
+}
+# phase_end PID CLIENT_CPU_S -> PH_CPU (proxy CPU s), PH_BUSY (proxy, % of one CPU),
+#   PH_OTHER (CPU used by anything but the proxy, the upstream and the client, % of one CPU),
+#   PH_OTHER_PROXY_CPU (anything but the proxy on the proxy's CPU, %)
+phase_end() {
+  local c1 b1 a1 t1 u1 wall
+  b1=$(cpu_busy_s "$PROXY_CPU"); a1=$(all_busy_s); t1=$(now_s)
+  c1=$(cpu_of "$1"); u1=$(cpu_of "$UP_PID")
+  PH_CPU=$(calc "$c1 - $PH_C0")
+  wall=$(calc "$t1 - $PH_T0")
+  PH_BUSY=$(calc "($c1 - $PH_C0) / $wall * 100")
+  PH_OTHER_PROXY_CPU=$(calc "max(0.0, ($b1 - $PH_B0) - ($c1 - $PH_C0)) / $wall * 100")
+  PH_OTHER=$(calc "max(0.0, ($a1 - $PH_A0) - ($c1 - $PH_C0) - ($u1 - $PH_U0) - ${2:-0}) / $wall * 100")
+  PH_CLIENT=$(calc "${2:-0} / $wall * 100")
+}
+wait_quiet() { # wait (at most QUIET_WAIT s) until the machine is idle apart from the idle proxy
+  local start b0 b1 busy
+  start=$(date +%s)
+  while :; do
+    b0=$(all_busy_s); sleep 1; b1=$(all_busy_s)
+    busy=$(calc "($b1 - $b0) * 100")
+    awk -v b="$busy" 'BEGIN {exit !(b < 10)}' && return 0
+    if (( $(date +%s) - start >= QUIET_WAIT )); then
+      log "  the machine is still busy (${busy%.*}% of a CPU used by other processes); going on"
+      return 0
+    fi
+    (( $(date +%s) - start < 2 )) && log "  waiting up to ${QUIET_WAIT}s for other processes to quieten (${busy%.*}% of a CPU busy)"
+  done
+}
+phase_disturbed() { [[ "$PH_OTHER" != null ]] && awk -v o="$PH_OTHER" -v m="$MAX_OTHER_PCT" 'BEGIN {exit !(o > m)}'; }
+phase_record() { # phase_record TARGET ROUND PREFIX
+  emit "$1" "$2" "${3}_proxy_busy_pct" "$PH_BUSY"
+  emit "$1" "$2" "${3}_client_busy_pct" "$PH_CLIENT"
+  emit "$1" "$2" "${3}_other_pct" "$PH_OTHER"
+  emit "$1" "$2" "${3}_other_on_proxy_cpu_pct" "$PH_OTHER_PROXY_CPU"
+  if phase_disturbed; then
+    note "$1" "$2" "$3: other processes used $(printf '%.0f' "$PH_OTHER")% of a CPU during the phase ($(printf '%.0f' "$PH_OTHER_PROXY_CPU")% of the proxy's); this sample is disturbed"
   fi
   return 0
 }
 
-oha_run() { # oha_run OUTFILE ARGS... (bounded by -z and by timeout)
-  local out=$1; shift
-  timeout $((DURATION + 30)) "${ON_LOAD[@]}" "$OHA" --no-tui --output-format json -z "${DURATION}s" \
-    --cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "$@" > "$out" 2>"$out.err" || true
-  if [[ -s "$out" ]]; then "$PY" "$LIB" oha "$out"; else echo '{}'; fi
-}
-jget() { "$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); v=d.get(sys.argv[2]); print("null" if v is None else v)' "$1" "$2"; }
-
-load_phase() { # load_phase TARGET ROUND NAME -- OHA ARGS...   prints: count rps p50 p99 cpu_s
+load_phase() { # load_phase TARGET ROUND NAME -- OHA ARGS...   sets LP_N LP_RPS LP_P50 LP_P99 PH_CPU
   local t=$1 r=$2 name=$3; shift 4
-  local pid=${TPID[$t]} c0 c1 s out="$RUN/$t/oha-$name-r$r.json"
-  c0=$(cpu_of "$pid")
-  s=$(oha_run "$out" "$@")
-  c1=$(cpu_of "$pid")
-  local n rps p50 p99 errs non2xx
-  n=$(jget "$s" responses_2xx); rps=$(jget "$s" rps); p50=$(jget "$s" p50_ms); p99=$(jget "$s" p99_ms)
+  local pid=${TPID[$t]} s out="$RUN/$t/oha-$name-r$r.json" attempt
+  for attempt in $(seq $((RETRY_DISTURBED + 1))); do
+    phase_begin "$pid"
+    oha_run "$out" "$@"
+    phase_end "$pid" "$OHA_CPU"
+    s=$OHA_SUMMARY
+    phase_disturbed || break
+    if ((attempt <= RETRY_DISTURBED)); then
+      log "  $name: disturbed by other processes ($(printf '%.0f' "$PH_OTHER")% of a CPU); running it again"
+      wait_quiet
+    fi
+  done
+  phase_record "$t" "$r" "$name"
+  local errs non2xx
+  LP_N=$(jget "$s" responses_2xx); LP_RPS=$(jget "$s" rps); LP_P50=$(jget "$s" p50_ms); LP_P99=$(jget "$s" p99_ms)
   errs=$(jget "$s" errors); non2xx=$(jget "$s" responses_non2xx)
-  if [[ "$n" == null || "$n" == 0 ]]; then
+  if [[ "$LP_N" == null || "$LP_N" == 0 ]]; then
+    LP_N=null
     note "$t" "$r" "$name: no successful responses; oha said: $(head -c 400 "$out.err" 2>/dev/null) $(echo "$s" | head -c 400)"
-  elif [[ "$errs" != null ]] && (( errs > 0 || non2xx > 0 )); then
-    # oha aborts in-flight requests at the deadline: up to one per connection is expected.
-    local kinds; kinds=$(jget "$s" error_kinds)
-    (( non2xx > 0 || errs > 200 )) && note "$t" "$r" "$name: $errs errors, $non2xx non-2xx ($kinds)"
+  elif [[ "$errs" != null ]] && (( non2xx > 0 || errs > 200 )); then
+    # oha aborts in-flight requests at the deadline (one per connection/stream): not counted.
+    note "$t" "$r" "$name: $errs errors, $non2xx non-2xx ($(jget "$s" error_kinds))"
   fi
-  echo "$n $rps $p50 $p99 $(calc "$c1 - $c0")"
+  return 0
 }
+per_unit_us() { calc "None if '$2' == 'null' else ($1) * 1e6 / $2"; } # per_unit_us CPU_S COUNT
 
 measure_idle() { # measure_idle TARGET ROUND
   local t=$1 r=$2 pid=${TPID[$t]} d="$RUN/$t" base after ctl out hp line opened alive
@@ -452,12 +538,14 @@ measure_idle() { # measure_idle TARGET ROUND
 }
 
 measure_download() { # measure_download TARGET ROUND
-  local t=$1 r=$2 pid=${TPID[$t]} url="https://127.0.0.1:${PORT[$t]}/big" args=() i c0 c1 w
+  local t=$1 r=$2 pid=${TPID[$t]} url="https://127.0.0.1:${PORT[$t]}/big" args=() i w
   for i in $(seq "$DL_COUNT"); do args+=(-o /dev/null "$url"); done
-  c0=$(cpu_of "$pid")
-  w=$(timeout $((60 * DL_COUNT)) "${ON_LOAD[@]}" curl -s --http1.1 "${CURL_TLS[@]}" \
-        -w '%{http_code} %{size_download} %{time_total}\n' "${args[@]}" || true)
-  c1=$(cpu_of "$pid")
+  local ccpu
+  phase_begin "$pid"
+  ccpu=$(run_counted "$RUN/$t/curl-r$r.out" timeout $((60 * DL_COUNT)) "${ON_LOAD[@]}" curl -s --http1.1 \
+        "${CURL_TLS[@]}" -w '%{http_code} %{size_download} %{time_total}\n' "${args[@]}")
+  phase_end "$pid" "$ccpu"; phase_record "$t" "$r" dl
+  w=$(cat "$RUN/$t/curl-r$r.out")
   local bytes secs bad
   bytes=$(awk '{s+=$2} END {print s+0}' <<<"$w")
   secs=$(awk '{s+=$3} END {print s+0}' <<<"$w")
@@ -467,35 +555,36 @@ measure_download() { # measure_download TARGET ROUND
     emit "$t" "$r" dl_mb_s null; emit "$t" "$r" dl_cpu_s_per_gb null; return
   fi
   emit "$t" "$r" dl_mb_s "$(calc "$bytes / 1e6 / $secs")"
-  emit "$t" "$r" dl_cpu_s_per_gb "$(calc "($c1 - $c0) / ($bytes / 1e9)")"
+  emit "$t" "$r" dl_cpu_s_per_gb "$(calc "$PH_CPU / ($bytes / 1e9)")"
+  log "  download: $DL_COUNT x $BIG_MIB MiB in ${secs}s, proxy CPU ${PH_CPU}s"
 }
 
 run_target() { # run_target TARGET ROUND
   local t=$1 r=$2 u="https://127.0.0.1:${PORT[$1]}/"
   log "round $r/$ROUNDS: $t on 127.0.0.1:${PORT[$t]} (CPU $PROXY_CPU)"
+  wait_quiet
   if ! start_target "$t"; then note "$t" "$r" "did not start (logs in bench/.run/$t)"; stop_target "$t" 2>/dev/null || true; return; fi
   if ! sanity "$t" "$r"; then stop_target "$t"; return; fi
   # Warm-up, unmeasured: upstream pool, lazy init, page cache.
-  timeout 20 "${ON_LOAD[@]}" "$OHA" --no-tui -z 1s -c "$KA_CONNS" --http-version 1.1 \
+  timeout 20 "${ON_LOAD[@]}" "$OHA" --no-tui -z 1s -c "$KA_CONNS" --http-version 1.1 --worker-threads 1 \
     --cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "$u" >/dev/null 2>&1 || true
 
   measure_idle "$t" "$r"
 
-  local n rps p50 p99 cpu
-  read -r n rps p50 p99 cpu < <(load_phase "$t" "$r" keepalive -- -c "$KA_CONNS" --http-version 1.1 "$u")
-  emit "$t" "$r" ka_rps "$rps"; emit "$t" "$r" ka_p50_ms "$p50"; emit "$t" "$r" ka_p99_ms "$p99"
-  emit "$t" "$r" ka_cpu_us_per_req "$(calc "None if '$n' in ('null','0') else ($cpu) * 1e6 / $n")"
-  log "  keep-alive: $rps req/s, p50 $p50 ms, p99 $p99 ms, $n requests, CPU ${cpu}s"
+  load_phase "$t" "$r" ka -- -c "$KA_CONNS" --http-version 1.1 "$u"
+  emit "$t" "$r" ka_rps "$LP_RPS"; emit "$t" "$r" ka_p50_ms "$LP_P50"; emit "$t" "$r" ka_p99_ms "$LP_P99"
+  emit "$t" "$r" ka_cpu_us_per_req "$(per_unit_us "$PH_CPU" "$LP_N")"
+  log "  keep-alive: $(fmt0 "$LP_RPS") req/s, p50 $(fmt3 "$LP_P50") ms, p99 $(fmt3 "$LP_P99") ms, $LP_N requests, proxy CPU ${PH_CPU}s"
 
-  read -r n rps p50 p99 cpu < <(load_phase "$t" "$r" handshake -- -c "$HS_CONNS" --http-version 1.1 --disable-keepalive "$u")
-  emit "$t" "$r" hs_cps "$rps"; emit "$t" "$r" hs_p99_ms "$p99"
-  emit "$t" "$r" hs_cpu_us_per_hs "$(calc "None if '$n' in ('null','0') else ($cpu) * 1e6 / $n")"
-  log "  handshakes: $rps conn/s, $n handshakes, CPU ${cpu}s"
+  load_phase "$t" "$r" hs -- -c "$HS_CONNS" --http-version 1.1 --disable-keepalive "$u"
+  emit "$t" "$r" hs_cps "$LP_RPS"; emit "$t" "$r" hs_p99_ms "$LP_P99"
+  emit "$t" "$r" hs_cpu_us_per_hs "$(per_unit_us "$PH_CPU" "$LP_N")"
+  log "  handshakes: $(fmt0 "$LP_RPS") conn/s, $LP_N handshakes, proxy CPU ${PH_CPU}s"
 
-  read -r n rps p50 p99 cpu < <(load_phase "$t" "$r" h2 -- -c "$H2_CONNS" -p "$H2_STREAMS" --http2 "$u")
-  emit "$t" "$r" h2_rps "$rps"; emit "$t" "$r" h2_p99_ms "$p99"
-  emit "$t" "$r" h2_cpu_us_per_req "$(calc "None if '$n' in ('null','0') else ($cpu) * 1e6 / $n")"
-  log "  h2: $rps req/s, $n requests, CPU ${cpu}s"
+  load_phase "$t" "$r" h2 -- -c "$H2_CONNS" -p "$H2_STREAMS" --http2 "$u"
+  emit "$t" "$r" h2_rps "$LP_RPS"; emit "$t" "$r" h2_p50_ms "$LP_P50"; emit "$t" "$r" h2_p99_ms "$LP_P99"
+  emit "$t" "$r" h2_cpu_us_per_req "$(per_unit_us "$PH_CPU" "$LP_N")"
+  log "  h2: $(fmt0 "$LP_RPS") req/s, $LP_N requests, proxy CPU ${PH_CPU}s"
 
   measure_download "$t" "$r"
 
@@ -512,7 +601,7 @@ shield_version="n/a"
 if ((want_shield)); then
   shield_version="$("$BIN" --version 2>/dev/null | head -n1 || true)"
   rev="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo uncommitted)"
-  shield_version="${shield_version:-mtls-shield} (git $rev)"
+  shield_version="${shield_version:-mtls-shield} (git $rev, binary built $(date -u -r "$BIN" "+%F %H:%M UTC"))"
 fi
 "$PY" - "$RUN/meta.json" <<EOF
 import json, os, platform, sys, datetime
@@ -560,3 +649,5 @@ cp "$RAW" "$RESULTS/latest-raw.jsonl"
 log "wrote $RESULTS/latest.md and latest.json"
 echo
 cat "$RESULTS/latest.md"
+exit 0
+}

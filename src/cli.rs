@@ -45,6 +45,31 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Validate a config exactly as `run` would, without binding ports, and report what it
+    /// serves and trusts. Exit 0 when valid (warnings allowed), 1 otherwise.
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = "config/mtls-shield.toml")]
+        config: PathBuf,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = crate::check::Format::Text)]
+        format: crate::check::Format,
+    },
+    /// Would this client certificate be accepted (now, or at --at)? Exit 0 accepted,
+    /// 2 refused (with the reason code), 1 error.
+    Verify {
+        /// The config file.
+        #[arg(long, short, default_value = "config/mtls-shield.toml")]
+        config: PathBuf,
+        /// The client certificate (PEM); certificates after the first are its intermediates.
+        cert: PathBuf,
+        /// Intermediates the client sends with it (PEM).
+        #[arg(long)]
+        chain: Option<PathBuf>,
+        /// Check at this RFC 3339 time instead of now, e.g. 2026-03-01T12:00:00Z.
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Write a development PKI (CA, server and client certificates) as PEM files.
     GenCerts {
         /// Output folder (created if missing).
@@ -58,7 +83,19 @@ pub enum Command {
 
 /// Runs the command line; the binary's `main` only prints errors.
 pub fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap exits 2 on a usage error, but `verify` uses 2 for "refused": a typo in a
+            // script must not read as a refusal. Usage errors exit 1 like every other error.
+            let _ = e.print();
+            return Ok(if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+    };
     match cli.command {
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
@@ -69,6 +106,13 @@ pub fn main() -> anyhow::Result<ExitCode> {
             init_logging(&LogConfig::default());
             runtime(None)?.block_on(demo(listen, admin, dir))
         }
+        Command::Check { config, format } => crate::check::run(&config, format),
+        Command::Verify {
+            config,
+            cert,
+            chain,
+            at,
+        } => crate::verify::run(&config, &cert, chain.as_deref(), at.as_deref()),
         Command::GenCerts { out, force } => gen_certs(&out, force),
     }
 }
@@ -110,7 +154,6 @@ pub struct Running {
     shared: Arc<Shared>,
     reloader: Option<Arc<Reloader>>,
     accept: tokio::task::JoinHandle<()>,
-    shutdown_timeout: std::time::Duration,
 }
 
 /// Builds everything from `cfg`, binds the listeners and starts accepting. `config_path`
@@ -120,7 +163,6 @@ pub async fn start(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<
     let address = cfg.listener.address;
     let admin_address = cfg.admin.as_ref().map(|a| a.address);
     let watch_interval = cfg.reload.watch_interval;
-    let shutdown_timeout = cfg.listener.shutdown_timeout;
     let generation = Generation::build(cfg, 1, None)?;
     let shared = Shared::new(generation, metrics);
 
@@ -150,7 +192,6 @@ pub async fn start(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<
         shared,
         reloader,
         accept,
-        shutdown_timeout,
     })
 }
 
@@ -161,7 +202,6 @@ impl Running {
             shared,
             reloader,
             accept,
-            shutdown_timeout,
             ..
         } = self;
         let mut hup = signal(SignalKind::hangup())?;
@@ -177,6 +217,8 @@ impl Running {
                 _ = int.recv() => break "SIGINT",
             }
         };
+        // Read at drain time, so a reloaded listener.shutdown_timeout applies.
+        let shutdown_timeout = shared.current.load().config.listener.shutdown_timeout;
         tracing::info!(signal = which, timeout = ?shutdown_timeout, "draining: no new connections; in-flight requests may finish");
         shared.begin_drain();
         tokio::spawn(async move {

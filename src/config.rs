@@ -108,6 +108,11 @@ pub struct ListenerConfig {
     /// h2 streams per connection.
     #[serde(default = "defaults::max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Largest request body accepted, in bytes; larger bodies get 413. Enforced while the
+    /// body streams (a declared Content-Length over it is refused before the upstream is
+    /// contacted). Absent: no limit.
+    #[serde(default = "defaults::max_request_body_bytes")]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// `[client_auth]`
@@ -312,6 +317,10 @@ pub mod defaults {
     pub fn max_concurrent_streams() -> u32 {
         100
     }
+    /// `listener.max_request_body_bytes`: no limit; the upstream decides.
+    pub fn max_request_body_bytes() -> Option<u64> {
+        None
+    }
     /// `upstream.connect_timeout`
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(5)
@@ -402,6 +411,12 @@ impl Config {
         if self.listener.max_concurrent_streams == 0 {
             return Err(self.invalid("listener.max_concurrent_streams", "must be at least 1"));
         }
+        if self.listener.max_request_body_bytes == Some(0) {
+            return Err(self.invalid(
+                "listener.max_request_body_bytes",
+                "must be at least 1; remove the key for no limit",
+            ));
+        }
         for (key, d) in [
             (
                 "listener.handshake_timeout",
@@ -489,6 +504,16 @@ url = "http://127.0.0.1:8080"
         let c = Config::from_toml(MINIMAL, Path::new("/etc/shield/shield.toml")).unwrap();
         assert_eq!(c.listener.certificate, Path::new("/etc/shield/server.pem"));
         assert_eq!(c.client_auth.truststore, Path::new("/abs/truststore.pem"));
+    }
+
+    #[test]
+    fn annotated_example_config_parses() {
+        let text = include_str!("../config/mtls-shield.toml");
+        let c = Config::from_toml(text, Path::new("config/mtls-shield.toml")).unwrap();
+        assert_eq!(
+            c.listener.certificate,
+            Path::new("config/../certs/server.pem")
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use http::header::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rustls_pki_types::CertificateDer;
+use x509_parser::der_parser::asn1_rs::{Class, Tag, ToDer};
 use x509_parser::prelude::*;
 
 use crate::config::{ForwardConfig, HeaderFamily};
@@ -95,13 +96,13 @@ impl ClientIdentity {
             }
         }
         let subject = cert.subject();
-        let common_names = subject
-            .iter_common_name()
-            .filter_map(|a| a.as_str().ok().map(str::to_owned))
-            .collect();
+        // attr_string also reads BMPString/T61String values, so a CN in one of those legacy
+        // encodings can still be matched by the allow-list (an undecodable one never matches:
+        // fail closed).
+        let common_names = subject.iter_common_name().filter_map(attr_string).collect();
         let organizational_units = subject
             .iter_organizational_unit()
-            .filter_map(|a| a.as_str().ok().map(str::to_owned))
+            .filter_map(attr_string)
             .collect();
         Ok(Self {
             subject: rfc2253(subject),
@@ -154,7 +155,10 @@ impl ClientIdentity {
                             rfc3339_z(self.not_after)
                         )),
                     ));
-                    out.push((names::ALB_LEAF, header_value(&url_encoded_pem(&self.leaf))));
+                    out.push((
+                        names::ALB_LEAF,
+                        header_value(&alb_url_encoded_pem(&self.leaf)),
+                    ));
                 }
                 HeaderFamily::Rfc9440 => {
                     out.push((names::CLIENT_CERT, header_value(&sf_binary(&self.leaf))));
@@ -188,8 +192,9 @@ impl ClientIdentity {
             }
         }
         // Envoy always quotes Subject; other values only when they hold `,`, `;` or `=`.
-        s.push_str(";Subject=");
-        push_quoted(&mut s, &self.subject);
+        s.push_str(";Subject=\"");
+        push_xfcc_subject(&mut s, &self.subject);
+        s.push('"');
         for uri in &self.uris {
             s.push_str(";URI=");
             push_xfcc_value(&mut s, uri);
@@ -267,27 +272,60 @@ fn escape_controls(s: &str) -> String {
     out
 }
 
-fn push_quoted(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+/// The RFC 2253 subject inside XFCC's double quotes, byte-for-byte what Envoy sends for every
+/// DN without a `"` or `\` in an attribute value (commas, `+` and the like stay `\,`, `\+`).
+///
+/// Security: a certificate's subject is attacker-influenced text placed inside a quoted value
+/// that the upstream parses. XFCC parsers disagree on escapes: some read `\x` as a quoted-pair
+/// (RFC 9110), some only unescape `\"`. Either kind could be made to end the quoted value
+/// early, and read a forged `;URI=…` after it, if the value held a `"` or a backslash just
+/// before the closing quote. So the two RFC 2253 escapes that could produce those, `\"` and
+/// `\\`, are written in RFC 2253's equivalent hex form, `\22` and `\5C` (RFC 2253 §2.4):
+/// the DN means the same, and the quoted value holds no `"` and never ends in a backslash.
+fn push_xfcc_subject(out: &mut String, dn: &str) {
+    let mut chars = dn.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('"') => out.push_str("\\22"),
+                Some('\\') | None => out.push_str("\\5C"),
+                Some(next) => {
+                    out.push('\\');
+                    out.push(next);
+                }
+            },
+            // rfc2253() always escapes it; kept for any future caller.
+            '"' => out.push_str("\\22"),
+            c => out.push(c),
         }
-        out.push(c);
     }
-    out.push('"');
 }
 
+/// A URI or DNS SAN in XFCC. Envoy's rule: a value holding `,`, `;` or `=` is double-quoted.
+/// Inside quotes, `"` and `\` are percent-encoded (they are not valid in a URI or a host
+/// name, so `%22`/`%5C` is the same URI), which keeps the quoted value unambiguous for every
+/// XFCC parser (see [`push_xfcc_subject`]).
 fn push_xfcc_value(out: &mut String, v: &str) {
-    if v.contains([',', ';', '=', '"']) {
-        push_quoted(out, v);
+    if v.contains([',', ';', '=', '"', '\\']) {
+        out.push('"');
+        for c in v.chars() {
+            match c {
+                '"' => out.push_str("%22"),
+                '\\' => out.push_str("%5C"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     } else {
         out.push_str(v);
     }
 }
 
-/// RFC 2253 string of a DN: RDNs most-specific first, `+` inside multi-valued RDNs, and the
-/// special characters escaped. Unknown attribute types are shown as dotted OIDs.
+/// RFC 2253 string of a DN, as `openssl x509 -noout -subject -nameopt RFC2253` prints it
+/// (the format ALB and CloudFront send): RDNs most-specific first, `+` inside multi-valued
+/// RDNs, special characters escaped, UTF-8 left as is (like Envoy, OpenSSL's `-esc_msb`
+/// off). Attribute types use OpenSSL's short names; any other type is written as a dotted
+/// OID with a `#hex` DER value, as RFC 2253 §2.4 requires.
 pub fn rfc2253(name: &X509Name<'_>) -> String {
     let mut out = String::new();
     let rdns: Vec<_> = name.iter().collect();
@@ -299,22 +337,88 @@ pub fn rfc2253(name: &X509Name<'_>) -> String {
             if j > 0 {
                 out.push('+');
             }
-            let oid = atv.attr_type();
-            match oid2abbrev(oid, oid_registry()) {
-                Ok(abbrev) => out.push_str(abbrev),
-                Err(_) => out.push_str(&oid.to_id_string()),
-            }
+            let oid = atv.attr_type().to_id_string();
+            let short = attribute_short_name(&oid);
+            out.push_str(short.unwrap_or(&oid));
             out.push('=');
-            match atv.as_str() {
-                Ok(v) => escape_rfc2253_value(&mut out, v),
-                Err(_) => {
+            match attr_string(atv).filter(|_| short.is_some()) {
+                Some(v) => escape_rfc2253_value(&mut out, &v),
+                None => {
                     out.push('#');
-                    out.push_str(&hex::encode(atv.attr_value().data));
+                    let v = atv.attr_value();
+                    match v.to_der_vec() {
+                        Ok(der) => out.push_str(&hex::encode_upper(der)),
+                        // Cannot happen for a value that was just parsed; the content alone
+                        // still identifies it.
+                        Err(_) => out.push_str(&hex::encode_upper(v.data)),
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// OpenSSL's short names for the attribute types found in certificate DNs.
+fn attribute_short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.4" => "SN",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.12" => "title",
+        "2.5.4.13" => "description",
+        "2.5.4.15" => "businessCategory",
+        "2.5.4.17" => "postalCode",
+        "2.5.4.41" => "name",
+        "2.5.4.42" => "GN",
+        "2.5.4.43" => "initials",
+        "2.5.4.44" => "generationQualifier",
+        "2.5.4.46" => "dnQualifier",
+        "2.5.4.65" => "pseudonym",
+        "2.5.4.97" => "organizationIdentifier",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
+        "1.3.6.1.4.1.311.60.2.1.2" => "jurisdictionST",
+        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
+        _ => return None,
+    })
+}
+
+/// The text of a DN attribute value in any of the ASN.1 string types certificates use,
+/// decoded as OpenSSL does (T61String as Latin-1). `None` for other types or bad encodings.
+fn attr_string(atv: &AttributeTypeAndValue<'_>) -> Option<String> {
+    let v = atv.attr_value();
+    if v.class() != Class::Universal {
+        return None;
+    }
+    let data = v.data;
+    match v.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_owned),
+        Tag::T61String => Some(data.iter().map(|b| char::from(*b)).collect()),
+        Tag::BmpString if data.len() % 2 == 0 => char::decode_utf16(
+            data.chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]])),
+        )
+        .collect::<Result<String, _>>()
+        .ok(),
+        Tag::UniversalString if data.len() % 4 == 0 => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    }
 }
 
 fn escape_rfc2253_value(out: &mut String, v: &str) {
@@ -359,13 +463,20 @@ pub fn rfc3339_z(unix: i64) -> String {
     }
 }
 
-/// Characters kept as-is in URL-encoded PEM: RFC 3986 unreserved. Base64's `+`, `/`, `=`,
-/// spaces and newlines are encoded, as ALB and Envoy do.
+/// Envoy's URL-encoded PEM (XFCC `Cert`/`Chain`): only RFC 3986 unreserved characters stay;
+/// base64's `+`, `/`, `=`, spaces and newlines are encoded (`%2B`, `%2F`, `%3D`, `%20`, `%0A`),
+/// exactly the replacements Envoy makes.
 const URL_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// ALB's URL-encoded PEM (`X-Amzn-Mtls-Clientcert-Leaf`): ALB documents it as "URL-encoded
+/// PEM, with `+=/` as safe characters", i.e. Python's `quote(pem, safe="+=/")`: only spaces
+/// and newlines change. Apps that migrated off ALB may split or compare the raw value, so it
+/// is byte-for-byte ALB's.
+const ALB_URL_ENCODE: &AsciiSet = &URL_ENCODE.remove(b'+').remove(b'=').remove(b'/');
 
 fn pem(der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
@@ -382,6 +493,10 @@ fn pem(der: &[u8]) -> String {
 
 fn url_encoded_pem(der: &[u8]) -> String {
     utf8_percent_encode(&pem(der), URL_ENCODE).to_string()
+}
+
+fn alb_url_encoded_pem(der: &[u8]) -> String {
+    utf8_percent_encode(&pem(der), ALB_URL_ENCODE).to_string()
 }
 
 /// RFC 8941 byte sequence: `:base64:`.
@@ -475,6 +590,82 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    /// Whatever the CN holds, the XFCC Subject stays one quoted value: no `"` inside it and
+    /// no backslash before its closing quote, so no parser can read a forged key after it.
+    #[test]
+    fn xfcc_subject_cannot_end_early() {
+        for cn in ["x\";URI=spiffe://admin;DNS=a", "ends with a backslash\\", "a\\\"b"] {
+            let der = cert_with(&[(rcgen::DnType::CommonName, cn)], vec![]);
+            let id = ClientIdentity::parse(&der, &[]).unwrap();
+            let x = id.xfcc(false);
+            let value = x
+                .split_once(";Subject=\"")
+                .and_then(|(_, rest)| rest.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("{x}"));
+            assert!(!value.contains('"'), "{x}");
+            assert!(!value.ends_with('\\'), "{x}");
+            // Everything after the opening quote is the one value: no key follows it.
+            assert!(x.starts_with("Hash=") && x.matches(";Subject=").count() == 1, "{x}");
+        }
+        let der = cert_with(&[(rcgen::DnType::CommonName, "a\"b\\c,d")], vec![]);
+        let id = ClientIdentity::parse(&der, &[]).unwrap();
+        assert_eq!(id.subject, "CN=a\\\"b\\\\c\\,d");
+        assert!(id.xfcc(false).ends_with(";Subject=\"CN=a\\22b\\5Cc\\,d\""));
+    }
+
+    #[test]
+    fn xfcc_quotes_uri_with_separators() {
+        let der = cert_with(
+            &[(rcgen::DnType::CommonName, "c")],
+            vec![rcgen::SanType::URI(
+                "https://example.org/p?a=1;b=2".try_into().unwrap(),
+            )],
+        );
+        let id = ClientIdentity::parse(&der, &[]).unwrap();
+        assert!(
+            id.xfcc(false)
+                .ends_with(";URI=\"https://example.org/p?a=1;b=2\""),
+            "{}",
+            id.xfcc(false)
+        );
+    }
+
+    #[test]
+    fn alb_leaf_encodes_only_spaces_and_newlines() {
+        let der = cert_with(&[(rcgen::DnType::CommonName, "c")], vec![]);
+        let pem = pem(&der);
+        let alb = alb_url_encoded_pem(&der);
+        assert_eq!(alb, pem.replace(' ', "%20").replace('\n', "%0A"));
+        let envoy = url_encoded_pem(&der);
+        assert_eq!(
+            envoy,
+            pem.replace(' ', "%20")
+                .replace('\n', "%0A")
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        );
+    }
+
+    #[test]
+    fn rfc2253_reads_legacy_strings_and_dumps_unknown_types() {
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(
+            rcgen::DnType::CustomDnType(vec![1, 2, 3, 4]),
+            rcgen::DnValue::Utf8String("x".into()),
+        );
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            rcgen::DnValue::BmpString("Zoë".try_into().unwrap()),
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = p.self_signed(&key).unwrap().der().clone();
+        let id = ClientIdentity::parse(&der, &[]).unwrap();
+        assert_eq!(id.subject, "CN=Zoë,1.2.3.4=#0C0178");
+        assert_eq!(id.common_names, vec!["Zoë".to_owned()]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -16,3 +17,4 @@ pub mod metrics;
 pub mod pki;
 pub mod proxy;
 pub mod tls;
+pub mod verify;

@@ -1,6 +1,8 @@
 //! Prometheus metrics (prometheus-client), served as text on the admin listener's `/metrics`.
 //! One [`Metrics`] is created at start-up and shared; reloads update the certificate gauges.
 
+use std::sync::Mutex;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,6 +12,9 @@ use prometheus_client::registry::Registry;
 
 use crate::tls::state::Inventory;
 use crate::tls::Reason;
+
+/// The values of `mtls_shield_requests_total{code_class}`.
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Handshake outcome.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -72,20 +77,47 @@ pub struct UpstreamErrorLabels {
     pub kind: UpstreamErrorKind,
 }
 
+/// A free-text label value (a DN), escaped as the Prometheus and OpenMetrics text formats
+/// require: `\`, `"` and newline become `\\`, `\"` and `\n`.
+///
+/// prometheus-client 0.22 writes label values verbatim. RFC 2253 DNs routinely hold
+/// backslashes (`O=Example\, Inc.`), and a raw `\,` or `"` inside a label value is a
+/// parse error that makes Prometheus drop the whole scrape, every metric with it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TextLabel(pub String);
+
+impl EncodeLabelValue for TextLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Labels of `mtls_shield_certificate_expiry_timestamp_seconds`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct CertLabels {
     /// `server` or `trust_anchor`.
     pub role: &'static str,
     /// Subject DN, RFC 2253.
-    pub subject: String,
+    pub subject: TextLabel,
 }
 
 /// Labels of `mtls_shield_crl_next_update_timestamp_seconds`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct IssuerLabels {
     /// The CRL issuer DN, RFC 2253.
-    pub issuer: String,
+    pub issuer: TextLabel,
 }
 
 /// Labels of `mtls_shield_reloads_total`.
@@ -123,6 +155,9 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// `mtls_shield_build_info`
     pub build_info: Family<VersionLabels, Gauge>,
+    /// The certificate and CRL series the last inventory set, so the next one can remove
+    /// exactly the series that disappeared (see [`Metrics::set_inventory`]).
+    inventory_series: Mutex<(Vec<CertLabels>, Vec<IssuerLabels>)>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,6 +192,7 @@ impl Metrics {
             crl_next_update: Family::default(),
             reloads: Family::default(),
             build_info: Family::default(),
+            inventory_series: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -208,6 +244,33 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = m.reloads.get_or_create(&ReloadLabels { result });
         }
+        // Every series whose labels come from a closed set exists from start-up, at 0.
+        // Prometheus cannot tell a missing series from "nothing happened", and a counter that
+        // first appears at 1 has no earlier sample, so `increase()`/`rate()` miss that first
+        // event: an alert such as `increase(...{reason="revoked"}[5m]) > 0` would not fire on
+        // the first revoked client, and dashboards would show "no data" instead of 0. The sets
+        // are small and fixed (15 handshake outcomes, 5 status classes, 3 upstream error
+        // kinds), so this costs a few lines of /metrics and no cardinality risk.
+        let _ = m.handshakes.get_or_create(&HandshakeLabels {
+            result: HandshakeResult::accepted,
+            reason: ReasonLabel(None),
+        });
+        for reason in Reason::ALL {
+            let _ = m.handshakes.get_or_create(&HandshakeLabels {
+                result: HandshakeResult::rejected,
+                reason: ReasonLabel(Some(reason)),
+            });
+        }
+        for code_class in CODE_CLASSES {
+            let _ = m.requests.get_or_create(&CodeClassLabels { code_class });
+        }
+        for kind in [
+            UpstreamErrorKind::connect,
+            UpstreamErrorKind::timeout,
+            UpstreamErrorKind::other,
+        ] {
+            let _ = m.upstream_errors.get_or_create(&UpstreamErrorLabels { kind });
+        }
         Metrics { registry, ..m }
     }
 
@@ -229,11 +292,11 @@ impl Metrics {
     /// Counts a finished request.
     pub fn request(&self, status: u16, seconds: f64) {
         let code_class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => CODE_CLASSES[0],
+            200..=299 => CODE_CLASSES[1],
+            300..=399 => CODE_CLASSES[2],
+            400..=499 => CODE_CLASSES[3],
+            _ => CODE_CLASSES[4],
         };
         self.requests
             .get_or_create(&CodeClassLabels { code_class })
@@ -249,32 +312,62 @@ impl Metrics {
     }
 
     /// Replaces the certificate and CRL gauges with a new inventory's.
+    ///
+    /// New values are set first and only then are the series that disappeared removed, so a
+    /// scrape during a reload never sees the gauges missing (an expiry alert built on
+    /// `absent()` or `min()` would otherwise flap on every reload).
     pub fn set_inventory(&self, inv: &Inventory) {
-        self.cert_expiry.clear();
-        self.cert_expiry
-            .get_or_create(&CertLabels {
+        let mut certs = vec![(
+            CertLabels {
                 role: "server",
-                subject: inv.server.subject.clone(),
-            })
-            .set(inv.server.not_after);
-        for a in &inv.anchors {
-            self.cert_expiry
-                .get_or_create(&CertLabels {
+                subject: TextLabel(inv.server.subject.clone()),
+            },
+            inv.server.not_after,
+        )];
+        certs.extend(inv.anchors.iter().map(|a| {
+            (
+                CertLabels {
                     role: "trust_anchor",
-                    subject: a.subject.clone(),
+                    subject: TextLabel(a.subject.clone()),
+                },
+                a.not_after,
+            )
+        }));
+        let crls: Vec<(IssuerLabels, i64)> = inv
+            .crls
+            .iter()
+            .filter_map(|c| {
+                c.next_update.map(|next| {
+                    (
+                        IssuerLabels {
+                            issuer: TextLabel(c.issuer.clone()),
+                        },
+                        next,
+                    )
                 })
-                .set(a.not_after);
+            })
+            .collect();
+        // A poisoned lock only means another thread panicked mid-update; the label lists are
+        // still usable, and metrics must never take the process down.
+        let mut previous = self
+            .inventory_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (labels, value) in &certs {
+            self.cert_expiry.get_or_create(labels).set(*value);
         }
-        self.crl_next_update.clear();
-        for c in &inv.crls {
-            if let Some(next) = c.next_update {
-                self.crl_next_update
-                    .get_or_create(&IssuerLabels {
-                        issuer: c.issuer.clone(),
-                    })
-                    .set(next);
-            }
+        for (labels, value) in &crls {
+            self.crl_next_update.get_or_create(labels).set(*value);
         }
+        let cert_labels: Vec<CertLabels> = certs.into_iter().map(|(l, _)| l).collect();
+        let crl_labels: Vec<IssuerLabels> = crls.into_iter().map(|(l, _)| l).collect();
+        for gone in previous.0.iter().filter(|l| !cert_labels.contains(l)) {
+            self.cert_expiry.remove(gone);
+        }
+        for gone in previous.1.iter().filter(|l| !crl_labels.contains(l)) {
+            self.crl_next_update.remove(gone);
+        }
+        *previous = (cert_labels, crl_labels);
     }
 
     /// Prometheus text exposition.
@@ -286,5 +379,85 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::state::{CertInfo, CrlInfo};
+
+    fn cert(subject: &str, not_after: i64) -> CertInfo {
+        CertInfo {
+            subject: subject.into(),
+            issuer: subject.into(),
+            sans: vec![],
+            not_before: 0,
+            not_after,
+            is_ca: true,
+            fingerprint: String::new(),
+        }
+    }
+
+    fn inventory(anchors: &[(&str, i64)], crl_issuer: Option<&str>) -> Inventory {
+        Inventory {
+            server: cert("CN=localhost", 10),
+            anchors: anchors.iter().map(|(s, t)| cert(s, *t)).collect(),
+            crls: crl_issuer
+                .map(|i| CrlInfo {
+                    path: "crl.pem".into(),
+                    issuer: i.into(),
+                    number: None,
+                    this_update: 0,
+                    next_update: Some(99),
+                    revoked: 0,
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn dn_label_values_are_escaped() {
+        let m = Metrics::new();
+        m.set_inventory(&inventory(&[(r#"CN=a\"b\\c,O=Example\, Inc."#, 5)], None));
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"mtls_shield_certificate_expiry_timestamp_seconds{role="trust_anchor",subject="CN=a\\\"b\\\\c,O=Example\\, Inc."} 5"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn closed_label_sets_start_at_zero() {
+        let text = Metrics::new().encode();
+        for r in Reason::ALL {
+            let line = format!(
+                "mtls_shield_handshakes_total{{result=\"rejected\",reason=\"{}\"}} 0\n",
+                r.as_str()
+            );
+            assert!(text.contains(&line), "{line} missing");
+        }
+        for line in [
+            "mtls_shield_handshakes_total{result=\"accepted\",reason=\"none\"} 0\n",
+            "mtls_shield_requests_total{code_class=\"5xx\"} 0\n",
+            "mtls_shield_upstream_errors_total{kind=\"timeout\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing");
+        }
+    }
+
+    #[test]
+    fn a_new_inventory_replaces_the_old_series() {
+        let m = Metrics::new();
+        m.set_inventory(&inventory(&[("CN=old", 1), ("CN=kept", 2)], Some("CN=old")));
+        m.set_inventory(&inventory(&[("CN=kept", 3), ("CN=new", 4)], Some("CN=new")));
+        let text = m.encode();
+        assert!(!text.contains("CN=old"), "{text}");
+        assert!(text.contains(r#"subject="CN=kept"} 3"#), "{text}");
+        assert!(text.contains(r#"subject="CN=new"} 4"#), "{text}");
+        assert!(text.contains(r#"issuer="CN=new"} 99"#), "{text}");
     }
 }

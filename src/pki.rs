@@ -139,5 +139,12 @@ fn write_file(path: &Path, content: &str, secret: bool) -> std::io::Result<()> {
         opts.mode(if secret { 0o600 } else { 0o644 });
     }
     let mut f = opts.open(path)?;
+    // `mode` above only applies when the file is created. With `--force` over an existing,
+    // perhaps world-readable key file, set the mode explicitly, before any key byte is written.
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(content.as_bytes())
 }

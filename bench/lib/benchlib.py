@@ -194,6 +194,20 @@ METRICS = [
 ]
 
 
+# Context figures, shown in a second table: they tell who was the bottleneck.
+AUX = [
+    ("ka_proxy_busy_pct", "Proxy CPU busy during keep-alive phase", "%", "{:.0f}"),
+    ("hs_proxy_busy_pct", "Proxy CPU busy during handshake phase", "%", "{:.0f}"),
+    ("h2_proxy_busy_pct", "Proxy CPU busy during h2 phase", "%", "{:.0f}"),
+    ("dl_proxy_busy_pct", "Proxy CPU busy during download", "%", "{:.0f}"),
+    ("ka_client_busy_pct", "Load tool (oha) CPU busy during keep-alive phase", "%", "{:.0f}"),
+    ("hs_client_busy_pct", "Load tool (oha) CPU busy during handshake phase", "%", "{:.0f}"),
+    ("hs_p99_ms", "Handshake phase p99 (connect+TLS+request)", "ms", "{:.1f}"),
+    ("h2_p99_ms", "h2 p99 latency", "ms", "{:.2f}"),
+    ("idle_rss_base_kib", "Proxy RSS before the idle connections", "KiB", "{:,.0f}"),
+]
+
+
 def _median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -279,6 +293,16 @@ def cmd_report(a):
                      f"{cell('nginx', key, fmt)} | {cell('haproxy', key, fmt)} | {rs} | {gs} |")
     lines.append("")
     lines.append("Lower is better for latency, CPU and RSS; higher for req/s, conn/s and MB/s.")
+    lines.append("")
+    lines.append("| context | unit | mtls-shield | nginx | haproxy |")
+    lines.append("|---|---|---:|---:|---:|")
+    for key, label, unit, fmt in AUX:
+        lines.append(f"| {label} | {unit} | {cell('mtls-shield', key, fmt)} | "
+                     f"{cell('nginx', key, fmt)} | {cell('haproxy', key, fmt)} |")
+    lines.append("")
+    lines.append("A proxy busy near 100% was the bottleneck of its phase; well below 100% means "
+                 "the load tool (sharing CPU 0 with the upstream) was, and req/s then say "
+                 "little about the proxy; CPU per request still does.")
     lines.append("CPU = utime+stime of all the proxy's processes from /proc/PID/stat "
                  "(10 ms ticks) over the run, divided by completed requests or handshakes.")
     if notes:

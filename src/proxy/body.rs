@@ -7,9 +7,9 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,35 +19,87 @@ use super::activity::Activity;
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
 
-/// The request body sent upstream: the client's, counted as it streams.
+/// Why a request body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The body grew past `listener.max_request_body_bytes`.
+    #[error("request body exceeds max_request_body_bytes ({limit} bytes)")]
+    TooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The client's connection failed mid-body.
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+}
+
+/// The request body sent upstream: the client's, counted and size-checked as it streams.
+///
+/// The limit is enforced frame by frame, never by buffering: the frame that crosses it is
+/// not forwarded, the body ends with [`RequestBodyError::TooLarge`] (which makes the
+/// upstream client abandon that upstream connection, so the app never sees a complete
+/// request), and `over_limit` tells the handler to answer 413.
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
     bytes: Arc<AtomicU64>,
+    seen: u64,
+    limit: Option<u64>,
+    over_limit: Arc<AtomicBool>,
 }
 
 impl RequestBody {
     /// Wraps the client's body; `bytes` receives the running total.
     pub fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> Self {
-        Self { inner, bytes }
+        Self {
+            inner,
+            bytes,
+            seen: 0,
+            limit: None,
+            over_limit: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Stops the body once more than `limit` bytes have arrived; returns the flag that is
+    /// set when that happens.
+    pub fn limit(&mut self, limit: Option<u64>) -> Arc<AtomicBool> {
+        self.limit = limit;
+        self.over_limit.clone()
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &res {
-            if let Some(data) = frame.data_ref() {
-                self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        if this.over_limit.load(Ordering::Relaxed) {
+            // Already failed: never resume forwarding after the limit.
+            return Poll::Ready(Some(Err(RequestBodyError::TooLarge {
+                limit: this.limit.unwrap_or(0),
+            })));
+        }
+        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            this.seen = this.seen.saturating_add(len);
+            this.bytes.fetch_add(len, Ordering::Relaxed);
+            if let Some(limit) = this.limit {
+                if this.seen > limit {
+                    this.over_limit.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(RequestBodyError::TooLarge { limit })));
+                }
             }
         }
-        res
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {

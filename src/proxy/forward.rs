@@ -3,14 +3,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -184,6 +184,8 @@ pub struct ConnContext {
     pub metrics: Arc<Metrics>,
     /// Write access-log lines.
     pub access_log: bool,
+    /// `listener.max_request_body_bytes`.
+    pub max_request_body: Option<u64>,
 }
 
 fn is_upgrade_request<B>(req: &Request<B>) -> bool {
@@ -227,6 +229,7 @@ pub async fn handle(
         &ctx.identity_headers,
         upgrade,
     );
+    headers::set_framing(&mut parts.headers, &body);
     let access = ctx.access_log.then(|| AccessRecord {
         peer: ctx.peer.ip(),
         identity: ctx.identity.clone(),
@@ -236,16 +239,13 @@ pub async fn handle(
         bytes_in: Arc::new(AtomicU64::new(0)),
         upstream: None,
     });
+    let http1 = parts.version < Version::HTTP_2;
     parts.uri = ctx.upstream.uri_for(&parts.uri);
     parts.version = Version::HTTP_11;
     let bytes_in = access
         .as_ref()
         .map(|a| a.bytes_in.clone())
         .unwrap_or_default();
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, bytes_in));
-
-    let result = ctx.upstream.send(upstream_req).await;
-    let upstream_time = start.elapsed();
     let finish = |status: StatusCode, upstream: Option<Duration>| Finish {
         activity: ctx.activity.clone(),
         metrics: ctx.metrics.clone(),
@@ -253,6 +253,27 @@ pub async fn handle(
         status: status.as_u16(),
         access: access.map(|a| AccessRecord { upstream, ..a }),
     };
+
+    // A declared length over the limit is refused before the upstream is contacted, and
+    // before hyper sends `100 Continue`, so the client never uploads the body.
+    if let Some(limit) = ctx.max_request_body {
+        if body.size_hint().lower() > limit {
+            tracing::info!(peer = %ctx.peer, limit, declared = body.size_hint().lower(), "request body over max_request_body_bytes; 413");
+            return Ok(too_large(finish(StatusCode::PAYLOAD_TOO_LARGE, None), http1));
+        }
+    }
+    let mut body = RequestBody::new(body, bytes_in);
+    let over_limit = body.limit(ctx.max_request_body);
+    let upstream_req = Request::from_parts(parts, body);
+
+    let result = ctx.upstream.send(upstream_req).await;
+    let upstream_time = start.elapsed();
+    if result.is_err() && over_limit.load(Ordering::Relaxed) {
+        // The body crossed the limit before the upstream answered: the upstream connection
+        // was abandoned mid-body (the app never saw a complete request); tell the client.
+        tracing::info!(peer = %ctx.peer, limit = ctx.max_request_body, "request body over max_request_body_bytes while streaming; 413");
+        return Ok(too_large(finish(StatusCode::PAYLOAD_TOO_LARGE, None), http1));
+    }
     let response = match result {
         Ok(mut resp) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -300,6 +321,25 @@ pub async fn handle(
         }
     };
     Ok(response)
+}
+
+/// The proxy's own 413.
+fn too_large(finish: Finish, http1: bool) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(
+        "413 Content Too Large: request body exceeds the limit\n",
+        Some(finish),
+    ));
+    *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if http1 {
+        // The rest of the body is unread, so this connection cannot carry another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Copies bytes both ways between an upgraded client and upstream until either side closes.

@@ -15,13 +15,15 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus the legacy ones proxies still see.
-const HOP_BY_HOP: [HeaderName; 8] = [
+///
+/// `Trailer` is not among them: RFC 9110 §6.6.2 makes it end-to-end, and hyper only sends
+/// chunked trailers (either direction) for the fields it names.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -115,6 +117,36 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     // An IP address and comma-separated visible ASCII are always a valid header value.
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Makes the upstream request's framing headers state exactly the framing the proxy parsed.
+///
+/// Security (request smuggling): the upstream must never delimit a request differently from
+/// the proxy. hyper's parser has already refused ambiguous HTTP/1.1 framing (differing or
+/// invalid Content-Length, Transfer-Encoding not ending in chunked, chunked on HTTP/1.0) and,
+/// for Content-Length together with Transfer-Encoding, dropped the Content-Length and closed
+/// the connection after the request. Here every client-sent Content-Length and
+/// Transfer-Encoding is replaced by one derived from the parsed body: an exact length becomes
+/// `Content-Length: n`, an unknown one (chunked, or h2 without content-length) becomes
+/// `Transfer-Encoding: chunked`, which hyper re-encodes chunk by chunk. Without the explicit
+/// chunked, hyper's client would send a GET's body-of-unknown-length as no body at all.
+pub fn set_framing<B: hyper::body::Body>(headers: &mut HeaderMap, body: &B) {
+    let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+    headers.remove(header::TRANSFER_ENCODING);
+    if body.is_end_stream() {
+        if had_length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        return;
+    }
+    match body.size_hint().exact() {
+        Some(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
     }
 }
 

@@ -372,6 +372,7 @@ async fn connection(
         upstream: generation.upstream.clone(),
         metrics: metrics.clone(),
         access_log: generation.config.log.access_log,
+        max_request_body: generation.config.listener.max_request_body_bytes,
     });
     let service = service_fn(move |req| forward::handle(ctx.clone(), req));
     let conn = generation

@@ -29,6 +29,24 @@ impl AllowList {
     /// Parses the config lists. On error returns the key (e.g. `fingerprints_sha256[1]`) and
     /// a message saying what is wrong.
     pub fn compile(c: &AllowConfig) -> Result<AllowList, (String, String)> {
+        // Security: an empty entry would match a certificate whose CN (or OU, SAN…) is the
+        // empty string, which no operator means to allow; it is almost always a templating
+        // slip such as `common_names = ["${CLIENT_CN}"]` with the variable unset. Refuse it.
+        for (key, list) in [
+            ("common_names", &c.common_names),
+            ("organizational_units", &c.organizational_units),
+            ("dns_names", &c.dns_names),
+            ("uris", &c.uris),
+            ("fingerprints_sha256", &c.fingerprints_sha256),
+            ("spki_sha256", &c.spki_sha256),
+        ] {
+            if let Some(i) = list.iter().position(|e| e.trim().is_empty()) {
+                return Err((
+                    format!("{key}[{i}]"),
+                    "is empty; remove the entry (an empty allow-list allows every verified certificate)".to_owned(),
+                ));
+            }
+        }
         let mut list = AllowList {
             common_names: c.common_names.iter().cloned().collect(),
             organizational_units: c.organizational_units.iter().cloned().collect(),
@@ -37,7 +55,9 @@ impl AllowList {
         };
         for (i, uri) in c.uris.iter().enumerate() {
             match uri.strip_suffix('*') {
-                Some(prefix) if prefix.ends_with('/') && prefix.len() > 1 => {
+                // Only one trailing `/*`: a `*` anywhere else would be matched literally, so an
+                // entry like `spiffe://*/ns/*` would silently allow nothing (or the wrong thing).
+                Some(prefix) if prefix.ends_with('/') && prefix.len() > 1 && !prefix.contains('*') => {
                     list.uri_prefixes.push(prefix.to_owned())
                 }
                 Some(_) => {
@@ -136,8 +156,10 @@ fn decode_spki_pin(pin: &str) -> Option<[u8; 32]> {
     // Accept curl's `--pinnedpubkey sha256//…` form too, as operators copy it from there.
     let pin = pin.trim();
     let pin = pin.strip_prefix("sha256//").unwrap_or(pin);
-    if pin.len() == 64 {
-        if let Some(b) = decode_32_hex(pin) {
+    // Hex, with or without colons (as `openssl dgst -c` prints it).
+    let hex: String = pin.chars().filter(|c| *c != ':').collect();
+    if hex.len() == 64 {
+        if let Some(b) = decode_32_hex(&hex) {
             return Some(b);
         }
     }
@@ -222,5 +244,32 @@ mod tests {
         let mut c = AllowConfig::default();
         c.uris = vec!["spiffe://*.org/x".into()];
         assert_eq!(AllowList::compile(&c).unwrap_err().0, "uris[0]");
+        let mut c = AllowConfig::default();
+        c.uris = vec!["spiffe://example.org/*".into(), "spiffe://*/ns/*".into()];
+        assert_eq!(AllowList::compile(&c).unwrap_err().0, "uris[1]");
+        let mut c = AllowConfig::default();
+        c.common_names = vec!["a".into(), " ".into()];
+        assert_eq!(AllowList::compile(&c).unwrap_err().0, "common_names[1]");
+    }
+
+    #[test]
+    fn uri_prefix_stops_at_a_path_boundary() {
+        let list = allow(|c| c.uris = vec!["spiffe://example.org/ns/*".into()]);
+        let mut i = id();
+        i.uris = vec!["spiffe://example.org/ns-evil/a".into()];
+        assert!(!list.allows(&i));
+        i.uris = vec!["spiffe://example.org/ns/".into()];
+        assert!(!list.allows(&i), "the bare prefix is not a path under it");
+    }
+
+    #[test]
+    fn spki_hex_with_colons_is_accepted() {
+        let colons = hex::encode([9u8; 32])
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert!(allow(|c| c.spki_sha256 = vec![colons]).allows(&id()));
     }
 }

@@ -91,7 +91,7 @@ pub fn parse_crl(
 ) -> Result<x509_parser::revocation_list::CertificateRevocationList<'_>, String> {
     use x509_parser::prelude::FromDer;
     match x509_parser::revocation_list::CertificateRevocationList::from_der(der) {
-        Ok((rest, crl)) if rest.is_empty() => Ok(crl),
+        Ok(([], crl)) => Ok(crl),
         Ok(_) => Err("CRL has trailing bytes after the DER structure".into()),
         Err(e) => Err(format!(
             "cannot parse CRL ({e}); expected PEM (-----BEGIN X509 CRL-----) or DER"

@@ -93,6 +93,10 @@ impl Reason {
                 | PeerIncompatible::Tls12NotOffered
                 | PeerIncompatible::Tls12NotOfferedOrEnabled
                 | PeerIncompatible::ServerDoesNotSupportTls12Or13 => Reason::ProtocolVersion,
+                // signature_algorithms first appeared in TLS 1.2, so a TLS 1.0/1.1 ClientHello
+                // never has it, and rustls checks for it before it looks at the version.
+                // Without this arm a TLS 1.1 client would be logged as `other`.
+                PeerIncompatible::SignatureAlgorithmsExtensionRequired => Reason::ProtocolVersion,
                 _ => Reason::Other,
             },
             // The client's CertificateVerify signature did not check out.
@@ -129,6 +133,46 @@ impl Reason {
             }
             // The allow-list refusal; rustls turns it into the `access_denied` alert.
             CertificateError::ApplicationVerificationFailure => Reason::NotAllowed,
+            // rustls passes the webpki errors it has no variant for through `Other`.
+            CertificateError::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+                Some(e) => Self::from_webpki(e),
+                None => Reason::Other,
+            },
+            _ => Reason::Other,
+        }
+    }
+
+    /// Classifies the webpki errors that rustls forwards as `CertificateError::Other`.
+    /// Without this, common operator mistakes would all read `other`: an X.509 v1
+    /// certificate (`openssl x509 -req` without extensions), a CA certificate configured as
+    /// the client certificate, or a chain that breaks a CA's path-length or name constraints.
+    fn from_webpki(e: &webpki::Error) -> Reason {
+        use webpki::Error as W;
+        match e {
+            W::BadDer
+            | W::BadDerTime
+            | W::TrailingData(_)
+            | W::UnsupportedCertVersion
+            | W::ExtensionValueInvalid
+            | W::MalformedExtensions
+            | W::UnsupportedCriticalExtension
+            | W::InvalidSerialNumber => Reason::BadEncoding,
+            // A CA certificate presented as the client's own, or an empty EKU extension: the
+            // certificate is not meant for client authentication.
+            W::CaUsedAsEndEntity | W::EmptyEkuExtension => Reason::BadPurpose,
+            // No *valid* path to a trust anchor: an end-entity certificate used as an issuer,
+            // or a CA that was not allowed to issue this chain.
+            W::UnknownIssuer
+            | W::EndEntityUsedAsCa
+            | W::PathLenConstraintViolated
+            | W::NameConstraintViolation => Reason::UnknownCa,
+            W::InvalidSignatureForPublicKey | W::SignatureAlgorithmMismatch => {
+                Reason::BadSignature
+            }
+            W::CertExpired { .. } | W::InvalidCertValidity => Reason::Expired,
+            W::CertNotValidYet { .. } => Reason::NotYetValid,
+            W::CertRevoked => Reason::Revoked,
+            W::UnknownRevocationStatus | W::CrlExpired { .. } => Reason::RevocationUnknown,
             _ => Reason::Other,
         }
     }
@@ -178,6 +222,31 @@ mod tests {
     fn allow_list_refusal_is_not_allowed() {
         let e = TlsError::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
         assert_eq!(Reason::from_tls(&e), Reason::NotAllowed);
+    }
+
+    #[test]
+    fn pre_tls12_hello_without_signature_algorithms_is_protocol_version() {
+        let e = TlsError::PeerIncompatible(PeerIncompatible::SignatureAlgorithmsExtensionRequired);
+        assert_eq!(Reason::from_tls(&e), Reason::ProtocolVersion);
+    }
+
+    #[test]
+    fn webpki_errors_behind_other_are_classified() {
+        let other = |e: webpki::Error| {
+            TlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                std::sync::Arc::new(e),
+            )))
+        };
+        for (e, want) in [
+            (webpki::Error::CaUsedAsEndEntity, Reason::BadPurpose),
+            (webpki::Error::UnsupportedCertVersion, Reason::BadEncoding),
+            (webpki::Error::UnsupportedCriticalExtension, Reason::BadEncoding),
+            (webpki::Error::EndEntityUsedAsCa, Reason::UnknownCa),
+            (webpki::Error::PathLenConstraintViolated, Reason::UnknownCa),
+            (webpki::Error::MaximumPathDepthExceeded, Reason::Other),
+        ] {
+            assert_eq!(Reason::from_tls(&other(e.clone())), want, "{e:?}");
+        }
     }
 
     #[test]

@@ -22,16 +22,38 @@ use super::state::Inventory;
 pub struct Reloader {
     shared: Arc<Shared>,
     config_path: PathBuf,
+    /// The config the process started with: settings that need a restart are compared with
+    /// it, so a reload keeps warning for as long as the file disagrees with what runs.
+    boot: Arc<Config>,
+    /// Serialises reloads, and holds the digest of the files the last reload attempt read
+    /// (successful or not), so the poller reacts to each change once.
     lock: tokio::sync::Mutex<Option<[u8; 32]>>,
 }
 
 impl Reloader {
     /// A reloader for the config at `config_path`.
     pub fn new(shared: Arc<Shared>, config_path: PathBuf) -> Self {
+        let boot = shared.current.load().config.clone();
         Self {
             shared,
             config_path,
+            boot,
             lock: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The files a reload would read now: those the config on disk names, or, when it does
+    /// not load, those of the running config (whose first entry is the config file itself).
+    fn files_on_disk(config_path: &std::path::Path, running: &Config) -> Vec<PathBuf> {
+        match Config::load(config_path) {
+            Ok(c) => c.watched_files(),
+            Err(_) => {
+                let mut files = running.watched_files();
+                if let Some(first) = files.first_mut() {
+                    *first = config_path.to_owned();
+                }
+                files
+            }
         }
     }
 
@@ -43,15 +65,28 @@ impl Reloader {
         let path = self.config_path.clone();
         let prev = current.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let config = Config::load(&path).map_err(|e| e.to_string())?;
-            let digest = digest_files(&config.watched_files());
-            Generation::build(config, prev.id + 1, Some(&prev))
-                .map(|g| (g, digest))
+            // Digest first, read second: a file that changes while it is being read then
+            // differs from the recorded digest, and the poller reloads again. (The other order
+            // could record the new content after reading the old, and miss the change.)
+            let digest = digest_files(&Self::files_on_disk(&path, &prev.config));
+            let result = Config::load(&path)
                 .map_err(|e| e.to_string())
+                .and_then(|config| {
+                    Generation::build(config, prev.id + 1, Some(&prev)).map_err(|e| e.to_string())
+                });
+            (result, digest)
         })
-        .await
-        .map_err(|e| format!("reload task failed: {e}"))
-        .and_then(|r| r);
+        .await;
+        let built = match built {
+            Ok((result, digest)) => {
+                // Record what this attempt read, even when it failed: the poller then does not
+                // retry (and re-log) the same broken content every interval, nor repeat a
+                // failure that SIGHUP already reported.
+                *last_digest = Some(digest);
+                result
+            }
+            Err(e) => Err(format!("reload task failed: {e}")),
+        };
         let metrics = &self.shared.metrics;
         match built {
             Err(e) => {
@@ -62,9 +97,8 @@ impl Reloader {
                 tracing::error!(cause, error = %e, generation = current.id, "reload failed; keeping the last good configuration");
                 Err(e)
             }
-            Ok((next, digest)) => {
-                *last_digest = Some(digest);
-                warn_restart_only(&current.config, &next.config);
+            Ok(next) => {
+                warn_restart_only(&self.boot, &next.config);
                 log_changes(
                     &current.tls.inventory,
                     &next.tls.inventory,
@@ -85,12 +119,18 @@ impl Reloader {
     }
 
     /// Polls the config and every file it names; reloads when their content changes.
+    ///
+    /// Files are read through their paths, so symlinks are followed at each poll: a
+    /// Kubernetes Secret update (a new `..2026_…` folder, then an atomic rename of the
+    /// `..data` symlink) changes what the paths read, and is seen like an in-place write.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
         {
             let mut d = self.lock.lock().await;
             if d.is_none() {
                 let files = self.shared.current.load().config.watched_files();
-                *d = Some(digest_files(&files));
+                *d = tokio::task::spawn_blocking(move || digest_files(&files))
+                    .await
+                    .ok();
             }
         }
         let mut tick = tokio::time::interval(interval);
@@ -105,20 +145,22 @@ impl Reloader {
             {
                 return;
             }
-            let files = match Config::load(&self.config_path) {
-                Ok(c) => c.watched_files(),
-                // A config that does not parse still gets a reload attempt when its bytes
-                // change, so the failure is logged and counted once per change.
-                Err(_) => self.shared.current.load().config.watched_files(),
-            };
-            let now = tokio::task::spawn_blocking(move || digest_files(&files)).await;
+            let path = self.config_path.clone();
+            let running = self.shared.current.load().config.clone();
+            // A config that does not parse still gets a reload attempt when its bytes
+            // change, so the failure is logged and counted once per change.
+            let now = tokio::task::spawn_blocking(move || {
+                digest_files(&Self::files_on_disk(&path, &running))
+            })
+            .await;
             let Ok(now) = now else { continue };
+            // The guard is a temporary, released at the end of this statement: `reload`
+            // takes the same lock.
             let changed = *self.lock.lock().await != Some(now);
             if changed {
-                // Record this content as seen even if the reload fails, so a broken file is
-                // reported once, not every interval; the next change is tried again.
+                // `reload` records the digest of what it read, success or failure, so a
+                // broken file is reported once per change, not every interval.
                 let _ = self.reload("file change").await;
-                *self.lock.lock().await = Some(now);
             }
         }
     }
@@ -159,6 +201,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
     if old.log.level != new.log.level || old.log.format != new.log.format {
         ignored.push("log");
+    }
+    // The poller's period is fixed when it starts (and starting or stopping it is a restart).
+    if old.reload.watch_interval != new.reload.watch_interval {
+        ignored.push("reload.watch_interval");
     }
     if !ignored.is_empty() {
         tracing::warn!(keys = ?ignored, "these settings changed but need a restart; the running values stay in force");

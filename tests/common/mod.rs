@@ -419,6 +419,7 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
+        let _ = child.wait();
         // Let the reader thread drain what is left.
         std::thread::sleep(Duration::from_millis(100));
         let text = logs.lock().unwrap().join("\n");
@@ -890,4 +891,338 @@ pub fn curl_pki(
     args.push(url.into());
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     curl(&refs)
+}
+
+// ---- Refusal probes, openssl s_client, the binary's other commands (issue 2 tests) ----
+
+/// What a client saw on a connection the proxy may refuse: the client-side handshake result
+/// and every application byte received after sending a request line.
+#[derive(Debug)]
+pub struct Attempt {
+    /// `Err` when the handshake failed on the client side (TLS 1.2, or TLS 1.3 alerts
+    /// that arrive early).
+    pub handshake: Result<(), String>,
+    /// Application bytes received after the request line was sent.
+    pub received: Vec<u8>,
+    /// How reading ended: `None` for a clean EOF, else the error (usually a TLS alert).
+    pub read_error: Option<String>,
+}
+
+/// The request line [`attempt_raw`] sends.
+pub const RAW_REQUEST: &[u8] = b"GET /pets HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// Connects, sends [`RAW_REQUEST`] and reads until the server closes: a refused client must
+/// see no application byte at all (TLS 1.3 clients finish their side of the handshake before
+/// the server has judged their certificate, so the refusal shows up at the first read).
+pub async fn attempt_raw(addr: SocketAddr, root: &Ca, opts: &ClientOpts) -> Attempt {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = match tls_connect(addr, root, opts).await {
+        Ok(t) => t,
+        Err(e) => {
+            return Attempt {
+                handshake: Err(e.to_string()),
+                received: Vec::new(),
+                read_error: None,
+            }
+        }
+    };
+    let _ = tls.write_all(RAW_REQUEST).await;
+    let _ = tls.flush().await;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_error = loop {
+        match tls.read(&mut buf).await {
+            Ok(0) => break None,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    Attempt {
+        handshake: Ok(()),
+        received,
+        read_error,
+    }
+}
+
+/// Blocking [`attempt_raw`] with the default deadline.
+pub fn block_attempt(addr: SocketAddr, root: &Ca, opts: &ClientOpts) -> Attempt {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            tokio::time::timeout(DEADLINE, attempt_raw(addr, root, opts))
+                .await
+                .expect("refused connection should close before the deadline")
+        })
+}
+
+/// Asserts that the Rust client with `opts` is refused: no HTTP byte, the connection ends in
+/// an error, the proxy logs `handshake rejected` with `reason` and the peer, and `upstream`
+/// was never contacted. Returns the log line.
+pub fn assert_refused(
+    proxy: &Proxy,
+    upstream: &Upstream,
+    root: &Ca,
+    opts: &ClientOpts,
+    reason: &str,
+) -> String {
+    let before = upstream.hits();
+    let a = block_attempt(proxy.addr, root, opts);
+    assert!(
+        a.received.is_empty(),
+        "refused client received bytes: {:?}",
+        String::from_utf8_lossy(&a.received)
+    );
+    assert!(
+        a.handshake.is_err() || a.read_error.is_some(),
+        "refused connection should end with a TLS error, got {a:?}"
+    );
+    let line = proxy.wait_log(&["handshake rejected", &format!("reason=\"{reason}\"")]);
+    assert!(line.contains("peer=127.0.0.1:"), "no peer in: {line}");
+    assert_eq!(upstream.hits(), before, "upstream was contacted");
+    line
+}
+
+/// Runs `openssl s_client -connect 127.0.0.1:<port> -servername localhost -ign_eof <args>`
+/// with `input` on stdin (under `timeout 20`): (exit code, stdout, stderr). `-ign_eof` keeps
+/// it reading until the server closes, so everything the server sent is in stdout.
+pub fn s_client(addr: SocketAddr, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{}", addr.port()))
+        .args(["-servername", "localhost", "-ign_eof"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // A refused handshake may close stdin's peer before we finish; ignore EPIPE.
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the binary with `args` to completion (for commands that exit on their own).
+pub fn shield_cmd(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mtls-shield"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mtls-shield")
+}
+
+/// VmRSS of a process in KiB, from /proc/<pid>/status.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+// ---- Keep-alive connections (issue 4 tests) ----
+
+/// One HTTP/1.1 keep-alive connection kept open across requests, on its own runtime.
+pub struct KeepAlive {
+    rt: tokio::runtime::Runtime,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl KeepAlive {
+    /// Connects with `cert` and completes the TLS and HTTP/1.1 handshakes.
+    pub fn open(addr: SocketAddr, root: &Ca, cert: &Issued) -> KeepAlive {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (sender, conn) = rt.block_on(async {
+            let tls = tls_connect(addr, root, &ClientOpts::with(ClientCert::leaf(cert)))
+                .await
+                .unwrap();
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            (sender, tokio::spawn(conn))
+        });
+        KeepAlive { rt, sender, conn }
+    }
+
+    /// `GET path` on this connection: (status, body).
+    pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        let sender = &mut self.sender;
+        self.rt.block_on(async {
+            tokio::time::timeout(DEADLINE, async {
+                sender.ready().await.map_err(|e| e.to_string())?;
+                let resp = sender
+                    .send_request(get(path))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((
+                    status,
+                    String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+                ))
+            })
+            .await
+            .map_err(|_| "timed out".to_owned())?
+        })
+    }
+
+    /// Waits (up to `deadline`) for the server to close the connection; true if it did.
+    pub fn wait_closed(&mut self, deadline: Duration) -> bool {
+        let conn = &mut self.conn;
+        self.rt
+            .block_on(async { tokio::time::timeout(deadline, conn).await.is_ok() })
+    }
+}
+
+// ---- Environment, JSON logs and independent certificate facts (issue 3 tests) ----
+
+/// The `address` of a start-up line, text (`address=…`) or JSON (`"address":"…"`), and
+/// whether it is the admin listener's.
+fn listening_address(line: &str) -> Option<(bool, SocketAddr)> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        let msg = v.get("message")?.as_str()?;
+        let addr = v.get("address")?.as_str()?.parse().ok()?;
+        return match msg {
+            "admin listening" => Some((true, addr)),
+            "listening" => Some((false, addr)),
+            _ => None,
+        };
+    }
+    let addr = field(line, "address")?.parse().ok()?;
+    if line.contains("admin listening") {
+        Some((true, addr))
+    } else if line.contains(" listening ") {
+        Some((false, addr))
+    } else {
+        None
+    }
+}
+
+/// Like [`Proxy::start`], with extra environment variables (such as `RUST_LOG`; it is
+/// removed otherwise), and reading the bound addresses from text or JSON log lines.
+pub fn start_proxy_env(config: &Path, env: &[(&str, &str)]) -> Proxy {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mtls-shield"));
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn mtls-shield");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        let (mut addr, mut admin) = (None, None);
+        for line in logs.lock().unwrap().iter() {
+            match listening_address(line) {
+                Some((true, a)) => admin = Some(a),
+                Some((false, a)) => addr = Some(a),
+                None => {}
+            }
+        }
+        if let Some(addr) = addr {
+            return Proxy {
+                child,
+                addr,
+                admin,
+                logs,
+                config: config.to_owned(),
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "proxy exited ({status}):\n{}",
+                logs.lock().unwrap().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!(
+        "proxy did not log its address:\n{}",
+        logs.lock().unwrap().join("\n")
+    );
+}
+
+/// `openssl x509 -in <pem> -noout <args>`, stdout trimmed: facts about a certificate computed
+/// by OpenSSL, independently of the proxy's own parsing.
+pub fn openssl_x509(pem: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .arg("x509")
+        .arg("-in")
+        .arg(pem)
+        .arg("-noout")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl x509 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The value after `key=` in one line of OpenSSL output (`subject=CN=a` → `CN=a`).
+pub fn after_eq<'a>(s: &'a str, key: &str) -> &'a str {
+    s.strip_prefix(key)
+        .and_then(|r| r.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{s:?} does not start with {key}="))
+        .trim()
+}
+
+/// Unix seconds of a date as OpenSSL prints it (`Nov  1 12:00:00 2027 GMT`), by GNU date.
+pub fn unix_of_openssl_date(date: &str) -> i64 {
+    let out = Command::new("date")
+        .args(["-u", "-d", date, "+%s"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("date could not parse {date:?}"))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a date as OpenSSL prints it, by GNU date.
+pub fn rfc3339_of_openssl_date(date: &str) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", date, "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

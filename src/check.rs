@@ -1,0 +1,542 @@
+//! `mtls-shield check`: load and validate a config exactly as `run` would, without binding a
+//! port, and print what it would serve and trust, with warnings in the manner of API
+//! Gateway's truststore warnings.
+//!
+//! The verdict comes from the same code `run` uses ([`Config::load`], then
+//! [`Generation::build`]), so `check` passes exactly when `run` would start. `run` stops at
+//! the first broken file; `check` also loads each file on its own (through the same loaders
+//! that [`TlsState::build`](crate::tls::TlsState::build) calls) so that every broken file
+//! gets its own error line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
+use crate::identity::rfc3339_z;
+use crate::proxy::server::Generation;
+use crate::tls::load::{self, LoadError};
+use crate::tls::state::{self, CertInfo, CrlInfo};
+
+/// A certificate that expires within this many days gets a warning (API Gateway's threshold).
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+const DAY: i64 = 86_400;
+
+/// How `check` prints its report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object (the [`Report`]), for scripts.
+    Json,
+}
+
+/// A certificate's facts plus whole days until it expires (negative once expired).
+#[derive(Debug, Clone, Serialize)]
+pub struct CertReport {
+    /// The facts also used by metrics and reload logs.
+    #[serde(flatten)]
+    pub info: CertInfo,
+    /// Whole days from the check to notAfter.
+    pub days_left: i64,
+}
+
+/// Something that will not stop `run` but deserves attention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// Stable code, e.g. `crl_stale`.
+    pub code: &'static str,
+    /// The file it is about.
+    pub file: PathBuf,
+    /// What is wrong, what it does, what to do.
+    pub message: String,
+}
+
+/// Everything `check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The config file checked.
+    pub config: PathBuf,
+    /// True when `run` would start with this config (warnings allowed).
+    pub valid: bool,
+    /// The check time, RFC 3339 UTC.
+    pub checked_at: String,
+    /// One line per error, each naming its file.
+    pub errors: Vec<String>,
+    /// Warnings.
+    pub warnings: Vec<Warning>,
+    /// `[listener]`, absent when the config itself does not load.
+    pub listener: Option<ListenerConfig>,
+    /// The server leaf certificate, when it could be read.
+    pub server_certificate: Option<CertReport>,
+    /// The truststore file.
+    pub truststore: Option<PathBuf>,
+    /// Every truststore entry that could be read.
+    pub anchors: Vec<CertReport>,
+    /// Every CRL that could be read.
+    pub crls: Vec<CrlInfo>,
+    /// `[client_auth.allow]`; empty lists mean any certificate that verifies.
+    pub allow: Option<AllowConfig>,
+    /// `[upstream]`.
+    pub upstream: Option<UpstreamConfig>,
+}
+
+impl Report {
+    fn empty(config: &Path, now: i64) -> Report {
+        Report {
+            config: config.to_owned(),
+            valid: false,
+            checked_at: rfc3339_z(now),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            listener: None,
+            server_certificate: None,
+            truststore: None,
+            anchors: Vec::new(),
+            crls: Vec::new(),
+            allow: None,
+            upstream: None,
+        }
+    }
+
+    fn error(&mut self, e: impl ToString) {
+        let line = e.to_string();
+        // The per-file pass and the full build usually report the same failure: once is enough.
+        if !self.errors.contains(&line) {
+            self.errors.push(line);
+        }
+    }
+
+    fn warn(&mut self, code: &'static str, file: &Path, message: String) {
+        self.warnings.push(Warning {
+            code,
+            file: file.to_owned(),
+            message,
+        });
+    }
+}
+
+/// Checks the config at `path` as of `now` (Unix seconds).
+pub fn check(path: &Path, now: i64) -> Report {
+    let mut report = Report::empty(path, now);
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            report.error(e);
+            return report;
+        }
+    };
+    report.listener = Some(config.listener.clone());
+    report.truststore = Some(config.client_auth.truststore.clone());
+    report.allow = Some(config.client_auth.allow.clone());
+    report.upstream = Some(config.upstream.clone());
+
+    // Pass 1: every file on its own, so each broken one gets its own line.
+    let server = check_server(&config, &mut report);
+    let anchors = match state::load_anchors(&config.client_auth.truststore) {
+        Ok((_, infos)) => infos,
+        Err(e) => {
+            report.error(e);
+            Vec::new()
+        }
+    };
+    let mut crls = Vec::new();
+    for crl_path in &config.client_auth.crls {
+        match state::load_crl_file(crl_path) {
+            Ok((_, infos)) => crls.extend(infos),
+            Err(e) => report.error(e),
+        }
+    }
+
+    // Pass 2: the verdict, from the very code `run` starts with (generation 1, no previous).
+    // It also covers what pass 1 does not look at (the verifier build, the upstream client).
+    let built = Generation::build(config.clone(), 1, None);
+    let (server_info, anchors, crls) = match &built {
+        // When everything loads, report what `run` would actually serve.
+        Ok(generation) => {
+            let inv = generation.tls.inventory.clone();
+            (Some(inv.server), inv.anchors, inv.crls)
+        }
+        Err(e) => {
+            report.error(e);
+            (server, anchors, crls)
+        }
+    };
+
+    if let Some(s) = &server_info {
+        cert_warnings(
+            &mut report,
+            "server_certificate",
+            "server certificate",
+            &config.listener.certificate,
+            s,
+            now,
+        );
+        report.server_certificate = Some(cert_report(s, now));
+    }
+    let truststore = config.client_auth.truststore.clone();
+    for a in &anchors {
+        cert_warnings(&mut report, "anchor", "trust anchor", &truststore, a, now);
+        if !a.is_ca {
+            report.warn(
+                "anchor_not_ca",
+                &truststore,
+                format!(
+                    "truststore entry {} is not a CA certificate (no basicConstraints CA:TRUE): it issues no client certificates and only matches a client presenting this very self-signed certificate; if it is an intermediate or leaf added by mistake, put its issuing CA here instead",
+                    a.subject
+                ),
+            );
+        }
+        report.anchors.push(cert_report(a, now));
+    }
+    for c in &crls {
+        crl_warnings(&mut report, c, &anchors, now);
+    }
+    report.crls = crls;
+    report.valid = built.is_ok() && report.errors.is_empty();
+    report
+}
+
+/// Loads the server certificate and key through the same loader as `run`, reporting the
+/// certificate file and the key file separately.
+fn check_server(config: &Config, report: &mut Report) -> Option<CertInfo> {
+    let l = &config.listener;
+    let provider = state::provider();
+    match load::server_identity(&l.certificate, &l.private_key, &provider) {
+        Ok(certified) => {
+            if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) =
+                certified.keys_match()
+            {
+                // `run` accepts a key whose type rustls cannot compare with the certificate;
+                // say so rather than imply the pair was proven to match.
+                report.warn(
+                    "server_key_unverified",
+                    &l.private_key,
+                    format!(
+                        "cannot confirm that this key matches {}; check that both come from the same issuance",
+                        l.certificate.display()
+                    ),
+                );
+            }
+            let leaf = certified.cert.first()?;
+            match state::cert_info(leaf) {
+                Ok(info) => Some(info),
+                Err(m) => {
+                    report.error(LoadError::new(&l.certificate, m));
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            // A key that does not match its certificate is an error, not a warning (the issue
+            // lists it among the warnings): `run` refuses to start with it, because every
+            // handshake would fail, and `check` must pass exactly when `run` would start.
+            let on_certificate = e.path == l.certificate;
+            report.error(e);
+            if on_certificate {
+                // The loader stopped at the certificate: look at the key on its own too.
+                if let Err(k) = load::private_key(&l.private_key) {
+                    report.error(k);
+                }
+                None
+            } else {
+                // The certificate itself read fine (the key is the problem): still show it.
+                load::certificates(&l.certificate, "server certificate")
+                    .ok()
+                    .and_then(|chain| chain.first().and_then(|c| state::cert_info(c).ok()))
+            }
+        }
+    }
+}
+
+fn cert_report(info: &CertInfo, now: i64) -> CertReport {
+    CertReport {
+        info: info.clone(),
+        days_left: (info.not_after - now).div_euclid(DAY),
+    }
+}
+
+fn cert_warnings(
+    report: &mut Report,
+    code_prefix: &'static str,
+    what: &str,
+    file: &Path,
+    c: &CertInfo,
+    now: i64,
+) {
+    let (expired, expiring, not_yet) = match code_prefix {
+        "server_certificate" => (
+            "server_certificate_expired",
+            "server_certificate_expiring",
+            "server_certificate_not_yet_valid",
+        ),
+        _ => ("anchor_expired", "anchor_expiring", "anchor_not_yet_valid"),
+    };
+    // What an expired certificate does differs: clients check the server certificate, while
+    // rustls-webpki uses a trust anchor's name and key only and never its dates.
+    let effect = if code_prefix == "server_certificate" {
+        "clients that verify it (CloudFront does) will refuse the handshake"
+    } else {
+        "mtls-shield keeps trusting it (a trust anchor's own dates are not checked) but other tools will not; replace it"
+    };
+    if c.not_after < now {
+        report.warn(
+            expired,
+            file,
+            format!(
+                "{what} {} expired on {}: {effect}",
+                c.subject,
+                rfc3339_z(c.not_after)
+            ),
+        );
+    } else if c.not_after - now < EXPIRY_WARNING_DAYS * DAY {
+        report.warn(
+            expiring,
+            file,
+            format!(
+                "{what} {} expires on {} ({} days left, under {EXPIRY_WARNING_DAYS}): renew it",
+                c.subject,
+                rfc3339_z(c.not_after),
+                (c.not_after - now).div_euclid(DAY)
+            ),
+        );
+    }
+    if c.not_before > now {
+        report.warn(
+            not_yet,
+            file,
+            format!(
+                "{what} {} is not valid before {}",
+                c.subject,
+                rfc3339_z(c.not_before)
+            ),
+        );
+    }
+}
+
+fn crl_warnings(report: &mut Report, c: &CrlInfo, anchors: &[CertInfo], now: i64) {
+    if let Some(next) = c.next_update {
+        if next < now {
+            // The verifier enforces nextUpdate (fail closed), so this is more than cosmetic.
+            report.warn(
+                "crl_stale",
+                &c.path,
+                format!(
+                    "CRL of {} (number {}) is stale: its nextUpdate {} has passed, so clients of that issuer are refused (revocation_unknown) until a fresh CRL is loaded",
+                    c.issuer,
+                    c.number.as_deref().unwrap_or("-"),
+                    rfc3339_z(next)
+                ),
+            );
+        }
+    }
+    if !anchors.iter().any(|a| a.subject == c.issuer) {
+        report.warn(
+            "crl_issuer_not_in_truststore",
+            &c.path,
+            format!(
+                "CRL issuer {} is not a certificate in the truststore: the CRL only applies to clients whose chain includes an intermediate CA with that name, otherwise it has no effect",
+                c.issuer
+            ),
+        );
+    }
+}
+
+/// Prints `report` in `format` and returns the exit code: 0 valid, 1 invalid.
+pub fn print(report: &Report, format: Format) -> anyhow::Result<ExitCode> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(report)?),
+        Format::Text => print!("{}", text(report)),
+    }
+    Ok(if report.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `mtls-shield check`: checks and prints.
+pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    print(&check(path, now), format)
+}
+
+fn expiry(c: &CertReport) -> String {
+    format!(
+        "{} ({} days left)",
+        rfc3339_z(c.info.not_after),
+        c.days_left
+    )
+}
+
+/// The human-readable report.
+pub fn text(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(o, "config: {}", r.config.display());
+    if let Some(l) = &r.listener {
+        let _ = writeln!(
+            o,
+            "listener: {} (session resumption {}, handshake timeout {}, idle timeout {}, shutdown timeout {})",
+            l.address,
+            if l.session_resumption { "on" } else { "off" },
+            humantime::format_duration(l.handshake_timeout),
+            humantime::format_duration(l.idle_timeout),
+            humantime::format_duration(l.shutdown_timeout),
+        );
+        let _ = writeln!(o, "server certificate: {}", l.certificate.display());
+        match &r.server_certificate {
+            Some(s) => {
+                let _ = writeln!(o, "  subject: {}", s.info.subject);
+                let _ = writeln!(o, "  issuer: {}", s.info.issuer);
+                let sans = if s.info.sans.is_empty() {
+                    "none".to_owned()
+                } else {
+                    s.info.sans.join(", ")
+                };
+                let _ = writeln!(o, "  SANs: {sans}");
+                let _ = writeln!(o, "  expires: {}", expiry(s));
+            }
+            None => {
+                let _ = writeln!(o, "  (not readable)");
+            }
+        }
+    }
+    if let Some(t) = &r.truststore {
+        let _ = writeln!(
+            o,
+            "truststore: {} ({} anchor{})",
+            t.display(),
+            r.anchors.len(),
+            if r.anchors.len() == 1 { "" } else { "s" }
+        );
+        for a in &r.anchors {
+            let _ = writeln!(
+                o,
+                "  - {}: {}, expires {}",
+                a.info.subject,
+                if a.info.is_ca { "CA" } else { "NOT a CA" },
+                expiry(a)
+            );
+        }
+    }
+    if r.listener.is_some() {
+        if r.crls.is_empty() {
+            let _ = writeln!(o, "CRLs: none");
+        } else {
+            let _ = writeln!(o, "CRLs:");
+        }
+        for c in &r.crls {
+            let _ = writeln!(
+                o,
+                "  - {}: issuer {}, number {}, next update {}, {} revoked",
+                c.path.display(),
+                c.issuer,
+                c.number.as_deref().unwrap_or("-"),
+                c.next_update.map_or_else(|| "-".to_owned(), rfc3339_z),
+                c.revoked
+            );
+        }
+    }
+    if let Some(a) = &r.allow {
+        if a.is_empty() {
+            let _ = writeln!(o, "allow-list: any certificate that verifies");
+        } else {
+            let _ = writeln!(o, "allow-list: a certificate matching any of");
+            for (key, values) in [
+                ("common_names", &a.common_names),
+                ("organizational_units", &a.organizational_units),
+                ("dns_names", &a.dns_names),
+                ("uris", &a.uris),
+                ("fingerprints_sha256", &a.fingerprints_sha256),
+                ("spki_sha256", &a.spki_sha256),
+            ] {
+                if !values.is_empty() {
+                    let _ = writeln!(o, "  {key}: {}", values.join(", "));
+                }
+            }
+        }
+    }
+    if let Some(u) = &r.upstream {
+        let _ = writeln!(
+            o,
+            "upstream: {} (connect timeout {}, response timeout {})",
+            u.url,
+            humantime::format_duration(u.connect_timeout),
+            humantime::format_duration(u.response_timeout),
+        );
+    }
+    for w in &r.warnings {
+        let _ = writeln!(
+            o,
+            "warning: {}: {}: {}",
+            w.code,
+            w.file.display(),
+            w.message
+        );
+    }
+    for e in &r.errors {
+        let _ = writeln!(o, "error: {e}");
+    }
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    if r.valid {
+        let _ = writeln!(o, "result: valid ({})", plural(r.warnings.len(), "warning"));
+    } else {
+        let _ = writeln!(
+            o,
+            "result: invalid ({}, {})",
+            plural(r.errors.len(), "error"),
+            plural(r.warnings.len(), "warning")
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(not_before: i64, not_after: i64) -> CertInfo {
+        CertInfo {
+            subject: "CN=x".into(),
+            issuer: "CN=x".into(),
+            sans: vec![],
+            not_before,
+            not_after,
+            is_ca: true,
+            fingerprint: String::new(),
+        }
+    }
+
+    fn codes(c: &CertInfo, now: i64) -> Vec<&'static str> {
+        let mut r = Report::empty(Path::new("c.toml"), now);
+        cert_warnings(&mut r, "anchor", "trust anchor", Path::new("t.pem"), c, now);
+        r.warnings.iter().map(|w| w.code).collect()
+    }
+
+    #[test]
+    fn expiry_thresholds() {
+        let now = 1_000_000_000;
+        assert!(codes(&cert(0, now + 30 * DAY), now).is_empty());
+        assert_eq!(
+            codes(&cert(0, now + 30 * DAY - 1), now),
+            ["anchor_expiring"]
+        );
+        assert_eq!(codes(&cert(0, now - 1), now), ["anchor_expired"]);
+        assert_eq!(
+            codes(&cert(now + 1, now + 365 * DAY), now),
+            ["anchor_not_yet_valid"]
+        );
+    }
+
+    #[test]
+    fn days_left_rounds_down_and_goes_negative() {
+        let now = 1_000_000_000;
+        assert_eq!(cert_report(&cert(0, now + DAY - 1), now).days_left, 0);
+        assert_eq!(cert_report(&cert(0, now - 1), now).days_left, -1);
+    }
+}

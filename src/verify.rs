@@ -1,0 +1,160 @@
+//! `mtls-shield verify`: would this client certificate be accepted, now or at a given time?
+//!
+//! The answer comes from the live verifier itself: the config is built into a
+//! [`TlsState`] exactly as `run` builds it, and the decision is
+//! [`ShieldVerifier::check`](crate::tls::verifier::ShieldVerifier::check), the function every
+//! handshake calls. So the reasons (`revoked`, `expired`, `not_allowed`, `unknown_ca`, …) are
+//! the handshake's reasons, and a "yes" here is a "yes" on the wire.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rustls_pki_types::UnixTime;
+
+use crate::config::Config;
+use crate::identity::{rfc3339_z, ClientIdentity};
+use crate::tls::{load, Reason, TlsState};
+
+/// Exit code for a certificate that would be refused (0 is accepted, 1 is an error).
+pub const REFUSED: u8 = 2;
+
+/// Parses an RFC 3339 time (`2026-03-01T12:00:00Z`, offsets allowed) to Unix seconds.
+pub fn parse_time(s: &str) -> anyhow::Result<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("--at {s:?}: expected an RFC 3339 time such as 2026-03-01T12:00:00Z")
+        })?;
+    Ok(t.unix_timestamp())
+}
+
+/// What each refusal means for an operator, and where to look.
+pub fn explain(reason: Reason) -> &'static str {
+    match reason {
+        Reason::UnknownCa => "the chain does not lead to a certificate in client_auth.truststore (if the client sends intermediates, pass them with --chain)",
+        Reason::Expired => "the certificate, or one in its chain, is past its notAfter at the checked time",
+        Reason::NotYetValid => "the certificate, or one in its chain, is before its notBefore at the checked time",
+        Reason::Revoked => "a CRL in client_auth.crls lists this certificate",
+        Reason::RevocationUnknown => "no usable CRL for its issuer: the issuer's CRL is past its nextUpdate, or require_crl is on and client_auth.crls has none for it",
+        Reason::BadPurpose => "its extended key usage does not include clientAuth",
+        Reason::BadSignature => "a signature in the chain does not verify",
+        Reason::BadEncoding => "the certificate could not be parsed",
+        Reason::NotAllowed => "the chain verifies, but the certificate matches no entry of [client_auth.allow]",
+        Reason::NoCertificate => "no certificate was presented",
+        _ => "see the detail line",
+    }
+}
+
+fn print_identity(id: &ClientIdentity) {
+    println!("  subject: {}", id.subject);
+    println!("  issuer: {}", id.issuer);
+    println!("  serial: {}", id.serial_hex);
+    println!("  sha256 fingerprint: {}", id.fingerprint_hex());
+    let mut sans: Vec<String> = id.dns_names.iter().map(|d| format!("DNS:{d}")).collect();
+    sans.extend(id.uris.iter().map(|u| format!("URI:{u}")));
+    println!(
+        "  SANs: {}",
+        if sans.is_empty() {
+            "none".to_owned()
+        } else {
+            sans.join(", ")
+        }
+    );
+    println!(
+        "  valid: {} to {}",
+        rfc3339_z(id.not_before),
+        rfc3339_z(id.not_after)
+    );
+}
+
+/// `mtls-shield verify`: exit 0 accepted, [`REFUSED`] refused; errors are returned (exit 1).
+pub fn run(
+    config_path: &Path,
+    cert: &Path,
+    chain: Option<&Path>,
+    at: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let when = match at {
+        Some(s) => parse_time(s)?,
+        None => time::OffsetDateTime::now_utc().unix_timestamp(),
+    };
+    let secs = u64::try_from(when)
+        .map_err(|_| anyhow::anyhow!("--at: times before 1970 are not supported"))?;
+    let config = Config::load(config_path)?;
+    // Built exactly as `run` builds it: same truststore, CRLs, allow-list and policy.
+    let state = TlsState::build(&config)?;
+
+    // A file may hold the leaf followed by its intermediates, as a client would send them.
+    let mut presented = load::certificates(cert, "client certificate")?;
+    if let Some(chain) = chain {
+        presented.extend(load::certificates(chain, "certificate chain")?);
+    }
+    let (leaf, intermediates) = presented
+        .split_first()
+        .context("no certificate to verify")?;
+    let now = UnixTime::since_unix_epoch(Duration::from_secs(secs));
+    let outcome = state.verifier.check(leaf, intermediates, now);
+
+    println!("certificate: {}", cert.display());
+    let identity = match &outcome {
+        Ok(id) => Some(id.clone()),
+        Err(r) => r.identity.clone(),
+    };
+    match identity {
+        Some(id) => print_identity(&id),
+        None => println!("  (the certificate could not be parsed)"),
+    }
+    println!(
+        "  chain: {} intermediate{} presented",
+        intermediates.len(),
+        if intermediates.len() == 1 { "" } else { "s" }
+    );
+    println!("checked at: {}", rfc3339_z(when));
+    match outcome {
+        Ok(_) => {
+            println!("result: accepted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(r) => {
+            println!("result: refused: {}", r.reason);
+            println!("  reason: {}", explain(r.reason));
+            println!("  detail: {}", r.error);
+            Ok(ExitCode::from(REFUSED))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_accepts_utc_and_offsets_and_names_the_format_on_error() {
+        assert_eq!(parse_time("2026-03-01T12:00:00Z").unwrap(), 1_772_366_400);
+        assert_eq!(
+            parse_time("2026-03-01T14:00:00+02:00").unwrap(),
+            1_772_366_400
+        );
+        let e = parse_time("2026-03-01").unwrap_err().to_string();
+        assert!(e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn every_certificate_reason_has_an_explanation() {
+        for r in [
+            Reason::UnknownCa,
+            Reason::Expired,
+            Reason::NotYetValid,
+            Reason::Revoked,
+            Reason::RevocationUnknown,
+            Reason::BadPurpose,
+            Reason::BadSignature,
+            Reason::BadEncoding,
+            Reason::NotAllowed,
+            Reason::NoCertificate,
+        ] {
+            assert_ne!(explain(r), explain(Reason::Other), "{r}");
+        }
+    }
+}
