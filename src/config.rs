@@ -365,7 +365,7 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: one_line_toml_error(&e),
+            message: one_line_toml_error(&e, text),
         })?;
         let base = path
             .parent()
@@ -473,14 +473,29 @@ impl Config {
     }
 }
 
-/// toml's errors span several lines with a source excerpt; the contract is one clear line.
-fn one_line_toml_error(e: &toml::de::Error) -> String {
+/// toml's errors span several lines with a source excerpt; the contract is one clear line
+/// that says where: `line 12, in [upstream]: unknown field `urll`, expected one of …`.
+fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
-    // toml reports unknown keys as "unknown field `x`, expected one of ..."; keep that wording,
-    // which names the key, and add where it was.
-    match e.span() {
-        Some(span) => format!("{msg} (at byte {}); fix or remove that key", span.start),
-        None => msg,
+    let Some(span) = e.span() else { return msg };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    // The innermost [table] or [[array]] header above the error names the section.
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.split('#').next())
+        .map(str::trim);
+    let hint = if msg.starts_with("unknown field") {
+        "; fix the spelling or remove the key (see config/mtls-shield.toml for every key)"
+    } else {
+        ""
+    };
+    match table {
+        Some(t) => format!("line {line}, in {t}: {msg}{hint}"),
+        None => format!("line {line}: {msg}{hint}"),
     }
 }
 

@@ -162,9 +162,17 @@ impl ClientIdentity {
                 }
                 HeaderFamily::Rfc9440 => {
                     out.push((names::CLIENT_CERT, header_value(&sf_binary(&self.leaf))));
-                    if !self.intermediates.is_empty() {
-                        let chain: Vec<String> =
-                            self.intermediates.iter().map(|c| sf_binary(c)).collect();
+                    // The intermediates only: many clients (every OpenSSL-based one, curl
+                    // included) append their root to the chain they send, and a root is a
+                    // trust anchor, not part of the chain RFC 9440 §2.3 asks for. Without
+                    // intermediates the header is omitted, as the RFC says.
+                    let chain: Vec<String> = self
+                        .intermediates
+                        .iter()
+                        .filter(|c| !is_self_issued(c))
+                        .map(|c| sf_binary(c))
+                        .collect();
+                    if !chain.is_empty() {
                         out.push((names::CLIENT_CERT_CHAIN, header_value(&chain.join(", "))));
                     }
                 }
@@ -497,6 +505,15 @@ fn url_encoded_pem(der: &[u8]) -> String {
 
 fn alb_url_encoded_pem(der: &[u8]) -> String {
     utf8_percent_encode(&pem(der), ALB_URL_ENCODE).to_string()
+}
+
+/// Subject and issuer are the same name: a root (or a self-issued rollover certificate),
+/// never an intermediate between the client's leaf and its trust anchor.
+fn is_self_issued(der: &CertificateDer<'_>) -> bool {
+    match X509Certificate::from_der(der.as_ref()) {
+        Ok((_, c)) => c.subject().as_raw() == c.issuer().as_raw(),
+        Err(_) => false,
+    }
 }
 
 /// RFC 8941 byte sequence: `:base64:`.

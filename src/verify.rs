@@ -15,7 +15,7 @@ use rustls_pki_types::UnixTime;
 
 use crate::config::Config;
 use crate::identity::{rfc3339_z, ClientIdentity};
-use crate::tls::{load, Reason, TlsState};
+use crate::tls::{load, TlsState};
 
 /// Exit code for a certificate that would be refused (0 is accepted, 1 is an error).
 pub const REFUSED: u8 = 2;
@@ -27,23 +27,6 @@ pub fn parse_time(s: &str) -> anyhow::Result<i64> {
             format!("--at {s:?}: expected an RFC 3339 time such as 2026-03-01T12:00:00Z")
         })?;
     Ok(t.unix_timestamp())
-}
-
-/// What each refusal means for an operator, and where to look.
-pub fn explain(reason: Reason) -> &'static str {
-    match reason {
-        Reason::UnknownCa => "the chain does not lead to a certificate in client_auth.truststore (if the client sends intermediates, pass them with --chain)",
-        Reason::Expired => "the certificate, or one in its chain, is past its notAfter at the checked time",
-        Reason::NotYetValid => "the certificate, or one in its chain, is before its notBefore at the checked time",
-        Reason::Revoked => "a CRL in client_auth.crls lists this certificate",
-        Reason::RevocationUnknown => "no usable CRL for its issuer: the issuer's CRL is past its nextUpdate, or require_crl is on and client_auth.crls has none for it",
-        Reason::BadPurpose => "its extended key usage does not include clientAuth",
-        Reason::BadSignature => "a signature in the chain does not verify",
-        Reason::BadEncoding => "the certificate could not be parsed",
-        Reason::NotAllowed => "the chain verifies, but the certificate matches no entry of [client_auth.allow]",
-        Reason::NoCertificate => "no certificate was presented",
-        _ => "see the detail line",
-    }
 }
 
 fn print_identity(id: &ClientIdentity) {
@@ -118,7 +101,7 @@ pub fn run(
         }
         Err(r) => {
             println!("result: refused: {}", r.reason);
-            println!("  reason: {}", explain(r.reason));
+            println!("  reason: {}", r.reason.explain());
             println!("  detail: {}", r.error);
             Ok(ExitCode::from(REFUSED))
         }
@@ -140,21 +123,4 @@ mod tests {
         assert!(e.contains("RFC 3339"), "{e}");
     }
 
-    #[test]
-    fn every_certificate_reason_has_an_explanation() {
-        for r in [
-            Reason::UnknownCa,
-            Reason::Expired,
-            Reason::NotYetValid,
-            Reason::Revoked,
-            Reason::RevocationUnknown,
-            Reason::BadPurpose,
-            Reason::BadSignature,
-            Reason::BadEncoding,
-            Reason::NotAllowed,
-            Reason::NoCertificate,
-        ] {
-            assert_ne!(explain(r), explain(Reason::Other), "{r}");
-        }
-    }
 }

@@ -238,3 +238,64 @@ fn header_block_over_limit_across_continuations_gets_431_and_the_connection_surv
     }
     assert_eq!(app.hits(), 1);
 }
+
+#[test]
+fn paced_rapid_reset_is_cut_off_with_bounded_upstream_work() {
+    let pki = Pki::new();
+    let app = slow_app();
+    let proxy = start(&pki, &config(&app.url(), "", "", ""));
+    let mut c = h2_conn(&proxy, &pki);
+    // Batches of 50 streams: open them, wait until every one has reached the upstream (so
+    // the proxy has certainly accepted them), then cancel them all together with the next
+    // batch. h2's own guard only counts resets of streams not yet accepted, so it never sees
+    // these; without the proxy's cancel count this runs all 100 rounds (5000 requests
+    // started upstream and abandoned).
+    const BATCH: usize = 50;
+    let mut next = 1u32;
+    let mut opened = 0usize;
+    let mut to_reset: Vec<u32> = Vec::new();
+    let cut_off = |p: &Proxy| {
+        p.logs()
+            .iter()
+            .any(|l| l.contains("client cancelled too many requests"))
+    };
+    for _round in 0..100 {
+        let mut out = Vec::new();
+        for id in to_reset.drain(..) {
+            out.extend(rst_stream(id, ERR_CANCEL));
+        }
+        for _ in 0..BATCH {
+            out.extend(frame(
+                FRAME_HEADERS,
+                FLAG_END_HEADERS | FLAG_END_STREAM,
+                next,
+                &hpack_get("/reset"),
+            ));
+            to_reset.push(next);
+            next += 2;
+        }
+        if c.send(&out).is_err() {
+            break;
+        }
+        opened += BATCH;
+        wait_until("the batch reached the upstream", DEADLINE, || {
+            app.hits() >= opened || cut_off(&proxy)
+        });
+        if cut_off(&proxy) {
+            break;
+        }
+    }
+    proxy.wait_log(&["client cancelled too many requests"]);
+    let mut seen = Vec::new();
+    assert!(
+        c.read_until_goaway(&mut seen).is_none(),
+        "dropped, not GOAWAY"
+    );
+    let hits = app.hits();
+    let bound = mtls_shield::proxy::activity::MAX_CANCELLED_REQUESTS as usize + 2 * BATCH;
+    assert!(
+        hits <= bound,
+        "upstream saw {hits} requests (opened {opened})"
+    );
+    served_after(&proxy, &pki);
+}

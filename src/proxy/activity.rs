@@ -8,12 +8,13 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -25,6 +26,16 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64 + 1
 }
 
+/// Client-cancelled requests after which a connection counts as a rapid-reset attacker
+/// (CVE-2023-44487), once they also outnumber its completed requests.
+///
+/// h2's own guard (`max_pending_accept_reset_streams`) only counts streams reset before the
+/// server accepted them. A client that paces its resets so that each stream is accepted
+/// first makes the proxy start one upstream request per stream (and, on a cold pool, open
+/// one upstream connection) and cancel it: unbounded work for the upstream. Legitimate
+/// clients cancel a few requests, not hundreds more than they complete.
+pub const MAX_CANCELLED_REQUESTS: u64 = 1_000_000;
+
 /// What a connection is doing.
 #[derive(Debug, Default)]
 pub struct Activity {
@@ -32,6 +43,11 @@ pub struct Activity {
     last_active_ms: AtomicU64,
     /// When the first byte of a not-yet-parsed request head arrived; 0 when none.
     head_started_ms: AtomicU64,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+    abusive: AtomicBool,
+    /// Wakes the connection's watchdog when `abusive` is set.
+    wake: Notify,
 }
 
 /// The watchdog's verdict.
@@ -43,6 +59,8 @@ pub enum Verdict {
     Idle,
     /// A request head has been trickling in for too long: drop the connection.
     HeaderTimeout,
+    /// The client cancelled too many requests (h2 rapid reset): drop the connection.
+    Abusive,
 }
 
 impl Activity {
@@ -62,7 +80,29 @@ impl Activity {
     /// A response body finished or was dropped.
     pub fn request_finished(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.completed.fetch_add(1, Ordering::Relaxed);
         self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The client gave up on a request before its response head (an h2 RST_STREAM, or the
+    /// connection closing). Returns true when this makes the connection abusive.
+    pub fn request_cancelled(&self) -> bool {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+        let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if cancelled > MAX_CANCELLED_REQUESTS
+            && cancelled > self.completed.load(Ordering::Relaxed)
+            && !self.abusive.swap(true, Ordering::AcqRel)
+        {
+            self.wake.notify_one();
+            return true;
+        }
+        false
+    }
+
+    /// Resolves when something needs the watchdog's attention before its next timer.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
     }
 
     /// Requests currently being served on this connection.
@@ -87,6 +127,9 @@ impl Activity {
     /// Decides what to do now. `header_timeout` is `None` for h2, where frames other than
     /// requests (PING, WINDOW_UPDATE) arrive on idle connections.
     pub fn check(&self, idle_timeout: Duration, header_timeout: Option<Duration>) -> Verdict {
+        if self.abusive.load(Ordering::Acquire) {
+            return Verdict::Abusive;
+        }
         let now = now_ms();
         let mut wait = idle_timeout;
         if let Some(ht) = header_timeout {
@@ -222,6 +265,40 @@ mod tests {
         ));
         a.request_finished();
         assert_eq!(a.check(Duration::ZERO, None), Verdict::Idle);
+    }
+
+    #[test]
+    fn cancelled_requests_are_not_in_flight_and_many_make_the_connection_abusive() {
+        let a = Activity::new();
+        for _ in 0..3 {
+            a.request_started();
+            a.request_finished();
+        }
+        for i in 0..MAX_CANCELLED_REQUESTS {
+            a.request_started();
+            assert!(!a.request_cancelled(), "abusive after {i} cancels");
+        }
+        assert_eq!(a.in_flight(), 0);
+        assert!(matches!(
+            a.check(Duration::from_secs(60), None),
+            Verdict::Wait(_)
+        ));
+        a.request_started();
+        assert!(a.request_cancelled());
+        assert_eq!(a.check(Duration::from_secs(60), None), Verdict::Abusive);
+    }
+
+    #[test]
+    fn cancels_do_not_count_against_a_busy_client() {
+        let a = Activity::new();
+        for _ in 0..(2 * MAX_CANCELLED_REQUESTS) {
+            a.request_started();
+            a.request_finished();
+        }
+        for _ in 0..(MAX_CANCELLED_REQUESTS + 10) {
+            a.request_started();
+            assert!(!a.request_cancelled());
+        }
     }
 
     #[test]

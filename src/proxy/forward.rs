@@ -202,13 +202,34 @@ fn is_upgrade_request<B>(req: &Request<B>) -> bool {
             })
 }
 
-/// Handles one request: rewrite, forward, stream back, or answer 502/504 itself.
+/// Handles one request: rewrite, forward, stream back, or answer 413/502/504 itself.
 pub async fn handle(
     ctx: Arc<ConnContext>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let start = Instant::now();
     ctx.activity.request_started();
+    let mut pending = Pending(Some(ctx.activity.clone()));
+    let response = respond(&ctx, req).await;
+    // From here the response body closes the request's books (see `body::Finish`).
+    pending.0 = None;
+    Ok(response)
+}
+
+/// Notes a request whose handler was dropped before it produced a response head: the client
+/// reset the stream or went away. Without this the request would stay "in flight" forever
+/// and the connection could never go idle.
+struct Pending(Option<Arc<Activity>>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(activity) = self.0.take() {
+            activity.request_cancelled();
+        }
+    }
+}
+
+async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let start = Instant::now();
     let upgrade = is_upgrade_request(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -259,7 +280,7 @@ pub async fn handle(
     if let Some(limit) = ctx.max_request_body {
         if body.size_hint().lower() > limit {
             tracing::info!(peer = %ctx.peer, limit, declared = body.size_hint().lower(), "request body over max_request_body_bytes; 413");
-            return Ok(too_large(finish(StatusCode::PAYLOAD_TOO_LARGE, None), http1));
+            return too_large(finish(StatusCode::PAYLOAD_TOO_LARGE, None), http1);
         }
     }
     let mut body = RequestBody::new(body, bytes_in);
@@ -272,7 +293,7 @@ pub async fn handle(
         // The body crossed the limit before the upstream answered: the upstream connection
         // was abandoned mid-body (the app never saw a complete request); tell the client.
         tracing::info!(peer = %ctx.peer, limit = ctx.max_request_body, "request body over max_request_body_bytes while streaming; 413");
-        return Ok(too_large(finish(StatusCode::PAYLOAD_TOO_LARGE, None), http1));
+        return too_large(finish(StatusCode::PAYLOAD_TOO_LARGE, None), http1);
     }
     let response = match result {
         Ok(mut resp) => {
@@ -320,7 +341,7 @@ pub async fn handle(
             resp
         }
     };
-    Ok(response)
+    response
 }
 
 /// The proxy's own 413.

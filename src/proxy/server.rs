@@ -400,6 +400,12 @@ async fn connection(
                 tracing::info!(peer = %peer, "request header not received in time; closing");
                 return;
             }
+            Verdict::Abusive => {
+                // Security: rapid reset (CVE-2023-44487) paced to dodge h2's own guard;
+                // dropping the connection cancels everything it started upstream.
+                tracing::warn!(peer = %peer, "client cancelled too many requests (h2 rapid reset); closing");
+                return;
+            }
         };
         tokio::select! {
             res = conn.as_mut() => {
@@ -413,6 +419,7 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep(wait) => {}
+            _ = activity.woken() => {}
         }
     }
 }

@@ -80,6 +80,27 @@ impl Reason {
         }
     }
 
+    /// What the refusal means for an operator, and where to look. `verify` prints it; the
+    /// README's troubleshooting table says the same.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Reason::NoCertificate => "no client certificate was presented",
+            Reason::UnknownCa => "the chain does not lead to a certificate in client_auth.truststore (if the client sends intermediates, pass them with --chain)",
+            Reason::Expired => "the certificate, or one in its chain, is past its notAfter at the checked time",
+            Reason::NotYetValid => "the certificate, or one in its chain, is before its notBefore at the checked time",
+            Reason::Revoked => "a CRL in client_auth.crls lists this certificate",
+            Reason::RevocationUnknown => "no usable CRL for its issuer: the issuer's CRL is past its nextUpdate, or require_crl is on and client_auth.crls has none for it",
+            Reason::BadPurpose => "its extended key usage does not include clientAuth",
+            Reason::BadSignature => "a signature in the chain, or the client's handshake signature, does not verify",
+            Reason::BadEncoding => "the certificate could not be parsed",
+            Reason::NotAllowed => "the chain verifies, but the certificate matches no entry of [client_auth.allow]",
+            Reason::HandshakeTimeout => "the client did not finish the TLS handshake within listener.handshake_timeout",
+            Reason::NotTls => "the client did not speak TLS (plain HTTP, a scanner, or a PROXY header where none is configured)",
+            Reason::ProtocolVersion => "the client offered only TLS versions below 1.2",
+            Reason::Other => "see the detail in the log line (client abort, no shared cipher, I/O error)",
+        }
+    }
+
     /// Classifies a rustls error raised while verifying or handshaking.
     pub fn from_tls(e: &TlsError) -> Reason {
         match e {
@@ -205,6 +226,12 @@ impl EncodeLabelValue for Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_explanation() {
+        let texts: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.explain()).collect();
+        assert_eq!(texts.len(), Reason::ALL.len());
+    }
 
     #[test]
     fn codes_are_unique_snake_case() {
