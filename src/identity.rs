@@ -391,6 +391,8 @@ fn attribute_short_name(oid: &str) -> Option<&'static str> {
         "2.5.4.65" => "pseudonym",
         "2.5.4.97" => "organizationIdentifier",
         "0.9.2342.19200300.100.1.1" => "UID",
+        "0.9.2342.19200300.100.1.3" => "mail",
+        "1.2.840.113549.1.9.2" => "unstructuredName",
         "0.9.2342.19200300.100.1.25" => "DC",
         "1.2.840.113549.1.9.1" => "emailAddress",
         "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
@@ -613,7 +615,11 @@ mod tests {
     /// no backslash before its closing quote, so no parser can read a forged key after it.
     #[test]
     fn xfcc_subject_cannot_end_early() {
-        for cn in ["x\";URI=spiffe://admin;DNS=a", "ends with a backslash\\", "a\\\"b"] {
+        for cn in [
+            "x\";URI=spiffe://admin;DNS=a",
+            "ends with a backslash\\",
+            "a\\\"b",
+        ] {
             let der = cert_with(&[(rcgen::DnType::CommonName, cn)], vec![]);
             let id = ClientIdentity::parse(&der, &[]).unwrap();
             let x = id.xfcc(false);
@@ -624,7 +630,10 @@ mod tests {
             assert!(!value.contains('"'), "{x}");
             assert!(!value.ends_with('\\'), "{x}");
             // Everything after the opening quote is the one value: no key follows it.
-            assert!(x.starts_with("Hash=") && x.matches(";Subject=").count() == 1, "{x}");
+            assert!(
+                x.starts_with("Hash=") && x.matches(";Subject=").count() == 1,
+                "{x}"
+            );
         }
         let der = cert_with(&[(rcgen::DnType::CommonName, "a\"b\\c,d")], vec![]);
         let id = ClientIdentity::parse(&der, &[]).unwrap();

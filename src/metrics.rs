@@ -269,7 +269,9 @@ impl Metrics {
             UpstreamErrorKind::timeout,
             UpstreamErrorKind::other,
         ] {
-            let _ = m.upstream_errors.get_or_create(&UpstreamErrorLabels { kind });
+            let _ = m
+                .upstream_errors
+                .get_or_create(&UpstreamErrorLabels { kind });
         }
         Metrics { registry, ..m }
     }

@@ -51,7 +51,11 @@ fn assert_not_allowed(pki: &Pki, proxy: &Proxy, up: &Upstream, sibling: &Issued)
     wait_until("not_allowed counted", DEADLINE, || {
         proxy.metric(NOT_ALLOWED) == before + 1.0
     });
-    assert_eq!(up.hits(), 0, "the upstream must never see a refused identity");
+    assert_eq!(
+        up.hits(),
+        0,
+        "the upstream must never see a refused identity"
+    );
 }
 
 #[test]
@@ -134,12 +138,11 @@ fn fingerprints_sha256_in_openssl_form_pins_one_certificate() {
     let up = Upstream::start();
     let fp = openssl_x509(&pki.path("client.pem"), &["-fingerprint", "-sha256"]);
     let fp = after_eq(&fp, "sha256 Fingerprint").to_owned();
-    assert!(fp.contains(':') && fp.chars().any(|c| c.is_ascii_uppercase()), "{fp}");
-    let proxy = start_with_allow(
-        &pki,
-        &up,
-        &format!(r#"fingerprints_sha256 = ["{fp}"]"#),
+    assert!(
+        fp.contains(':') && fp.chars().any(|c| c.is_ascii_uppercase()),
+        "{fp}"
     );
+    let proxy = start_with_allow(&pki, &up, &format!(r#"fingerprints_sha256 = ["{fp}"]"#));
     let twin = pki.root.issue(Leaf::client("my-client"));
     assert_not_allowed(&pki, &proxy, &up, &twin);
     assert_accepted(&pki, &proxy, &up, &pki.client);
@@ -240,7 +243,10 @@ fn refused_identity_gets_the_access_denied_alert_and_no_http() {
     );
     assert!(a.received.is_empty(), "{a:?}");
     let error = a.handshake.err().or(a.read_error).unwrap_or_default();
-    assert!(error.contains("AccessDenied"), "expected access_denied, got {error:?}");
+    assert!(
+        error.contains("AccessDenied"),
+        "expected access_denied, got {error:?}"
+    );
     assert_eq!(up.hits(), 0);
 }
 
@@ -305,10 +311,7 @@ fn fingerprint_that_is_not_hex_is_a_config_error_naming_the_entry() {
 
 #[test]
 fn bad_spki_pin_is_a_config_error_naming_the_entry() {
-    assert_config_error_names(
-        r#"spki_sha256 = ["sha256//not-a-pin"]"#,
-        "spki_sha256[0]",
-    );
+    assert_config_error_names(r#"spki_sha256 = ["sha256//not-a-pin"]"#, "spki_sha256[0]");
 }
 
 #[test]

@@ -26,7 +26,11 @@ fn rich_client(ca: &Ca, dir: &Path, name: &str) -> (Issued, PathBuf) {
     p.distinguished_name = dn;
     p.subject_alt_names = vec![
         rcgen::SanType::DnsName("api.example.com".try_into().unwrap()),
-        rcgen::SanType::URI("spiffe://example.org/ns/batch/sa/worker".try_into().unwrap()),
+        rcgen::SanType::URI(
+            "spiffe://example.org/ns/batch/sa/worker"
+                .try_into()
+                .unwrap(),
+        ),
     ];
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
@@ -161,7 +165,8 @@ fn alb_headers_match_what_alb_sends() {
         r"CN=my-client,OU=batch,O=Example\, Inc.,L=Seattle,ST=Washington,C=US"
     );
     assert_eq!(one(&h, "x-amzn-mtls-clientcert-subject"), subject);
-    let start = rfc3339_of_openssl_date(after_eq(&openssl_x509(&pem, &["-startdate"]), "notBefore"));
+    let start =
+        rfc3339_of_openssl_date(after_eq(&openssl_x509(&pem, &["-startdate"]), "notBefore"));
     let end = rfc3339_of_openssl_date(after_eq(&openssl_x509(&pem, &["-enddate"]), "notAfter"));
     assert_eq!(
         one(&h, "x-amzn-mtls-clientcert-validity"),
@@ -170,8 +175,14 @@ fn alb_headers_match_what_alb_sends() {
     // ALB: "URL-encoded PEM format of the leaf certificate, with +=/ as safe characters".
     let leaf = one(&h, "x-amzn-mtls-clientcert-leaf");
     assert_eq!(leaf, py_quote(&openssl_pem(&pem), "+=/"));
-    assert!(leaf.starts_with("-----BEGIN%20CERTIFICATE-----%0A"), "{leaf}");
-    assert!(leaf.ends_with("%0A-----END%20CERTIFICATE-----%0A"), "{leaf}");
+    assert!(
+        leaf.starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
+        "{leaf}"
+    );
+    assert!(
+        leaf.ends_with("%0A-----END%20CERTIFICATE-----%0A"),
+        "{leaf}"
+    );
     assert_eq!(
         identity_names(&h),
         [
@@ -210,7 +221,11 @@ fn rfc9440_client_cert_chain_lists_the_intermediates() {
     std::fs::write(pki.path("ca2.pem"), ca2.pem()).unwrap();
     let (leaf, pem) = rich_client(&ca2, pki.dir.path(), "deep");
     let proxy = start(&pki, &up, "[forward]\nclient_cert_headers = [\"rfc9440\"]");
-    let h = upstream_view(&proxy, &pki.root, ClientCert::with_chain(&leaf, &[&ca2, &ca1]));
+    let h = upstream_view(
+        &proxy,
+        &pki.root,
+        ClientCert::with_chain(&leaf, &[&ca2, &ca1]),
+    );
     assert_eq!(one(&h, "client-cert"), format!(":{}:", der_base64(&pem)));
     assert_eq!(
         one(&h, "client-cert-chain"),
@@ -232,7 +247,11 @@ fn rfc9440_client_cert_chain_leaves_out_a_root_the_client_sends() {
     std::fs::write(pki.path("ca.pem"), ca.pem()).unwrap();
     let (leaf, _) = rich_client(&ca, pki.dir.path(), "leaf");
     let proxy = start(&pki, &up, "[forward]\nclient_cert_headers = [\"rfc9440\"]");
-    let h = upstream_view(&proxy, &pki.root, ClientCert::with_chain(&leaf, &[&ca, &pki.root]));
+    let h = upstream_view(
+        &proxy,
+        &pki.root,
+        ClientCert::with_chain(&leaf, &[&ca, &pki.root]),
+    );
     assert_eq!(
         one(&h, "client-cert-chain"),
         format!(":{}:", der_base64(&pki.path("ca.pem")))
@@ -362,13 +381,31 @@ fn unusual_subject_attributes_render_as_openssl_does() {
     let mut p = rcgen::CertificateParams::default();
     let mut dn = rcgen::DistinguishedName::new();
     let ia5 = |s: &str| rcgen::DnValue::Ia5String(s.try_into().unwrap());
-    dn.push(rcgen::DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 25]), ia5("example"));
-    dn.push(rcgen::DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 1]), "u1");
-    dn.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), rcgen::DnValue::PrintableString("42".try_into().unwrap()));
+    dn.push(
+        rcgen::DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 25]),
+        ia5("example"),
+    );
+    dn.push(
+        rcgen::DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 1]),
+        "u1",
+    );
+    dn.push(
+        rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]),
+        rcgen::DnValue::PrintableString("42".try_into().unwrap()),
+    );
     dn.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 9]), "1 Main St");
-    dn.push(rcgen::DnType::CustomDnType(vec![1, 3, 6, 1, 4, 1, 55555, 7]), "private");
-    dn.push(rcgen::DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]), ia5("ops@example.com"));
-    dn.push(rcgen::DnType::CommonName, rcgen::DnValue::BmpString("bmp-client".try_into().unwrap()));
+    dn.push(
+        rcgen::DnType::CustomDnType(vec![1, 3, 6, 1, 4, 1, 55555, 7]),
+        "private",
+    );
+    dn.push(
+        rcgen::DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+        ia5("ops@example.com"),
+    );
+    dn.push(
+        rcgen::DnType::CommonName,
+        rcgen::DnValue::BmpString("bmp-client".try_into().unwrap()),
+    );
     p.distinguished_name = dn;
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = p.signed_by(&key, &pki.root.cert, &pki.root.key).unwrap();
@@ -384,7 +421,10 @@ fn unusual_subject_attributes_render_as_openssl_does() {
         },
     );
     let want = subject(&pem);
-    assert!(want.starts_with("CN=bmp-client,emailAddress=ops@example.com,1.3.6.1.4.1.55555.7=#"), "{want}");
+    assert!(
+        want.starts_with("CN=bmp-client,emailAddress=ops@example.com,1.3.6.1.4.1.55555.7=#"),
+        "{want}"
+    );
     assert_eq!(one(&h, "x-amzn-mtls-clientcert-subject"), want);
 }
 
@@ -458,7 +498,9 @@ fn check_spoofing(forward: &str, expected: &[&str]) {
         for (k, v) in SPOOFED {
             req = req.header(*k, *v);
         }
-        let req = req.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
         let mut opts = ClientOpts::with(ClientCert::leaf(&pki.client));
         opts.h2 = h2;
         let got = block_request(proxy.addr, &pki.root, &opts, req).unwrap();
@@ -488,7 +530,10 @@ fn spoofed_identity_headers_are_removed_in_alb_mode() {
 
 #[test]
 fn spoofed_identity_headers_are_removed_in_rfc9440_mode() {
-    check_spoofing("[forward]\nclient_cert_headers = [\"rfc9440\"]", &["client-cert"]);
+    check_spoofing(
+        "[forward]\nclient_cert_headers = [\"rfc9440\"]",
+        &["client-cert"],
+    );
 }
 
 #[test]

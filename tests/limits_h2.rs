@@ -299,3 +299,33 @@ fn paced_rapid_reset_is_cut_off_with_bounded_upstream_work() {
     );
     served_after(&proxy, &pki);
 }
+
+#[test]
+fn h2_connection_still_goes_idle_after_a_cancelled_request() {
+    let pki = Pki::new();
+    let app = App::start(|_req| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        full(200, "late")
+    });
+    let proxy = start(
+        &pki,
+        &config(&app.url(), "idle_timeout = \"500ms\"", "", ""),
+    );
+    let mut c = h2_conn(&proxy, &pki);
+    c.send(&frame(
+        FRAME_HEADERS,
+        FLAG_END_HEADERS | FLAG_END_STREAM,
+        1,
+        &hpack_get("/hang"),
+    ))
+    .unwrap();
+    wait_until("request reached the upstream", DEADLINE, || app.hits() == 1);
+    c.send(&rst_stream(1, ERR_CANCEL)).unwrap();
+    // The cancelled request no longer counts as in flight: the idle timeout closes the
+    // connection with a graceful GOAWAY (NO_ERROR).
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let goaway = c.read_until_goaway(&mut seen).expect("GOAWAY once idle");
+    assert_eq!(goaway.goaway_code(), 0);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -112,14 +112,15 @@ fn attempt_refused(pki: &Pki, proxy: &Proxy, up: &Upstream, opts: &ClientOpts) {
 }
 
 /// Writes `issued` as `<name>.pem/.key`, presents it (refused), and returns what OpenSSL says of it.
-fn refuse_issued(pki: &Pki, proxy: &Proxy, up: &Upstream, issued: &Issued, name: &str) -> Presented {
+fn refuse_issued(
+    pki: &Pki,
+    proxy: &Proxy,
+    up: &Upstream,
+    issued: &Issued,
+    name: &str,
+) -> Presented {
     issued.write(pki.dir.path(), name);
-    attempt_refused(
-        pki,
-        proxy,
-        up,
-        &ClientOpts::with(ClientCert::leaf(issued)),
-    );
+    attempt_refused(pki, proxy, up, &ClientOpts::with(ClientCert::leaf(issued)));
     presented(&pki.path(&format!("{name}.pem")))
 }
 
@@ -135,13 +136,20 @@ fn every_closed_label_set_is_exported_at_zero_before_traffic() {
         .collect();
     want.push(r#"mtls_shield_handshakes_total{result="accepted",reason="none"} 0"#.into());
     for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-        want.push(format!(r#"mtls_shield_requests_total{{code_class="{class}"}} 0"#));
+        want.push(format!(
+            r#"mtls_shield_requests_total{{code_class="{class}"}} 0"#
+        ));
     }
     for kind in ["connect", "timeout", "other"] {
-        want.push(format!(r#"mtls_shield_upstream_errors_total{{kind="{kind}"}} 0"#));
+        want.push(format!(
+            r#"mtls_shield_upstream_errors_total{{kind="{kind}"}} 0"#
+        ));
     }
     for line in want {
-        assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
     }
     // The issue's list, spelled out: a renamed code is a breaking change for alerts.
     for code in [
@@ -210,7 +218,13 @@ fn unknown_ca_is_counted_and_logged_with_the_presented_certificate() {
     let up = Upstream::start();
     let proxy = start(&pki, &up, "", "");
     let other = Ca::root("Other Root CA");
-    let cert = refuse_issued(&pki, &proxy, &up, &other.issue(Leaf::client("my-client")), "c");
+    let cert = refuse_issued(
+        &pki,
+        &proxy,
+        &up,
+        &other.issue(Leaf::client("my-client")),
+        "c",
+    );
     assert_eq!(cert.issuer, "CN=Other Root CA,O=mtls-shield tests");
     assert_rejection(&proxy, "unknown_ca", "TLSv1.3", Some(&cert));
 }
@@ -220,7 +234,9 @@ fn expired_is_counted_and_logged_with_the_presented_certificate() {
     let pki = Pki::new();
     let up = Upstream::start();
     let proxy = start(&pki, &up, "", "");
-    let issued = pki.root.issue(Leaf::client("old-client").valid_days(-30, -1));
+    let issued = pki
+        .root
+        .issue(Leaf::client("old-client").valid_days(-30, -1));
     let cert = refuse_issued(&pki, &proxy, &up, &issued, "c");
     assert_rejection(&proxy, "expired", "TLSv1.3", Some(&cert));
 }
@@ -230,7 +246,9 @@ fn not_yet_valid_is_counted_and_logged_with_the_presented_certificate() {
     let pki = Pki::new();
     let up = Upstream::start();
     let proxy = start(&pki, &up, "", "");
-    let issued = pki.root.issue(Leaf::client("future-client").valid_days(1, 30));
+    let issued = pki
+        .root
+        .issue(Leaf::client("future-client").valid_days(1, 30));
     let cert = refuse_issued(&pki, &proxy, &up, &issued, "c");
     assert_rejection(&proxy, "not_yet_valid", "TLSv1.3", Some(&cert));
 }
@@ -274,7 +292,13 @@ fn require_crl_without_the_issuers_crl_is_revocation_unknown() {
     .unwrap();
     std::fs::write(pki.path("crl.pem"), pki.root.crl(&[], 1, -1, 7)).unwrap();
     let proxy = start(&pki, &up, "crls = [\"crl.pem\"]\nrequire_crl = true", "");
-    let cert = refuse_issued(&pki, &proxy, &up, &other.issue(Leaf::client("partner")), "c");
+    let cert = refuse_issued(
+        &pki,
+        &proxy,
+        &up,
+        &other.issue(Leaf::client("partner")),
+        "c",
+    );
     assert_rejection(&proxy, "revocation_unknown", "TLSv1.3", Some(&cert));
 }
 
@@ -283,9 +307,9 @@ fn server_auth_only_eku_is_bad_purpose() {
     let pki = Pki::new();
     let up = Upstream::start();
     let proxy = start(&pki, &up, "", "");
-    let issued = pki.root.issue(
-        Leaf::client("a-server").eku(vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]),
-    );
+    let issued = pki
+        .root
+        .issue(Leaf::client("a-server").eku(vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]));
     let cert = refuse_issued(&pki, &proxy, &up, &issued, "c");
     assert_rejection(&proxy, "bad_purpose", "TLSv1.3", Some(&cert));
 }
@@ -319,7 +343,13 @@ fn impostor_issuer_with_the_trusted_name_is_bad_signature() {
     let up = Upstream::start();
     let proxy = start(&pki, &up, "", "");
     let impostor = Ca::root(&pki.root.name);
-    let cert = refuse_issued(&pki, &proxy, &up, &impostor.issue(Leaf::client("my-client")), "c");
+    let cert = refuse_issued(
+        &pki,
+        &proxy,
+        &up,
+        &impostor.issue(Leaf::client("my-client")),
+        "c",
+    );
     assert_rejection(&proxy, "bad_signature", "TLSv1.3", Some(&cert));
 }
 
@@ -394,7 +424,12 @@ fn unknown_critical_extension_is_bad_encoding() {
     p.custom_extensions = vec![ext];
     let cert = p.signed_by(&key, &pki.root.cert, &pki.root.key).unwrap();
     std::fs::write(pki.path("c.pem"), cert.pem()).unwrap();
-    let got = present_raw_chain(&proxy, &pki.root, vec![cert.der().clone()], &key.serialize_der());
+    let got = present_raw_chain(
+        &proxy,
+        &pki.root,
+        vec![cert.der().clone()],
+        &key.serialize_der(),
+    );
     assert!(got.is_empty(), "{got:?}");
     let cert = presented(&pki.path("c.pem"));
     assert_rejection(&proxy, "bad_encoding", "TLSv1.3", Some(&cert));
@@ -448,8 +483,9 @@ fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
         match s.read(&mut buf) {
             Ok(0) => return got,
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.kind() == std::io::ErrorKind::TimedOut =>
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
             {
                 panic!("server did not close the connection within {DEADLINE:?}")
             }
@@ -475,8 +511,10 @@ fn half_a_client_hello_is_handshake_timeout() {
     let proxy = short_handshake_timeout(&pki, &up);
     let mut s = TcpStream::connect(proxy.addr).unwrap();
     // A record header announcing 512 bytes of handshake, then only the first few.
-    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])
-        .unwrap();
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ])
+    .unwrap();
     assert!(read_until_closed(&mut s).is_empty());
     assert_rejection(&proxy, "handshake_timeout", "-", None);
 }
@@ -575,7 +613,9 @@ fn connections_active_follows_an_open_connection() {
     assert_eq!(proxy.metric(gauge), 0.0);
     let mut conn = KeepAlive::open(proxy.addr, &pki.root, &pki.client);
     assert_eq!(conn.get("/pets").unwrap().0, 200);
-    wait_until("one active connection", DEADLINE, || proxy.metric(gauge) == 1.0);
+    wait_until("one active connection", DEADLINE, || {
+        proxy.metric(gauge) == 1.0
+    });
     let mut second = KeepAlive::open(proxy.addr, &pki.root, &pki.client);
     assert_eq!(second.get("/pets").unwrap().0, 200);
     wait_until("two active connections", DEADLINE, || {
@@ -583,7 +623,9 @@ fn connections_active_follows_an_open_connection() {
     });
     drop(conn);
     drop(second);
-    wait_until("no active connection", DEADLINE, || proxy.metric(gauge) == 0.0);
+    wait_until("no active connection", DEADLINE, || {
+        proxy.metric(gauge) == 0.0
+    });
 }
 
 #[test]
@@ -592,9 +634,24 @@ fn requests_are_counted_by_status_class() {
     let up = Upstream::start();
     let proxy = start(&pki, &up, "", "");
     let opts = ClientOpts::with(ClientCert::leaf(&pki.client));
-    assert_eq!(block_request(proxy.addr, &pki.root, &opts, get("/pets")).unwrap().status, 200);
-    assert_eq!(block_request(proxy.addr, &pki.root, &opts, get("/pets")).unwrap().status, 200);
-    assert_eq!(block_request(proxy.addr, &pki.root, &opts, get("/nope")).unwrap().status, 404);
+    assert_eq!(
+        block_request(proxy.addr, &pki.root, &opts, get("/pets"))
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        block_request(proxy.addr, &pki.root, &opts, get("/pets"))
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        block_request(proxy.addr, &pki.root, &opts, get("/nope"))
+            .unwrap()
+            .status,
+        404
+    );
     let class = |c: &str| format!(r#"mtls_shield_requests_total{{code_class="{c}"}}"#);
     wait_until("three requests counted", DEADLINE, || {
         proxy.metric(&class("2xx")) == 2.0 && proxy.metric(&class("4xx")) == 1.0
@@ -662,10 +719,8 @@ fn slow_upstream_counts_a_timeout_error() {
     let up = Upstream::start();
     let proxy = start_text(
         &pki,
-        &base_config(&up.url(), "").replace(
-            "response_timeout = \"5s\"",
-            "response_timeout = \"300ms\"",
-        ),
+        &base_config(&up.url(), "")
+            .replace("response_timeout = \"5s\"", "response_timeout = \"300ms\""),
     );
     let got = block_request(
         proxy.addr,
@@ -754,8 +809,11 @@ fn crl_next_update_gauge_carries_the_crls_next_update() {
     std::fs::write(pki.path("crl.pem"), pki.root.crl(&[], 1, -1, 7)).unwrap();
     let proxy = start(&pki, &up, r#"crls = ["crl.pem"]"#, "");
     let crl = pki.path("crl.pem");
-    let issuer = after_eq(&openssl_crl(&crl, &["-issuer", "-nameopt", "RFC2253"]), "issuer")
-        .to_owned();
+    let issuer = after_eq(
+        &openssl_crl(&crl, &["-issuer", "-nameopt", "RFC2253"]),
+        "issuer",
+    )
+    .to_owned();
     let next = unix_of_openssl_date(after_eq(&openssl_crl(&crl, &["-nextupdate"]), "nextUpdate"));
     let series = format!(
         r#"mtls_shield_crl_next_update_timestamp_seconds{{issuer="{}"}}"#,
@@ -781,7 +839,10 @@ fn build_info_carries_the_version() {
 /// escapes the text format allows (`\\`, `\"`, `\n`): what Prometheus needs to accept the
 /// scrape at all.
 fn assert_exposition_is_well_formed(body: &str) {
-    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
         assert!(
             value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
@@ -791,13 +852,20 @@ fn assert_exposition_is_well_formed(body: &str) {
             continue;
         };
         assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "{line}"
         );
-        let mut chars = labels.strip_suffix('}').unwrap_or_else(|| panic!("{line}")).chars();
+        let mut chars = labels
+            .strip_suffix('}')
+            .unwrap_or_else(|| panic!("{line}"))
+            .chars();
         loop {
             let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-            assert!(!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+            assert!(
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
             assert_eq!(chars.next(), Some('"'), "{line}");
             loop {
                 match chars.next() {

@@ -34,7 +34,7 @@ fn now_ms() -> u64 {
 /// first makes the proxy start one upstream request per stream (and, on a cold pool, open
 /// one upstream connection) and cancel it: unbounded work for the upstream. Legitimate
 /// clients cancel a few requests, not hundreds more than they complete.
-pub const MAX_CANCELLED_REQUESTS: u64 = 1_000_000;
+pub const MAX_CANCELLED_REQUESTS: u64 = 100;
 
 /// What a connection is doing.
 #[derive(Debug, Default)]

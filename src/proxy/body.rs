@@ -33,19 +33,41 @@ pub enum RequestBodyError {
     Client(#[from] hyper::Error),
 }
 
+/// How a request body ended early, shared between the body and the handler, so that a
+/// failed upstream exchange is answered for what it was: the client's fault, not the
+/// upstream's.
+#[derive(Debug, Default)]
+pub struct BodyState {
+    over_limit: AtomicBool,
+    client_failed: AtomicBool,
+}
+
+impl BodyState {
+    /// The body crossed `max_request_body_bytes` (answer 413).
+    pub fn over_limit(&self) -> bool {
+        self.over_limit.load(Ordering::Acquire)
+    }
+
+    /// The client's body was malformed (e.g. a bad chunk size) or the client went away
+    /// mid-body (answer 400).
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Acquire)
+    }
+}
+
 /// The request body sent upstream: the client's, counted and size-checked as it streams.
 ///
 /// The limit is enforced frame by frame, never by buffering: the frame that crosses it is
 /// not forwarded, the body ends with [`RequestBodyError::TooLarge`] (which makes the
 /// upstream client abandon that upstream connection, so the app never sees a complete
-/// request), and `over_limit` tells the handler to answer 413.
+/// request), and the shared [`BodyState`] tells the handler to answer 413.
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
     bytes: Arc<AtomicU64>,
     seen: u64,
     limit: Option<u64>,
-    over_limit: Arc<AtomicBool>,
+    state: Arc<BodyState>,
 }
 
 impl RequestBody {
@@ -56,15 +78,18 @@ impl RequestBody {
             bytes,
             seen: 0,
             limit: None,
-            over_limit: Arc::new(AtomicBool::new(false)),
+            state: Arc::default(),
         }
     }
 
-    /// Stops the body once more than `limit` bytes have arrived; returns the flag that is
-    /// set when that happens.
-    pub fn limit(&mut self, limit: Option<u64>) -> Arc<AtomicBool> {
+    /// Stops the body once more than `limit` bytes have arrived.
+    pub fn limit(&mut self, limit: Option<u64>) {
         self.limit = limit;
-        self.over_limit.clone()
+    }
+
+    /// How the body ended, readable after the upstream exchange failed.
+    pub fn state(&self) -> Arc<BodyState> {
+        self.state.clone()
     }
 }
 
@@ -77,7 +102,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = &mut *self;
-        if this.over_limit.load(Ordering::Relaxed) {
+        if this.state.over_limit() {
             // Already failed: never resume forwarding after the limit.
             return Poll::Ready(Some(Err(RequestBodyError::TooLarge {
                 limit: this.limit.unwrap_or(0),
@@ -85,7 +110,10 @@ impl Body for RequestBody {
         }
         let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => {
+                this.state.client_failed.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(e.into())));
+            }
             None => return Poll::Ready(None),
         };
         if let Some(data) = frame.data_ref() {
@@ -94,7 +122,7 @@ impl Body for RequestBody {
             this.bytes.fetch_add(len, Ordering::Relaxed);
             if let Some(limit) = this.limit {
                 if this.seen > limit {
-                    this.over_limit.store(true, Ordering::Relaxed);
+                    this.state.over_limit.store(true, Ordering::Release);
                     return Poll::Ready(Some(Err(RequestBodyError::TooLarge { limit })));
                 }
             }

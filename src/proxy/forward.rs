@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -186,7 +186,13 @@ pub struct ConnContext {
     pub access_log: bool,
     /// `listener.max_request_body_bytes`.
     pub max_request_body: Option<u64>,
+    /// The connection's `max_connections` slot; an upgraded tunnel holds it for as long as
+    /// it runs, so tunnels count against the limit (and are waited for when draining).
+    pub slot: Slot,
 }
+
+/// Whatever keeps a connection's `max_connections` permit and active-connection count.
+pub type Slot = Arc<dyn std::any::Any + Send + Sync>;
 
 fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -284,16 +290,29 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
         }
     }
     let mut body = RequestBody::new(body, bytes_in);
-    let over_limit = body.limit(ctx.max_request_body);
+    body.limit(ctx.max_request_body);
+    let body_state = body.state();
     let upstream_req = Request::from_parts(parts, body);
 
     let result = ctx.upstream.send(upstream_req).await;
     let upstream_time = start.elapsed();
-    if result.is_err() && over_limit.load(Ordering::Relaxed) {
-        // The body crossed the limit before the upstream answered: the upstream connection
-        // was abandoned mid-body (the app never saw a complete request); tell the client.
-        tracing::info!(peer = %ctx.peer, limit = ctx.max_request_body, "request body over max_request_body_bytes while streaming; 413");
-        return too_large(finish(StatusCode::PAYLOAD_TOO_LARGE, None), http1);
+    if result.is_err() {
+        // The body failed before the upstream answered, so the upstream connection was
+        // abandoned mid-body: the app never saw a complete request. Answer for the client's
+        // fault, and do not count an upstream error.
+        if body_state.over_limit() {
+            tracing::info!(peer = %ctx.peer, limit = ctx.max_request_body, "request body over max_request_body_bytes while streaming; 413");
+            return too_large(finish(StatusCode::PAYLOAD_TOO_LARGE, None), http1);
+        }
+        if body_state.client_failed() {
+            tracing::info!(peer = %ctx.peer, "request body malformed or interrupted; 400");
+            return local(
+                finish(StatusCode::BAD_REQUEST, None),
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: malformed or interrupted request body\n",
+                http1,
+            );
+        }
     }
     let response = match result {
         Ok(mut resp) => {
@@ -301,7 +320,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
             if switching {
                 if let Some(client_side) = client_upgrade {
                     let upstream_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client_side, upstream_side));
+                    tokio::spawn(tunnel(client_side, upstream_side, ctx.slot.clone()));
                 }
             }
             headers::rewrite_response(resp.headers_mut(), switching && upgrade);
@@ -346,11 +365,23 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
 
 /// The proxy's own 413.
 fn too_large(finish: Finish, http1: bool) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::local(
+    local(
+        finish,
+        StatusCode::PAYLOAD_TOO_LARGE,
         "413 Content Too Large: request body exceeds the limit\n",
-        Some(finish),
-    ));
-    *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        http1,
+    )
+}
+
+/// A short answer from the proxy itself for a request whose body was not (fully) read.
+fn local(
+    finish: Finish,
+    status: StatusCode,
+    text: &'static str,
+    http1: bool,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(text, Some(finish)));
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -364,7 +395,11 @@ fn too_large(finish: Finish, http1: bool) -> Response<ResponseBody> {
 }
 
 /// Copies bytes both ways between an upgraded client and upstream until either side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _slot: Slot,
+) {
     let (client, upstream) = tokio::join!(client, upstream);
     match (client, upstream) {
         (Ok(c), Ok(u)) => {

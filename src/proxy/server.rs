@@ -253,10 +253,12 @@ async fn connection(
     peer: SocketAddr,
     generation: Arc<Generation>,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let metrics = &shared.metrics;
-    let _active = ActiveGuard::new(metrics);
+    // The connection's max_connections slot and active count, released when the last
+    // holder is gone: this task, or an upgraded tunnel that outlives it.
+    let slot: forward::Slot = Arc::new((permit, ActiveGuard::new(metrics)));
     let listener_cfg = &generation.config.listener;
     let activity = Activity::new();
 
@@ -373,6 +375,7 @@ async fn connection(
         metrics: metrics.clone(),
         access_log: generation.config.log.access_log,
         max_request_body: generation.config.listener.max_request_body_bytes,
+        slot,
     });
     let service = service_fn(move |req| forward::handle(ctx.clone(), req));
     let conn = generation

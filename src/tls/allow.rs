@@ -57,7 +57,9 @@ impl AllowList {
             match uri.strip_suffix('*') {
                 // Only one trailing `/*`: a `*` anywhere else would be matched literally, so an
                 // entry like `spiffe://*/ns/*` would silently allow nothing (or the wrong thing).
-                Some(prefix) if prefix.ends_with('/') && prefix.len() > 1 && !prefix.contains('*') => {
+                Some(prefix)
+                    if prefix.ends_with('/') && prefix.len() > 1 && !prefix.contains('*') =>
+                {
                     list.uri_prefixes.push(prefix.to_owned())
                 }
                 Some(_) => {
@@ -230,26 +232,37 @@ mod tests {
         assert!(allow(|c| c.spki_sha256 = vec![hex::encode([9u8; 32])]).allows(&id()));
     }
 
+    /// The key an invalid allow-list is refused with.
+    fn refused_key(f: impl FnOnce(&mut AllowConfig)) -> String {
+        let mut c = AllowConfig::default();
+        f(&mut c);
+        AllowList::compile(&c).unwrap_err().0
+    }
+
     #[test]
     fn malformed_entries_name_the_entry() {
-        let mut c = AllowConfig::default();
-        c.fingerprints_sha256 = vec![hex::encode([1u8; 32]), "AB:CD".into()];
         assert_eq!(
-            AllowList::compile(&c).unwrap_err().0,
+            refused_key(|c| c.fingerprints_sha256 = vec![hex::encode([1u8; 32]), "AB:CD".into()]),
             "fingerprints_sha256[1]"
         );
-        let mut c = AllowConfig::default();
-        c.spki_sha256 = vec!["tooshort".into()];
-        assert_eq!(AllowList::compile(&c).unwrap_err().0, "spki_sha256[0]");
-        let mut c = AllowConfig::default();
-        c.uris = vec!["spiffe://*.org/x".into()];
-        assert_eq!(AllowList::compile(&c).unwrap_err().0, "uris[0]");
-        let mut c = AllowConfig::default();
-        c.uris = vec!["spiffe://example.org/*".into(), "spiffe://*/ns/*".into()];
-        assert_eq!(AllowList::compile(&c).unwrap_err().0, "uris[1]");
-        let mut c = AllowConfig::default();
-        c.common_names = vec!["a".into(), " ".into()];
-        assert_eq!(AllowList::compile(&c).unwrap_err().0, "common_names[1]");
+        assert_eq!(
+            refused_key(|c| c.spki_sha256 = vec!["tooshort".into()]),
+            "spki_sha256[0]"
+        );
+        assert_eq!(
+            refused_key(|c| c.uris = vec!["spiffe://*.org/x".into()]),
+            "uris[0]"
+        );
+        assert_eq!(
+            refused_key(|c| {
+                c.uris = vec!["spiffe://example.org/*".into(), "spiffe://*/ns/*".into()]
+            }),
+            "uris[1]"
+        );
+        assert_eq!(
+            refused_key(|c| c.common_names = vec!["a".into(), " ".into()]),
+            "common_names[1]"
+        );
     }
 
     #[test]

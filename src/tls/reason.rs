@@ -85,14 +85,14 @@ impl Reason {
     pub fn explain(self) -> &'static str {
         match self {
             Reason::NoCertificate => "no client certificate was presented",
-            Reason::UnknownCa => "the chain does not lead to a certificate in client_auth.truststore (if the client sends intermediates, pass them with --chain)",
+            Reason::UnknownCa => "the chain does not lead to a certificate in client_auth.truststore, or breaks a CA's basicConstraints, pathLen or name constraints on the way (if the client sends intermediates, pass them with --chain)",
             Reason::Expired => "the certificate, or one in its chain, is past its notAfter at the checked time",
             Reason::NotYetValid => "the certificate, or one in its chain, is before its notBefore at the checked time",
             Reason::Revoked => "a CRL in client_auth.crls lists this certificate",
             Reason::RevocationUnknown => "no usable CRL for its issuer: the issuer's CRL is past its nextUpdate, or require_crl is on and client_auth.crls has none for it",
-            Reason::BadPurpose => "its extended key usage does not include clientAuth",
+            Reason::BadPurpose => "it is not a client certificate: its extended key usage lacks clientAuth, or it is a CA certificate",
             Reason::BadSignature => "a signature in the chain, or the client's handshake signature, does not verify",
-            Reason::BadEncoding => "the certificate could not be parsed",
+            Reason::BadEncoding => "the certificate could not be parsed, is X.509 v1, or has a critical extension this proxy does not understand",
             Reason::NotAllowed => "the chain verifies, but the certificate matches no entry of [client_auth.allow]",
             Reason::HandshakeTimeout => "the client did not finish the TLS handshake within listener.handshake_timeout",
             Reason::NotTls => "the client did not speak TLS (plain HTTP, a scanner, or a PROXY header where none is configured)",
@@ -187,9 +187,7 @@ impl Reason {
             | W::EndEntityUsedAsCa
             | W::PathLenConstraintViolated
             | W::NameConstraintViolation => Reason::UnknownCa,
-            W::InvalidSignatureForPublicKey | W::SignatureAlgorithmMismatch => {
-                Reason::BadSignature
-            }
+            W::InvalidSignatureForPublicKey | W::SignatureAlgorithmMismatch => Reason::BadSignature,
             W::CertExpired { .. } | W::InvalidCertValidity => Reason::Expired,
             W::CertNotValidYet { .. } => Reason::NotYetValid,
             W::CertRevoked => Reason::Revoked,
@@ -267,7 +265,10 @@ mod tests {
         for (e, want) in [
             (webpki::Error::CaUsedAsEndEntity, Reason::BadPurpose),
             (webpki::Error::UnsupportedCertVersion, Reason::BadEncoding),
-            (webpki::Error::UnsupportedCriticalExtension, Reason::BadEncoding),
+            (
+                webpki::Error::UnsupportedCriticalExtension,
+                Reason::BadEncoding,
+            ),
             (webpki::Error::EndEntityUsedAsCa, Reason::UnknownCa),
             (webpki::Error::PathLenConstraintViolated, Reason::UnknownCa),
             (webpki::Error::MaximumPathDepthExceeded, Reason::Other),

@@ -1173,6 +1173,7 @@ pub fn start_proxy_env(config: &Path, env: &[(&str, &str)]) -> Proxy {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!(
         "proxy did not log its address:\n{}",
         logs.lock().unwrap().join("\n")

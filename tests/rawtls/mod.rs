@@ -101,6 +101,14 @@ impl RawTls {
         self.s.flush()
     }
 
+    /// Sends TLS close_notify: the end of what this side writes.
+    pub fn close_write(&mut self) {
+        self.s.conn.send_close_notify();
+        while self.s.conn.wants_write() {
+            self.s.conn.write_tls(&mut self.s.sock).unwrap();
+        }
+    }
+
     /// Reads one chunk into `pending`; Ok(false) when the peer closed.
     ///
     /// Reads TLS records straight from the socket rather than through `StreamOwned::read`,
