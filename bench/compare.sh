@@ -138,6 +138,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ------------------------------------------------------------------ 4. work dir + PKI
 rm -rf "$RUN"   # the last run's configs, PKI and logs stay here until the next run
 mkdir -p "$RUN" "$RESULTS"
+if ((want_shield)); then
+  # Run a copy: a rebuild during the run must not change the binary between rounds.
+  cp "$BIN" "$RUN/mtls-shield.bin"
+  BIN_SRC="$BIN"; BIN="$RUN/mtls-shield.bin"
+fi
 PKI="$RUN/pki"
 mkdir -p "$PKI"
 log "making the PKI in $PKI"
@@ -449,18 +454,21 @@ phase_end() {
   PH_OTHER=$(calc "max(0.0, ($a1 - $PH_A0) - ($c1 - $PH_C0) - ($u1 - $PH_U0) - ${2:-0}) / $wall * 100")
   PH_CLIENT=$(calc "${2:-0} / $wall * 100")
 }
-wait_quiet() { # wait (at most QUIET_WAIT s) until the machine is idle apart from the idle proxy
-  local start b0 b1 busy
+wait_quiet() { # wait (at most QUIET_WAIT s) for 3 s in a row of an idle machine (< 10% of a CPU)
+  local start b0 b1 busy quiet=0 said=0
   start=$(date +%s)
   while :; do
     b0=$(all_busy_s); sleep 1; b1=$(all_busy_s)
     busy=$(calc "($b1 - $b0) * 100")
-    awk -v b="$busy" 'BEGIN {exit !(b < 10)}' && return 0
+    if awk -v b="$busy" 'BEGIN {exit !(b < 10)}'; then quiet=$((quiet + 1)); else quiet=0; fi
+    ((quiet >= 3)) && return 0
     if (( $(date +%s) - start >= QUIET_WAIT )); then
       log "  the machine is still busy (${busy%.*}% of a CPU used by other processes); going on"
       return 0
     fi
-    (( $(date +%s) - start < 2 )) && log "  waiting up to ${QUIET_WAIT}s for other processes to quieten (${busy%.*}% of a CPU busy)"
+    if ((quiet == 0 && said == 0)); then
+      log "  waiting up to ${QUIET_WAIT}s for other processes to quieten (${busy%.*}% of a CPU busy)"; said=1
+    fi
   done
 }
 phase_disturbed() { [[ "$PH_OTHER" != null ]] && awk -v o="$PH_OTHER" -v m="$MAX_OTHER_PCT" 'BEGIN {exit !(o > m)}'; }
@@ -540,11 +548,19 @@ measure_idle() { # measure_idle TARGET ROUND
 measure_download() { # measure_download TARGET ROUND
   local t=$1 r=$2 pid=${TPID[$t]} url="https://127.0.0.1:${PORT[$t]}/big" args=() i w
   for i in $(seq "$DL_COUNT"); do args+=(-o /dev/null "$url"); done
-  local ccpu
-  phase_begin "$pid"
-  ccpu=$(run_counted "$RUN/$t/curl-r$r.out" timeout $((60 * DL_COUNT)) "${ON_LOAD[@]}" curl -s --http1.1 \
-        "${CURL_TLS[@]}" -w '%{http_code} %{size_download} %{time_total}\n' "${args[@]}")
-  phase_end "$pid" "$ccpu"; phase_record "$t" "$r" dl
+  local ccpu attempt
+  for attempt in $(seq $((RETRY_DISTURBED + 1))); do
+    phase_begin "$pid"
+    ccpu=$(run_counted "$RUN/$t/curl-r$r.out" timeout $((60 * DL_COUNT)) "${ON_LOAD[@]}" curl -s --http1.1 \
+          "${CURL_TLS[@]}" -w '%{http_code} %{size_download} %{time_total}\n' "${args[@]}")
+    phase_end "$pid" "$ccpu"
+    phase_disturbed || break
+    if ((attempt <= RETRY_DISTURBED)); then
+      log "  dl: disturbed by other processes ($(printf '%.0f' "$PH_OTHER")% of a CPU); running it again"
+      wait_quiet
+    fi
+  done
+  phase_record "$t" "$r" dl
   w=$(cat "$RUN/$t/curl-r$r.out")
   local bytes secs bad
   bytes=$(awk '{s+=$2} END {print s+0}' <<<"$w")
@@ -601,7 +617,7 @@ shield_version="n/a"
 if ((want_shield)); then
   shield_version="$("$BIN" --version 2>/dev/null | head -n1 || true)"
   rev="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo uncommitted)"
-  shield_version="${shield_version:-mtls-shield} (git $rev, binary built $(date -u -r "$BIN" "+%F %H:%M UTC"))"
+  shield_version="${shield_version:-mtls-shield} (git $rev, binary built $(date -u -r "$BIN_SRC" "+%F %H:%M UTC"))"
 fi
 "$PY" - "$RUN/meta.json" <<EOF
 import json, os, platform, sys, datetime

@@ -113,6 +113,11 @@ pub struct ListenerConfig {
     /// contacted). Absent: no limit.
     #[serde(default = "defaults::max_request_body_bytes")]
     pub max_request_body_bytes: Option<u64>,
+    /// PROXY protocol header from a load balancer in front (`off`, `v1`, `v2`,
+    /// `optional`): its client address replaces the TCP peer in X-Forwarded-For and logs.
+    /// Enable only where the port is reachable solely through that balancer.
+    #[serde(default = "defaults::proxy_protocol")]
+    pub proxy_protocol: crate::proxy::proxy_protocol::ProxyProtocol,
 }
 
 /// `[client_auth]`
@@ -186,6 +191,20 @@ pub struct UpstreamConfig {
     /// Idle upstream connections kept per host.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
+    /// `https://` upstreams: PEM bundle of the CAs trusted for the upstream's server
+    /// certificate (required; no system roots are used).
+    #[serde(default = "defaults::upstream_ca")]
+    pub ca: Option<PathBuf>,
+    /// `https://` upstreams: PEM chain presented to the upstream (re-originated mTLS).
+    #[serde(default = "defaults::upstream_client_certificate")]
+    pub client_certificate: Option<PathBuf>,
+    /// `https://` upstreams: the private key of `client_certificate`.
+    #[serde(default = "defaults::upstream_client_key")]
+    pub client_key: Option<PathBuf>,
+    /// `https://` upstreams: the name sent as SNI and verified in the upstream's
+    /// certificate; default: the host of `url`.
+    #[serde(default = "defaults::upstream_server_name")]
+    pub server_name: Option<String>,
 }
 
 /// The identity header families the proxy can send upstream.
@@ -286,6 +305,7 @@ pub struct RuntimeConfig {
 /// Every default value, in one place.
 pub mod defaults {
     use super::HeaderFamily;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     /// `listener.handshake_timeout`
@@ -321,6 +341,10 @@ pub mod defaults {
     pub fn max_request_body_bytes() -> Option<u64> {
         None
     }
+    /// `listener.proxy_protocol`: off (clients connect directly).
+    pub fn proxy_protocol() -> crate::proxy::proxy_protocol::ProxyProtocol {
+        crate::proxy::proxy_protocol::ProxyProtocol::Off
+    }
     /// `upstream.connect_timeout`
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(5)
@@ -336,6 +360,22 @@ pub mod defaults {
     /// `upstream.pool_max_idle`
     pub fn pool_max_idle() -> usize {
         64
+    }
+    /// `upstream.ca`: none (required for `https://` upstreams).
+    pub fn upstream_ca() -> Option<PathBuf> {
+        None
+    }
+    /// `upstream.client_certificate`: none (no client certificate to the upstream).
+    pub fn upstream_client_certificate() -> Option<PathBuf> {
+        None
+    }
+    /// `upstream.client_key`: none.
+    pub fn upstream_client_key() -> Option<PathBuf> {
+        None
+    }
+    /// `upstream.server_name`: none (the host of `upstream.url`).
+    pub fn upstream_server_name() -> Option<String> {
+        None
     }
     /// `forward.client_cert_headers`
     pub fn client_cert_headers() -> Vec<HeaderFamily> {
@@ -389,6 +429,16 @@ impl Config {
         fix(&mut self.listener.private_key);
         fix(&mut self.client_auth.truststore);
         self.client_auth.crls.iter_mut().for_each(fix);
+        for p in [
+            &mut self.upstream.ca,
+            &mut self.upstream.client_certificate,
+            &mut self.upstream.client_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
     }
 
     fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
@@ -400,8 +450,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::proxy::forward::UpstreamTarget::parse(&self.upstream.url)
+        let target = crate::proxy::forward::UpstreamTarget::parse(&self.upstream.url)
             .map_err(|m| self.invalid("upstream.url", m))?;
+        self.validate_upstream_tls(target.is_tls())?;
         if self.listener.max_connections == 0 {
             return Err(self.invalid("listener.max_connections", "must be at least 1"));
         }
@@ -460,6 +511,56 @@ impl Config {
         Ok(())
     }
 
+    /// The TLS keys of `[upstream]` apply to `https://` only, and fail closed: an https
+    /// upstream without `ca` would otherwise have to trust something implicit.
+    fn validate_upstream_tls(&self, https: bool) -> Result<(), ConfigError> {
+        let u = &self.upstream;
+        if !https {
+            for (key, set) in [
+                ("upstream.ca", u.ca.is_some()),
+                (
+                    "upstream.client_certificate",
+                    u.client_certificate.is_some(),
+                ),
+                ("upstream.client_key", u.client_key.is_some()),
+                ("upstream.server_name", u.server_name.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(
+                        key,
+                        "only applies to an https:// upstream.url; remove it or use https://",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if u.ca.is_none() {
+            return Err(self.invalid(
+                "upstream.ca",
+                "is required for an https:// upstream: the PEM file of the CA(s) that issued the upstream's certificate",
+            ));
+        }
+        if u.client_certificate.is_some() != u.client_key.is_some() {
+            return Err(self.invalid(
+                if u.client_certificate.is_some() {
+                    "upstream.client_key"
+                } else {
+                    "upstream.client_certificate"
+                },
+                "upstream.client_certificate and upstream.client_key must be set together",
+            ));
+        }
+        if let Some(name) = &u.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return Err(self.invalid(
+                    "upstream.server_name",
+                    format!("{name:?} is not a DNS name or IP address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every file the config names, for change detection by the reloader.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![
@@ -469,6 +570,16 @@ impl Config {
             self.client_auth.truststore.clone(),
         ];
         files.extend(self.client_auth.crls.iter().cloned());
+        files.extend(
+            [
+                &self.upstream.ca,
+                &self.upstream.client_certificate,
+                &self.upstream.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned(),
+        );
         files
     }
 }

@@ -38,6 +38,8 @@ fn echo_server() -> EchoServer {
             };
             let h = h.clone();
             tokio::spawn(async move {
+                // tungstenite's callback signature fixes the (large) error type.
+                #[allow(clippy::result_large_err)]
                 let record =
                     |req: &tungstenite::handshake::server::Request,
                      resp: tungstenite::handshake::server::Response| {
@@ -51,16 +53,16 @@ fn echo_server() -> EchoServer {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
+                    let reply = match &msg {
                         Message::Text(t) if t.as_str() == "bye" => {
                             let _ = ws.close(None).await;
+                            continue;
                         }
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                return;
-                            }
-                        }
-                        _ => {}
+                        Message::Text(_) | Message::Binary(_) => msg,
+                        _ => continue,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        return;
                     }
                 }
             });

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,12 +12,12 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::activity::Activity;
 use super::body::{AccessRecord, Finish, RequestBody, ResponseBody};
+use super::connector::{self, Connector, Material};
 use super::headers;
 use crate::config::UpstreamConfig;
 use crate::identity::ClientIdentity;
@@ -24,54 +25,99 @@ use crate::metrics::{Metrics, UpstreamErrorKind};
 
 /// A parsed `upstream.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    /// `http`
-    pub scheme: Scheme,
-    /// `host:port`
-    pub authority: Authority,
+pub enum UpstreamTarget {
+    /// `http://host[:port]`
+    Http {
+        /// `host:port`
+        authority: Authority,
+    },
+    /// `https://host[:port]`: TLS to the upstream, trusting `upstream.ca`.
+    Https {
+        /// `host:port`
+        authority: Authority,
+    },
+    /// `unix:/absolute/path.sock`
+    Unix {
+        /// The socket's path.
+        path: PathBuf,
+    },
 }
 
+const URL_FORMS: &str = "\"http://host:port\", \"https://host:port\" or \"unix:/path/to.sock\"";
+
 impl UpstreamTarget {
-    /// Parses `http://host[:port]`. Returns a message for the config error otherwise.
+    /// Parses `http://host[:port]`, `https://host[:port]` or `unix:/absolute/path`. Returns a
+    /// message for the config error otherwise.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: Uri = url.parse().map_err(|e| {
-            format!("{url:?} is not a URL ({e}); expected e.g. \"http://127.0.0.1:8080\"")
-        })?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::HTTP,
+        if let Some(path) = url.strip_prefix("unix:") {
+            // `unix:///run/app.sock` is accepted as well as `unix:/run/app.sock`.
+            let path = Path::new(path.strip_prefix("//").unwrap_or(path));
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{url:?}: the socket path must be absolute, e.g. \"unix:/run/app.sock\""
+                ));
+            }
+            return Ok(Self::Unix {
+                path: path.to_owned(),
+            });
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL ({e}); expected {URL_FORMS}"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             Some(other) => {
                 return Err(format!(
-                    "scheme {other:?} is not supported; use \"http://host:port\""
+                    "scheme {other:?} is not supported; use {URL_FORMS}"
                 ))
             }
-            None => {
-                return Err(format!(
-                    "{url:?} has no scheme; expected \"http://host:port\""
-                ))
-            }
+            None => return Err(format!("{url:?} has no scheme; expected {URL_FORMS}")),
         };
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| format!("{url:?} has no host; expected \"http://host:port\""))?;
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            .ok_or_else(|| format!("{url:?} has no host; expected {URL_FORMS}"))?;
+        if authority.as_str().contains('@') {
             return Err(format!(
-                "{url:?} has a path; the request path is forwarded as-is, so give only \"http://host:port\""
+                "{url:?} has user info; credentials do not belong in upstream.url"
             ));
         }
-        Ok(Self { scheme, authority })
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "{url:?} has a path; the request path is forwarded as-is, so give only \"scheme://host:port\""
+            ));
+        }
+        Ok(if https {
+            Self::Https { authority }
+        } else {
+            Self::Http { authority }
+        })
     }
 
-    /// `host:port` for a TCP readiness probe.
-    pub fn socket_target(&self) -> String {
-        let port = self.authority.port_u16().unwrap_or(80);
-        format!(
-            "{}:{port}",
-            self.authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-        )
+    /// True for `https://`.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Https { .. })
+    }
+
+    /// The scheme and authority of request URIs handed to the pooled client. A unix socket
+    /// has no authority; `localhost` stands in (the client's own Host header is forwarded).
+    fn uri_base(&self) -> (Scheme, Authority) {
+        match self {
+            Self::Http { authority } => (Scheme::HTTP, authority.clone()),
+            Self::Https { authority } => (Scheme::HTTPS, authority.clone()),
+            Self::Unix { .. } => (Scheme::HTTP, Authority::from_static("localhost")),
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http { authority } => write!(f, "http://{authority}"),
+            Self::Https { authority } => write!(f, "https://{authority}"),
+            Self::Unix { path } => write!(f, "unix:{}", path.display()),
+        }
     }
 }
 
@@ -86,38 +132,55 @@ pub enum UpstreamFailure {
     Other(String),
 }
 
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// `upstream.url` is not usable.
+    #[error("{0}")]
+    Target(String),
+    /// A TLS file (`upstream.ca`, `client_certificate`, `client_key`) is missing or bad.
+    #[error(transparent)]
+    Load(#[from] crate::tls::load::LoadError),
+}
+
 /// The upstream: where to go and a pooled client to get there.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<Connector, RequestBody>,
+    connector: Connector,
     /// The parsed target.
     pub target: UpstreamTarget,
     response_timeout: Duration,
-    connect_timeout: Duration,
     /// The config it was built from, so a reload can keep the pool when nothing changed.
     pub config: UpstreamConfig,
+    /// The TLS files' bytes when built, so a reload notices rotated upstream certificates.
+    material: Material,
 }
 
 impl Upstream {
-    /// Builds the client. Fails only on a bad URL (already validated at config load).
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
-        let target = UpstreamTarget::parse(&cfg.url)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+    /// Builds the client, loading the TLS material of an `https://` upstream.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let target = UpstreamTarget::parse(&cfg.url).map_err(UpstreamError::Target)?;
+        let (connector, material) = Connector::new(cfg, &target)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle)
-            .build(connector);
+            .build(connector.clone());
         Ok(Self {
             client,
+            connector,
             target,
             response_timeout: cfg.response_timeout,
-            connect_timeout: cfg.connect_timeout,
             config: cfg.clone(),
+            material,
         })
+    }
+
+    /// True when a reload with `cfg` can keep this client and its warm pool: same settings
+    /// and the same bytes in every upstream TLS file.
+    pub fn reusable_for(&self, cfg: &UpstreamConfig) -> bool {
+        self.config == *cfg && connector::current_material(cfg).as_ref() == Some(&self.material)
     }
 
     /// Sends a request; the response body streams afterwards, untimed.
@@ -133,13 +196,20 @@ impl Upstream {
         }
     }
 
-    /// True when the upstream accepts a TCP connection (readiness).
+    /// True when a new upstream connection can be opened, TLS handshake (and client
+    /// certificate) included, within the connect timeout (readiness).
     pub async fn probe(&self) -> bool {
-        let connect = tokio::net::TcpStream::connect(self.target.socket_target());
-        matches!(
-            tokio::time::timeout(self.connect_timeout, connect).await,
-            Ok(Ok(_))
-        )
+        match self
+            .connector
+            .probe(self.uri_for(&Uri::from_static("/")))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(upstream = %self.target, error = %error_chain(&*e), "upstream probe failed");
+                false
+            }
+        }
     }
 
     fn uri_for(&self, original: &Uri) -> Uri {
@@ -147,9 +217,10 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let (scheme, authority) = self.target.uri_base();
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.target.scheme.clone());
-        parts.authority = Some(self.target.authority.clone());
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority);
         parts.path_and_query = Some(pq);
         // Scheme, authority and path all come from already-valid URIs.
         Uri::from_parts(parts).unwrap_or_else(|_| original.clone())
@@ -350,7 +421,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
                 ),
             };
             ctx.metrics.upstream_error(kind);
-            tracing::warn!(peer = %ctx.peer, upstream = %ctx.upstream.target.authority, error = ?failure, status = status.as_u16(), "upstream request failed");
+            tracing::warn!(peer = %ctx.peer, upstream = %ctx.upstream.target, error = ?failure, status = status.as_u16(), "upstream request failed");
             let mut resp = Response::new(ResponseBody::local(text, Some(finish(status, None))));
             *resp.status_mut() = status;
             resp.headers_mut().insert(
@@ -424,12 +495,23 @@ mod tests {
     #[test]
     fn target_parsing() {
         let t = UpstreamTarget::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(t.socket_target(), "127.0.0.1:8080");
+        assert_eq!(t.to_string(), "http://127.0.0.1:8080");
         assert!(UpstreamTarget::parse("http://h:1/api").is_err());
         assert!(UpstreamTarget::parse("ftp://h:1").is_err());
+        assert!(UpstreamTarget::parse("http://user:pw@h:1").is_err());
+        assert!(UpstreamTarget::parse("https://app:8443").unwrap().is_tls());
         assert_eq!(
-            UpstreamTarget::parse("http://app").unwrap().socket_target(),
-            "app:80"
+            UpstreamTarget::parse("unix:/run/app.sock").unwrap(),
+            UpstreamTarget::Unix {
+                path: "/run/app.sock".into()
+            }
         );
+        assert_eq!(
+            UpstreamTarget::parse("unix:///run/app.sock").unwrap(),
+            UpstreamTarget::Unix {
+                path: "/run/app.sock".into()
+            }
+        );
+        assert!(UpstreamTarget::parse("unix:app.sock").is_err());
     }
 }

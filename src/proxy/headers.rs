@@ -145,7 +145,10 @@ pub fn set_framing<B: hyper::body::Body>(headers: &mut HeaderMap, body: &B) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         None => {
-            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod activity;
 pub mod body;
+pub mod connector;
 pub mod forward;
 pub mod headers;
+pub mod proxy_protocol;
 pub mod server;

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::activity::{Activity, Tracked, Verdict};
 use super::forward::{self, ConnContext, Upstream};
+use super::proxy_protocol::{self, AcceptError};
 use crate::config::Config;
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
@@ -75,12 +76,13 @@ impl Generation {
     ) -> Result<Self, BuildError> {
         let tls = TlsState::build(&config)?;
         let upstream = match previous {
-            Some(p) if p.upstream.config == config.upstream => p.upstream.clone(),
-            _ => Arc::new(Upstream::new(&config.upstream).map_err(|message| {
-                BuildError::Upstream {
+            Some(p) if p.upstream.reusable_for(&config.upstream) => p.upstream.clone(),
+            _ => Arc::new(Upstream::new(&config.upstream).map_err(|e| match e {
+                forward::UpstreamError::Load(e) => BuildError::Load(e),
+                forward::UpstreamError::Target(message) => BuildError::Upstream {
                     path: config.source.clone(),
                     message,
-                }
+                },
             })?),
         };
         let l = &config.listener;
@@ -261,6 +263,49 @@ async fn connection(
     let slot: forward::Slot = Arc::new((permit, ActiveGuard::new(metrics)));
     let listener_cfg = &generation.config.listener;
     let activity = Activity::new();
+    let deadline = tokio::time::Instant::now() + listener_cfg.handshake_timeout;
+
+    // A PROXY protocol header from a load balancer comes before TLS and names the real
+    // client, which replaces the TCP peer from here on. Its time counts against the
+    // handshake timeout. (A no-op when `proxy_protocol = "off"`.)
+    let mode = listener_cfg.proxy_protocol;
+    let (stream, peer) =
+        match tokio::time::timeout_at(deadline, proxy_protocol::accept(stream, peer, mode)).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(AcceptError::Empty)) => {
+                tracing::debug!(peer = %peer, "connection closed before any data");
+                return;
+            }
+            Ok(Err(AcceptError::NotTls)) => {
+                refuse(
+                    metrics,
+                    peer,
+                    Reason::NotTls,
+                    None,
+                    None,
+                    "first bytes are neither a PROXY protocol header nor a TLS handshake record",
+                );
+                return;
+            }
+            Ok(Err(e)) => {
+                // Security: a missing or malformed header is refused before TLS. The stable
+                // reason codes have none for the PROXY protocol, so it counts as `other` and the
+                // log line's detail says what was wrong.
+                refuse(metrics, peer, Reason::Other, None, None, &e.to_string());
+                return;
+            }
+            Err(_) => {
+                refuse(
+                    metrics,
+                    peer,
+                    Reason::HandshakeTimeout,
+                    None,
+                    None,
+                    "PROXY protocol header did not arrive in time",
+                );
+                return;
+            }
+        };
 
     // Peek before rustls sees anything: a first byte that is not a TLS handshake record
     // (plain HTTP, a scanner) is `not_tls`, and it gets nothing back at all.
@@ -285,11 +330,7 @@ async fn connection(
             .await
             .map_err(|(e, io)| Some((Reason::from_io(&e), io.tls_version(), e.to_string())))
     };
-    let (outcome, notes) = with_notes(tokio::time::timeout(
-        listener_cfg.handshake_timeout,
-        handshake,
-    ))
-    .await;
+    let (outcome, notes) = with_notes(tokio::time::timeout_at(deadline, handshake)).await;
     let HandshakeNotes { identity, rejected } = notes;
     let tls = match outcome {
         Err(_elapsed) => {
