@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read at all.
-    #[error("{path}: cannot read config file: {source}; check the path given to --config")]
+    // The field is not named `source`: thiserror would make it the error's source, and
+    // anyhow's `{:#}` would then print the OS error twice on the one line the user sees.
+    #[error("{path}: cannot read config file: {reason}; check the path given to --config")]
     Read {
         /// The config file.
         path: PathBuf,
         /// Why the read failed.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// TOML syntax error, unknown key or wrong type.
     #[error("{path}: {message}")]
@@ -394,9 +396,9 @@ pub mod defaults {
 impl Config {
     /// Reads, parses and validates a config file, resolving relative paths.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         Self::from_toml(&text, path)
     }
@@ -658,6 +660,19 @@ url = "http://127.0.0.1:8080"
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.toml") && e.contains("urll"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_error_states_the_os_error_once() {
+        let e = Config::load(Path::new("/nonexistent/mtls-shield.toml")).unwrap_err();
+        // No error source: anyhow's `{:#}` would otherwise repeat the OS error.
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(e))
+                .matches("os error")
+                .count(),
+            1
+        );
     }
 
     #[test]

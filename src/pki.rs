@@ -34,12 +34,12 @@ pub enum PkiError {
     #[error("cannot generate certificates: {0}")]
     Generate(#[from] rcgen::Error),
     /// Writing a file failed.
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write: {reason}")]
     Write {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -103,9 +103,9 @@ impl DevPki {
     /// Writes `ca.pem`, `ca.key`, `server.pem`, `server.key`, `client.pem`, `client.key`
     /// and `truststore.pem` into `dir` (created if missing). Keys are mode 0600.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+        std::fs::create_dir_all(dir).map_err(|reason| PkiError::Write {
             path: dir.to_owned(),
-            source,
+            reason,
         })?;
         let files = [
             ("ca.pem", &self.ca_cert, false),
@@ -119,9 +119,9 @@ impl DevPki {
         let mut written = Vec::new();
         for (name, content, secret) in files {
             let path = dir.join(name);
-            write_file(&path, content, secret).map_err(|source| PkiError::Write {
+            write_file(&path, content, secret).map_err(|reason| PkiError::Write {
                 path: path.clone(),
-                source,
+                reason,
             })?;
             written.push(path);
         }

@@ -122,5 +122,4 @@ mod tests {
         let e = parse_time("2026-03-01").unwrap_err().to_string();
         assert!(e.contains("RFC 3339"), "{e}");
     }
-
 }

@@ -286,6 +286,26 @@ fn get_with_a_chunked_body_reaches_the_upstream_with_that_body() {
     assert_eq!(responses.len(), 1);
     assert_eq!(responses[0].text(), "GET /p len=4 body=body");
     let seen = app.raw_text().to_ascii_lowercase();
-    assert!(seen.contains("\r\ntransfer-encoding: chunked\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{seen}"
+    );
     assert!(seen.ends_with("\r\n\r\n4\r\nbody\r\n0\r\n\r\n"), "{seen:?}");
+}
+
+#[test]
+fn connect_is_refused_with_405_without_the_upstream() {
+    let (pki, app, proxy) = setup();
+    let responses = exchange(
+        &proxy,
+        &pki,
+        b"CONNECT app.internal:443 HTTP/1.1\r\nHost: app.internal:443\r\n\r\n",
+    );
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].status, 405);
+    assert_eq!(
+        responses[0].text(),
+        "405 Method Not Allowed: CONNECT is not supported by this reverse proxy\n"
+    );
+    assert_eq!(app.hits(), 0);
 }

@@ -41,7 +41,11 @@ fuzz_target!(|f: Fields| {
         not_before: f.not_before,
         not_after: f.not_after,
         leaf: CertificateDer::from(f.leaf),
-        intermediates: f.intermediates.into_iter().map(CertificateDer::from).collect(),
+        intermediates: f
+            .intermediates
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect(),
     };
     let forward = ForwardConfig {
         client_cert_headers: vec![HeaderFamily::Xfcc, HeaderFamily::Alb, HeaderFamily::Rfc9440],
@@ -56,7 +60,10 @@ fuzz_target!(|f: Fields| {
             "{name}: control byte in {bytes:?}"
         );
         // What hyper will write is what we built.
-        assert_eq!(http::HeaderValue::from_bytes(bytes).ok().as_ref(), Some(&value));
+        assert_eq!(
+            http::HeaderValue::from_bytes(bytes).ok().as_ref(),
+            Some(&value)
+        );
         // The "cannot happen" fallback of the builder did not fire.
         assert_ne!(bytes, b"invalid", "{name}");
         if name == "x-forwarded-client-cert" {
@@ -71,7 +78,12 @@ fuzz_target!(|f: Fields| {
                     _ => {}
                 }
             }
-            assert_eq!(quotes % 2, 0, "unbalanced quotes in {:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                quotes % 2,
+                0,
+                "unbalanced quotes in {:?}",
+                String::from_utf8_lossy(bytes)
+            );
         }
     }
 });

@@ -8,7 +8,11 @@ use mtls_shield::proxy::proxy_protocol::{parse, Parsed, ProxyProtocol, V1_MAX};
 
 fuzz_target!(|data: &[u8]| {
     let data = &data[..data.len().min(4096)];
-    for mode in [ProxyProtocol::V1, ProxyProtocol::V2, ProxyProtocol::Optional] {
+    for mode in [
+        ProxyProtocol::V1,
+        ProxyProtocol::V2,
+        ProxyProtocol::Optional,
+    ] {
         let whole = parse(data, mode);
         if let Ok(Parsed::Header { len, source }) = &whole {
             assert!(*len <= data.len());
@@ -19,11 +23,18 @@ fuzz_target!(|data: &[u8]| {
             let again = parse(&data[..*len], mode);
             assert_eq!(
                 again,
-                Ok(Parsed::Header { len: *len, source: *source }),
+                Ok(Parsed::Header {
+                    len: *len,
+                    source: *source
+                }),
                 "not self-delimiting"
             );
             for k in 0..*len {
-                assert_eq!(parse(&data[..k], mode), Ok(Parsed::Incomplete), "decided at {k}");
+                assert_eq!(
+                    parse(&data[..k], mode),
+                    Ok(Parsed::Incomplete),
+                    "decided at {k}"
+                );
             }
         }
         if let Ok(Parsed::NotProxy) = whole {

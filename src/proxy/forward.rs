@@ -352,6 +352,16 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
         access: access.map(|a| AccessRecord { upstream, ..a }),
     };
 
+    // Security: this is a reverse proxy. CONNECT would ask the upstream for a raw tunnel that
+    // hyper's client and server both treat as leaving HTTP framing; refuse it here.
+    if parts.method == http::Method::CONNECT {
+        return local(
+            finish(StatusCode::METHOD_NOT_ALLOWED, None),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed: CONNECT is not supported by this reverse proxy\n",
+            http1,
+        );
+    }
     // A declared length over the limit is refused before the upstream is contacted, and
     // before hyper sends `100 Continue`, so the client never uploads the body.
     if let Some(limit) = ctx.max_request_body {
