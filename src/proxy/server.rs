@@ -414,7 +414,10 @@ async fn connection(
         activity: activity.clone(),
         upstream: generation.upstream.clone(),
         metrics: metrics.clone(),
-        access_log: generation.config.log.access_log,
+        // Skip the per-request access record (a path copy and a byte counter) when nothing
+        // would print it, e.g. `log.level = "warn"`.
+        access_log: generation.config.log.access_log
+            && tracing::enabled!(target: "mtls_shield::access", tracing::Level::INFO),
         max_request_body: generation.config.listener.max_request_body_bytes,
         slot,
     });
