@@ -10,7 +10,7 @@
 #   DL_COUNT 100 MiB downloads per round [5/1]  HS_CONNS concurrency of the handshake
 #   phase [32]  TARGETS ["mtls-shield nginx haproxy"]  MTLS_SHIELD_BIN (use this binary,
 #   never build)  SKIP_BUILD=1 (use target/release/mtls-shield as it is)
-#   PROXY_CPU [1]  LOAD_CPU [0]  BASE_PORT [18080]
+#   PROXY_CPU [1]  LOAD_CPU [0]  BASE_PORT [18080]  RESULTS_DIR [bench/results]
 #   MAX_OTHER_PCT [5] % of a CPU used by processes other than the proxy, the upstream and the
 #   load tool that marks a phase disturbed  RETRY_DISTURBED [1] re-runs of a disturbed load phase  QUIET_WAIT [60] seconds
 #   to wait for an idle machine before each target and each re-run
@@ -26,7 +26,7 @@ REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
 LIB="$BENCH_DIR/lib/benchlib.py"
 TOOLS="$BENCH_DIR/.tools"
 RUN="$BENCH_DIR/.run"
-RESULTS="$BENCH_DIR/results"
+RESULTS="${RESULTS_DIR:-$BENCH_DIR/results}"
 PY="${PYTHON:-python3}"
 
 QUICK="${QUICK:-0}"
@@ -142,6 +142,14 @@ if ((want_shield)); then
   # Run a copy: a rebuild during the run must not change the binary between rounds.
   cp "$BIN" "$RUN/mtls-shield.bin"
   BIN_SRC="$BIN"; BIN="$RUN/mtls-shield.bin"
+  # What the binary was built from, as far as can be told: HEAD now, and whether the sources
+  # changed after the build (then the binary is not HEAD's code).
+  GIT_AT_START="$(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null || echo "no git")"
+  if [[ -n "$(find "$REPO_DIR/src" "$REPO_DIR/Cargo.toml" "$REPO_DIR/Cargo.lock" -newer "$BIN_SRC" -print -quit 2>/dev/null)" ]]; then
+    SRC_STATE="sources changed after this build"
+  else
+    SRC_STATE="no source newer than the binary"
+  fi
 fi
 PKI="$RUN/pki"
 mkdir -p "$PKI"
@@ -616,8 +624,7 @@ done
 shield_version="n/a"
 if ((want_shield)); then
   shield_version="$("$BIN" --version 2>/dev/null | head -n1 || true)"
-  rev="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo uncommitted)"
-  shield_version="${shield_version:-mtls-shield} (git $rev, binary built $(date -u -r "$BIN_SRC" "+%F %H:%M UTC"))"
+  shield_version="${shield_version:-mtls-shield} (binary built $(date -u -r "$BIN_SRC" "+%F %H:%M UTC"); git $GIT_AT_START at the start of the run; $SRC_STATE)"
 fi
 "$PY" - "$RUN/meta.json" <<EOF
 import json, os, platform, sys, datetime
