@@ -7,13 +7,7 @@ fn accepted_client_gets_upstream_answer() {
     let pki = Pki::new();
     let up = Upstream::start();
     let proxy = Proxy::start(&pki.write_config(&up.url(), ""));
-    let got = block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&pki.client)),
-        get("/pets"),
-    )
-    .unwrap();
+    let got = get_as_client(&proxy, &pki, "/pets");
     assert_eq!(got.status, 200);
     assert_eq!(got.text(), mtls_shield::demo::PETS);
     assert_eq!(up.hits(), 1);

@@ -115,13 +115,7 @@ fn text_access_line_has_identity_request_and_sizes_but_no_query() {
     let pki = Pki::new();
     let up = Upstream::start();
     let proxy = Proxy::start(&write_config(&pki, &up, "text", "info"));
-    let got = block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&pki.client)),
-        get("/bytes/1000?token=query-secret"),
-    )
-    .unwrap();
+    let got = get_as_client(&proxy, &pki, "/bytes/1000?token=query-secret");
     assert_eq!((got.status, got.body.len()), (200, 1000));
     let line = proxy.wait_log(&["mtls_shield::access"]);
     let f = |k: &str| field(&line, k).unwrap_or_else(|| panic!("no {k} in {line}"));
@@ -148,13 +142,7 @@ fn rust_log_overrides_log_level() {
     let up = Upstream::start();
     let cfg = write_config(&pki, &up, "text", "info,mtls_shield::access=off");
     let proxy = start_proxy_env(&cfg, &[("RUST_LOG", "info")]);
-    let got = block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&pki.client)),
-        get("/pets"),
-    )
-    .unwrap();
+    let got = get_as_client(&proxy, &pki, "/pets");
     assert_eq!(got.status, 200);
     proxy.wait_log(&["mtls_shield::access", "path=/pets"]);
 }
@@ -166,13 +154,7 @@ fn log_level_applies_without_rust_log() {
     let up = Upstream::start();
     let cfg = write_config(&pki, &up, "text", "info,mtls_shield::access=off");
     let mut proxy = start_proxy_env(&cfg, &[]);
-    let got = block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&pki.client)),
-        get("/pets"),
-    )
-    .unwrap();
+    let got = get_as_client(&proxy, &pki, "/pets");
     assert_eq!(got.status, 200);
     let lines = stop_and_collect(&mut proxy, "all connections closed");
     assert!(

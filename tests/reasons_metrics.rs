@@ -177,13 +177,7 @@ fn accepted_handshake_is_counted_as_accepted_none() {
     let pki = Pki::new();
     let up = Upstream::start();
     let proxy = start(&pki, &up, "", "");
-    block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&pki.client)),
-        get("/pets"),
-    )
-    .unwrap();
+    get_as_client(&proxy, &pki, "/pets");
     let series = r#"mtls_shield_handshakes_total{result="accepted",reason="none"}"#;
     wait_until("accepted counted", DEADLINE, || proxy.metric(series) == 1.0);
     assert_eq!(total_rejected(&proxy), 0.0);
@@ -664,13 +658,7 @@ fn request_duration_histogram_observes_the_whole_request() {
     let pki = Pki::new();
     let up = Upstream::start();
     let proxy = start(&pki, &up, "", "");
-    let got = block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&pki.client)),
-        get("/slow/300"),
-    )
-    .unwrap();
+    let got = get_as_client(&proxy, &pki, "/slow/300");
     assert_eq!(got.status, 200);
     let h = "mtls_shield_request_duration_seconds";
     wait_until("one observation", DEADLINE, || {
@@ -695,13 +683,7 @@ fn closed_port() -> u16 {
 fn upstream_down_counts_a_connect_error_and_a_5xx() {
     let pki = Pki::new();
     let proxy = Proxy::start(&pki.write_config(&format!("http://127.0.0.1:{}", closed_port()), ""));
-    let got = block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&pki.client)),
-        get("/pets"),
-    )
-    .unwrap();
+    let got = get_as_client(&proxy, &pki, "/pets");
     assert_eq!(got.status, 502);
     wait_until("connect error counted", DEADLINE, || {
         proxy.metric(r#"mtls_shield_upstream_errors_total{kind="connect"}"#) == 1.0
@@ -722,13 +704,7 @@ fn slow_upstream_counts_a_timeout_error() {
         &base_config(&up.url(), "")
             .replace("response_timeout = \"5s\"", "response_timeout = \"300ms\""),
     );
-    let got = block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&pki.client)),
-        get("/slow/5000"),
-    )
-    .unwrap();
+    let got = get_as_client(&proxy, &pki, "/slow/5000");
     assert_eq!(got.status, 504);
     wait_until("timeout counted", DEADLINE, || {
         proxy.metric(r#"mtls_shield_upstream_errors_total{kind="timeout"}"#) == 1.0

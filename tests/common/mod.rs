@@ -835,6 +835,18 @@ pub fn get(path: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// `GET path` through `proxy` as the PKI's good client (`my-client`) over HTTP/1.1;
+/// panics with the client's error if the request fails.
+pub fn get_as_client(proxy: &Proxy, pki: &Pki, path: &str) -> Got {
+    block_request(
+        proxy.addr,
+        &pki.root,
+        &ClientOpts::with(ClientCert::leaf(&pki.client)),
+        get(path),
+    )
+    .unwrap_or_else(|e| panic!("GET {path} as my-client failed: {e}"))
+}
+
 /// A blocking wrapper around [`request`] for tests that are not async.
 pub fn block_request(
     addr: SocketAddr,
