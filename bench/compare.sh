@@ -14,6 +14,8 @@
 #   MAX_OTHER_PCT [5] % of a CPU used by processes other than the proxy, the upstream and the
 #   load tool that marks a phase disturbed  RETRY_DISTURBED [1] re-runs of a disturbed load phase  QUIET_WAIT [60] seconds
 #   to wait for an idle machine before each target and each re-run
+#   SHIELD_CLIENT_AUTH_EXTRA [""] TOML lines added to mtls-shield's [client_auth], e.g.
+#   'verified_chain_cache = 0' to measure every handshake verified in full
 #
 # Every server binds 127.0.0.1 only; every load phase is bounded in time.
 set -euo pipefail
@@ -319,6 +321,7 @@ max_connections = 20000
 
 [client_auth]
 truststore = "truststore.pem"
+${SHIELD_CLIENT_AUTH_EXTRA:-}
 
 [upstream]
 url = "http://127.0.0.1:$PORT_UP"
@@ -394,6 +397,7 @@ note() { # note TARGET ROUND TEXT
     "$1" "$2" "$3" >> "$RAW"
 }
 cpu_of() { "$PY" "$LIB" cpu "$1"; }
+user_cpu_of() { "$PY" "$LIB" cpu-user "$1"; }
 rss_of() { "$PY" "$LIB" rss "$1"; }
 fmt0() { [[ "$1" == null ]] && echo "-" || printf '%.0f' "$1"; }
 fmt3() { [[ "$1" == null ]] && echo "-" || printf '%.3f' "$1"; }
@@ -445,10 +449,10 @@ now_s() { date +%s.%N; }
 all_busy_s() { awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print ($2+$3+$4+$9)/hz}' /proc/stat; }
 # Around a measured phase: how busy the proxy was, and whether anything else ran on its CPU.
 phase_begin() { # phase_begin PID
-  PH_C0=$(cpu_of "$1"); PH_U0=$(cpu_of "$UP_PID")
+  PH_C0=$(cpu_of "$1"); PH_U0=$(cpu_of "$UP_PID"); PH_USER0=$(user_cpu_of "$1")
   PH_B0=$(cpu_busy_s "$PROXY_CPU"); PH_A0=$(all_busy_s); PH_T0=$(now_s)
 }
-# phase_end PID CLIENT_CPU_S -> PH_CPU (proxy CPU s), PH_BUSY (proxy, % of one CPU),
+# phase_end PID CLIENT_CPU_S -> PH_CPU (proxy CPU s), PH_USER (its user-space part), PH_BUSY (proxy, % of one CPU),
 #   PH_OTHER (CPU used by anything but the proxy, the upstream and the client, % of one CPU),
 #   PH_OTHER_PROXY_CPU (anything but the proxy on the proxy's CPU, %)
 phase_end() {
@@ -456,6 +460,7 @@ phase_end() {
   b1=$(cpu_busy_s "$PROXY_CPU"); a1=$(all_busy_s); t1=$(now_s)
   c1=$(cpu_of "$1"); u1=$(cpu_of "$UP_PID")
   PH_CPU=$(calc "$c1 - $PH_C0")
+  PH_USER=$(calc "$(user_cpu_of "$1") - $PH_USER0")
   wall=$(calc "$t1 - $PH_T0")
   PH_BUSY=$(calc "($c1 - $PH_C0) / $wall * 100")
   PH_OTHER_PROXY_CPU=$(calc "max(0.0, ($b1 - $PH_B0) - ($c1 - $PH_C0)) / $wall * 100")
@@ -598,11 +603,13 @@ run_target() { # run_target TARGET ROUND
   load_phase "$t" "$r" ka -- -c "$KA_CONNS" --http-version 1.1 "$u"
   emit "$t" "$r" ka_rps "$LP_RPS"; emit "$t" "$r" ka_p50_ms "$LP_P50"; emit "$t" "$r" ka_p99_ms "$LP_P99"
   emit "$t" "$r" ka_cpu_us_per_req "$(per_unit_us "$PH_CPU" "$LP_N")"
+  emit "$t" "$r" ka_user_us_per_req "$(per_unit_us "$PH_USER" "$LP_N")"
   log "  keep-alive: $(fmt0 "$LP_RPS") req/s, p50 $(fmt3 "$LP_P50") ms, p99 $(fmt3 "$LP_P99") ms, $LP_N requests, proxy CPU ${PH_CPU}s"
 
   load_phase "$t" "$r" hs -- -c "$HS_CONNS" --http-version 1.1 --disable-keepalive "$u"
   emit "$t" "$r" hs_cps "$LP_RPS"; emit "$t" "$r" hs_p99_ms "$LP_P99"
   emit "$t" "$r" hs_cpu_us_per_hs "$(per_unit_us "$PH_CPU" "$LP_N")"
+  emit "$t" "$r" hs_user_us_per_hs "$(per_unit_us "$PH_USER" "$LP_N")"
   log "  handshakes: $(fmt0 "$LP_RPS") conn/s, $LP_N handshakes, proxy CPU ${PH_CPU}s"
 
   load_phase "$t" "$r" h2 -- -c "$H2_CONNS" -p "$H2_STREAMS" --http2 "$u"
@@ -662,6 +669,7 @@ meta = {
         "handshake_conns": $HS_CONNS, "h2": "$H2_CONNS x $H2_STREAMS", "idle_conns": $IDLE_CONNS,
         "downloads": "$DL_COUNT x $BIG_MIB MiB", "quick": $QUICK,
         "upstream_alone_rps": "${UP_BASE_RPS:-?}",
+        "mtls_shield_client_auth_extra": "${SHIELD_CLIENT_AUTH_EXTRA:-none (defaults: verified_chain_cache = 1024)}",
     },
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=2)

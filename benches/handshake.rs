@@ -3,7 +3,10 @@
 //! - server-side CPU per full mTLS handshake, rustls with aws-lc-rs vs ring (the provider
 //!   choice recorded in `tls::state::provider`), TLS 1.3 and TLS 1.2, P-256 server key and an
 //!   RSA-2048 client certificate under an RSA-4096 root (the CloudFront recipe);
-//! - the verify path alone (`ShieldVerifier::check`: WebPKI + allow-list + leaf parse);
+//! - the verify path alone (`ShieldVerifier::check`: WebPKI + allow-list + leaf parse), in
+//!   full and as a hit in the memo of accepted chains;
+//! - the server side of a full handshake through the product's own `TlsState`, with and
+//!   without that memo;
 //! - rendering identity headers (done once per connection) and rewriting request headers
 //!   (done per request).
 //!
@@ -207,21 +210,61 @@ fn main() {
         s + "-----END PRIVATE KEY-----\n"
     };
     std::fs::write(dir.path().join("server.key"), key_pem).unwrap();
-    let cfg = mtls_shield::config::Config::from_toml(
-        "[listener]\naddress = \"127.0.0.1:0\"\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\n[client_auth]\ntruststore = \"root.pem\"\n[client_auth.allow]\ncommon_names = [\"bench-client\"]\n[upstream]\nurl = \"http://127.0.0.1:1\"\n",
-        &dir.path().join("c.toml"),
-    )
-    .unwrap();
-    let state = mtls_shield::tls::TlsState::build(&cfg).unwrap();
+    let state_with = |client_auth_extra: &str| {
+        let cfg = mtls_shield::config::Config::from_toml(
+            &format!("[listener]\naddress = \"127.0.0.1:0\"\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\n[client_auth]\ntruststore = \"root.pem\"\n{client_auth_extra}\n[client_auth.allow]\ncommon_names = [\"bench-client\"]\n[upstream]\nurl = \"http://127.0.0.1:1\"\n"),
+            &dir.path().join("c.toml"),
+        )
+        .unwrap();
+        mtls_shield::tls::TlsState::build(&cfg).unwrap()
+    };
+    let state = state_with("");
+    let no_memo = state_with("verified_chain_cache = 0");
     let now = UnixTime::now();
-    let mut t = Vec::new();
+    let (mut full, mut hit) = (Vec::new(), Vec::new());
     for _ in 0..n {
         let s = Instant::now();
-        let id = state.verifier.check(&p.client_chain[0], &[], now).unwrap();
-        t.push(s.elapsed());
-        std::hint::black_box(id);
+        std::hint::black_box(
+            no_memo
+                .verifier
+                .check(&p.client_chain[0], &[], now)
+                .unwrap(),
+        );
+        full.push(s.elapsed());
+        let s = Instant::now();
+        std::hint::black_box(state.verifier.check(&p.client_chain[0], &[], now).unwrap());
+        hit.push(s.elapsed());
     }
-    println!("verify path (ShieldVerifier::check: RSA-2048 leaf under RSA-4096 root + allow-list + parse): {:.1} µs", median(t).as_secs_f64() * 1e6);
+    println!(
+        "verify path (ShieldVerifier::check: RSA-2048 leaf under RSA-4096 root + allow-list + parse): full {:.1} µs, remembered chain {:.2} µs",
+        median(full).as_secs_f64() * 1e6,
+        median(hit).as_secs_f64() * 1e6
+    );
+
+    // The whole server side of a handshake through the product's own server config, with the
+    // memo of accepted chains (the default) and without it, interleaved.
+    for (vname, version) in [
+        ("TLS1.3", &rustls::version::TLS13),
+        ("TLS1.2", &rustls::version::TLS12),
+    ] {
+        let (_, client) = configs(
+            &p,
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            version,
+        );
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            with.push(handshake(&state.server_config, &client));
+            without.push(handshake(&no_memo.server_config, &client));
+        }
+        let (w, wo) = (median(with), median(without));
+        println!(
+            "  {vname} product server config: remembered chain {:>7.1} µs   verified in full {:>7.1} µs   ratio {:.2}",
+            w.as_secs_f64() * 1e6,
+            wo.as_secs_f64() * 1e6,
+            w.as_secs_f64() / wo.as_secs_f64()
+        );
+    }
 
     let id = state.verifier.check(&p.client_chain[0], &[], now).unwrap();
     let fwd = mtls_shield::config::ForwardConfig {

@@ -134,6 +134,10 @@ pub struct ClientAuthConfig {
     /// Reject a client whose issuer has no configured CRL (`revocation_unknown`).
     #[serde(default)]
     pub require_crl: bool,
+    /// Accepted chains remembered per trust state, so a client presenting the same
+    /// certificate again skips re-verifying its signatures; 0 turns the memo off.
+    #[serde(default = "defaults::verified_chain_cache")]
+    pub verified_chain_cache: usize,
     /// Identity allow-list; absent or empty means any certificate that verifies.
     #[serde(default)]
     pub allow: AllowConfig,
@@ -342,6 +346,11 @@ pub mod defaults {
     /// `listener.max_request_body_bytes`: no limit; the upstream decides.
     pub fn max_request_body_bytes() -> Option<u64> {
         None
+    }
+    /// `client_auth.verified_chain_cache`: far more distinct client certificates than one
+    /// origin normally sees (CloudFront presents one), and about 2 MiB when full.
+    pub fn verified_chain_cache() -> usize {
+        1024
     }
     /// `listener.proxy_protocol`: off (clients connect directly).
     pub fn proxy_protocol() -> crate::proxy::proxy_protocol::ProxyProtocol {
@@ -650,6 +659,7 @@ url = "http://127.0.0.1:8080"
         assert!(!c.listener.session_resumption);
         assert_eq!(c.listener.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.forward.client_cert_headers, vec![HeaderFamily::Xfcc]);
+        assert_eq!(c.client_auth.verified_chain_cache, 1024);
         assert!(c.admin.is_none());
     }
 

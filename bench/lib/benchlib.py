@@ -5,6 +5,7 @@ oha output parsing and the report writer. Standard library only.
 Subcommands:
   pids ROOT_PID                      the process and all its descendants
   cpu ROOT_PID                       utime+stime of that tree, in seconds
+  cpu-user ROOT_PID                  utime alone (user space), in seconds
   rss ROOT_PID                       VmRSS of that tree, in KiB
   idle --port P --count N ...        open N mTLS connections, hold them idle
   oha FILE                           summarise an oha JSON result as one JSON line
@@ -58,8 +59,8 @@ def _stat_fields(pid):
     return data[data.rindex(")") + 2:].split()
 
 
-def tree_cpu_seconds(root):
-    """utime+stime (fields 14 and 15 of /proc/PID/stat) summed over the tree.
+def tree_cpu_seconds(root, user_only=False):
+    """utime+stime (fields 14 and 15 of /proc/PID/stat) summed over the tree, or utime alone.
 
     A process's utime/stime already include all of its threads, dead or alive."""
     total = 0
@@ -68,7 +69,8 @@ def tree_cpu_seconds(root):
             f = _stat_fields(pid)
         except OSError:
             continue
-        total += int(f[11]) + int(f[12])  # fields 14, 15 (1-based, after pid and comm)
+        # fields 14, 15 (1-based, after pid and comm)
+        total += int(f[11]) + (0 if user_only else int(f[12]))
     return total / CLK_TCK
 
 
@@ -200,6 +202,8 @@ AUX = [
     ("hs_proxy_busy_pct", "Proxy CPU busy during handshake phase", "%", "{:.0f}"),
     ("h2_proxy_busy_pct", "Proxy CPU busy during h2 phase", "%", "{:.0f}"),
     ("dl_proxy_busy_pct", "Proxy CPU busy during download", "%", "{:.0f}"),
+    ("ka_user_us_per_req", "Proxy user-space CPU per keep-alive request (the rest is kernel)", "µs", "{:.1f}"),
+    ("hs_user_us_per_hs", "Proxy user-space CPU per full handshake (the rest is kernel)", "µs", "{:.0f}"),
     ("ka_client_busy_pct", "Load tool (oha) CPU busy during keep-alive phase", "%", "{:.0f}"),
     ("hs_client_busy_pct", "Load tool (oha) CPU busy during handshake phase", "%", "{:.0f}"),
     ("hs_p99_ms", "Handshake phase p99 (connect+TLS+request)", "ms", "{:.1f}"),
@@ -331,7 +335,7 @@ def cmd_report(a):
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("pids", "cpu", "rss"):
+    for name in ("pids", "cpu", "cpu-user", "rss"):
         sp = sub.add_parser(name)
         sp.add_argument("pid", type=int)
     sp = sub.add_parser("idle")
@@ -355,6 +359,8 @@ def main():
         print(" ".join(map(str, tree_pids(a.pid))))
     elif a.cmd == "cpu":
         print(f"{tree_cpu_seconds(a.pid):.2f}")
+    elif a.cmd == "cpu-user":
+        print(f"{tree_cpu_seconds(a.pid, user_only=True):.2f}")
     elif a.cmd == "rss":
         print(tree_rss_kib(a.pid))
     elif a.cmd == "idle":

@@ -1,13 +1,14 @@
 //! Everything about TLS: reading certificates, keys and CRLs from disk ([`load`]), the
 //! client-certificate verifier with its allow-list ([`verifier`], [`allow`]), the stable
-//! rejection reasons ([`reason`]), the rustls server configuration built from a config
-//! ([`state`]), and hot reload ([`reload`]).
+//! rejection reasons ([`reason`]), the memo of accepted chains ([`verified_cache`]), the
+//! rustls server configuration built from a config ([`state`]), and hot reload ([`reload`]).
 
 pub mod allow;
 pub mod load;
 pub mod reason;
 pub mod reload;
 pub mod state;
+pub mod verified_cache;
 pub mod verifier;
 
 pub use reason::Reason;

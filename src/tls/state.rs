@@ -16,6 +16,7 @@ use x509_parser::prelude::*;
 
 use super::allow::AllowList;
 use super::load::{self, LoadError};
+use super::verified_cache::VerifiedChains;
 use super::verifier::ShieldVerifier;
 use crate::config::Config;
 use crate::identity::{rfc2253, sha256};
@@ -142,7 +143,11 @@ impl TlsState {
         let allow = AllowList::compile(&ca.allow).map_err(|(k, m)| {
             LoadError::new(&config.source, format!("client_auth.allow.{k}: {m}"))
         })?;
-        let verifier = Arc::new(ShieldVerifier::new(inner, allow));
+        // Every reload builds a new, empty memo: an acceptance never outlives the anchors,
+        // CRLs and allow-list it was checked under.
+        let crl_deadline = crl_infos.iter().filter_map(|c| c.next_update).min();
+        let accepted = VerifiedChains::new(ca.verified_chain_cache, crl_deadline);
+        let verifier = Arc::new(ShieldVerifier::new(inner, allow, accepted));
 
         let mut sc = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

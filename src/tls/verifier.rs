@@ -19,6 +19,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::allow::AllowList;
+use super::verified_cache::VerifiedChains;
 use super::Reason;
 use crate::identity::ClientIdentity;
 
@@ -68,17 +69,38 @@ pub struct Refusal {
     pub identity: Option<Arc<ClientIdentity>>,
 }
 
-/// WebPKI verification plus the allow-list.
+/// WebPKI verification plus the allow-list, with a memo of accepted chains.
 #[derive(Debug)]
 pub struct ShieldVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     allow: AllowList,
+    /// Chains accepted under this trust state; see [`VerifiedChains`] for why a hit decides
+    /// exactly what the full check would.
+    accepted: VerifiedChains,
 }
 
 impl ShieldVerifier {
     /// Wraps a configured WebPKI verifier.
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, allow: AllowList) -> Self {
-        Self { inner, allow }
+    pub fn new(
+        inner: Arc<dyn ClientCertVerifier>,
+        allow: AllowList,
+        accepted: VerifiedChains,
+    ) -> Self {
+        Self {
+            inner,
+            allow,
+            accepted,
+        }
+    }
+
+    /// Chains remembered as accepted (for tests and diagnostics).
+    pub fn cached_chains(&self) -> usize {
+        self.accepted.len()
+    }
+
+    /// True when no chain is remembered.
+    pub fn accepted_is_empty(&self) -> bool {
+        self.accepted.is_empty()
     }
 
     /// The full decision for a presented chain at time `now`.
@@ -88,6 +110,10 @@ impl ShieldVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Arc<ClientIdentity>, Refusal> {
+        let key = self.accepted.key(end_entity, intermediates);
+        if let Some(identity) = key.as_ref().and_then(|k| self.accepted.get(k, now)) {
+            return Ok(identity);
+        }
         let parsed = ClientIdentity::parse(end_entity, intermediates).map(Arc::new);
         if let Err(error) = self
             .inner
@@ -121,6 +147,9 @@ impl ShieldVerifier {
                 ),
                 identity: Some(identity),
             });
+        }
+        if let Some(key) = key {
+            self.accepted.insert(key, &identity);
         }
         Ok(identity)
     }

@@ -722,17 +722,22 @@ pub fn client_config(root: &Ca, opts: &ClientOpts) -> Arc<rustls::ClientConfig> 
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let b = rustls::ClientConfig::builder_with_provider(provider)
+    let b = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots);
     let mut cfg = match &opts.cert {
-        Some(c) => b
-            .with_client_auth_cert(
-                c.chain.clone(),
-                PrivateKeyDer::try_from(c.key.clone()).unwrap(),
-            )
-            .unwrap(),
+        // `CertifiedKey::new` does not check that the key belongs to the certificate (unlike
+        // `with_client_auth_cert`), so a test can present a certificate it does not hold the
+        // key of and prove the server checks possession.
+        Some(c) => {
+            let key = provider
+                .key_provider
+                .load_private_key(PrivateKeyDer::try_from(c.key.clone()).unwrap())
+                .unwrap();
+            let certified = rustls::sign::CertifiedKey::new(c.chain.clone(), key);
+            b.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
+        }
         None => b.with_no_client_auth(),
     };
     cfg.alpn_protocols = if opts.h2 {
