@@ -243,6 +243,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct ConnContext {
     /// Client address.
     pub peer: SocketAddr,
+    /// The client's address as rendered into `X-Forwarded-For`.
+    pub forwarded_peer: headers::ForwardedPeer,
     /// The verified identity.
     pub identity: Arc<ClientIdentity>,
     /// Identity headers, rendered once for this connection.
@@ -323,7 +325,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     }
     headers::rewrite_request(
         &mut parts.headers,
-        ctx.peer.ip(),
+        &ctx.forwarded_peer,
         &ctx.identity_headers,
         upgrade,
     );

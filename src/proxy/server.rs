@@ -409,6 +409,7 @@ async fn connection(
 
     let ctx = Arc::new(ConnContext {
         peer,
+        forwarded_peer: super::headers::ForwardedPeer::new(peer.ip()),
         identity_headers: identity.headers(&generation.config.forward),
         identity,
         activity: activity.clone(),
