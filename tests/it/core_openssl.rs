@@ -1,8 +1,7 @@
 //! The proxy against certificates it did not make (issue 2): the PKI comes from the
 //! `openssl` CLI through `certs/openssl-recipe.sh` (the recipe in certs/README.md), and the
 //! client is curl.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,7 @@
 //! Hot reload (issue 4): SIGHUP and the `[reload] watch_interval` poller rebuild the whole TLS
 //! state, swap it in for new handshakes only, keep the last good state when a file is broken,
 //! refuse restart-only changes, and never let a session from before a trust change resume.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

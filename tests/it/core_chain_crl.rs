@@ -1,8 +1,7 @@
 //! Chains through an intermediate CA, and CRLs (issue 2): a CRL revokes exactly what it
 //! lists, applies to its own issuer's clients only (no nginx-style all-or-nothing), fails
 //! closed once past nextUpdate, and `require_crl` makes a missing CRL a refusal.
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Writes a config with `client_auth_extra` into the PKI folder and starts the proxy.
 fn start(pki: &Pki, up: &Upstream, client_auth_extra: &str) -> Proxy {

@@ -1,11 +1,10 @@
 //! The identity allow-list (issue 3): each kind accepts one client and refuses its sibling
 //! from the same CA, inside the handshake (an empty reply, `not_allowed`, the upstream never
 //! contacted), and malformed entries are config errors that name the entry.
-mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 const NOT_ALLOWED: &str = r#"mtls_shield_handshakes_total{result="rejected",reason="not_allowed"}"#;
 

@@ -1,7 +1,6 @@
 //! Start-up errors (issue 2): each bad config stops `mtls-shield run` with a non-zero exit
 //! and exactly one stderr line that names the offending file (and key), never a panic.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 

@@ -1,8 +1,7 @@
 //! TLS session resumption (issue 2): off by default, because a resumed session skips the
 //! client-certificate checks; when turned on, it works, but no session from before a change
 //! of trust resumes after a reload.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::sync::Arc;
 

@@ -3,8 +3,7 @@
 //! has to prove possession of the certificate's private key. (A reload empties the memo: see
 //! `crl_added_by_reload_refuses_the_next_handshake_but_not_an_open_connection` in
 //! `ops_reload.rs`, whose client is remembered before the CRL arrives.)
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Warms the memo with the good client, then presents the same certificate signed for with
 /// another key: the proxy must refuse it, with no HTTP byte and no upstream request.

@@ -1,12 +1,10 @@
 //! h2 abuse: rapid reset (CVE-2023-44487), CONTINUATION flood, and the concurrent-stream
 //! limit, with hand-written frames over a real TLS connection (issue 5).
-mod common;
-mod rawtls;
 
 use std::time::Duration;
 
-use common::*;
-use rawtls::*;
+use crate::common::*;
+use crate::rawtls::*;
 
 /// An upstream that holds each request for a while, so anything the proxy accepted stays
 /// visible as a hit.

@@ -1,14 +1,12 @@
 //! Upstream forms: `https://` with its own CA, optional re-originated mTLS and
 //! `server_name`, and `unix:/path.sock`; requests and the readiness probe work for each, and
 //! every TLS failure fails closed with 502 (issue 5).
-mod common;
-mod rawtls;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
-use rawtls::*;
+use crate::common::*;
+use crate::rawtls::*;
 use rustls::pki_types::PrivateKeyDer;
 
 /// The upstream's own PKI, separate from the client-facing one: a CA, the app's server

@@ -1,14 +1,12 @@
 //! `listener.proxy_protocol`: a PROXY v1/v2 header before TLS names the client, whose
 //! address then feeds X-Forwarded-For and the logs; malformed or missing headers are refused
 //! and counted (issue 5).
-mod common;
-mod rawtls;
 
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::*;
-use rawtls::*;
+use crate::common::*;
+use crate::rawtls::*;
 
 fn xff_app() -> App {
     App::start(|req| async move {

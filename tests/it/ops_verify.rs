@@ -1,8 +1,7 @@
 //! `mtls-shield verify` (issue 4): would this client certificate be accepted, now or at
 //! `--at`? Exit 0 accepted, 2 refused with the handshake's reason code, 1 on error. It runs
 //! the live verifier (`ShieldVerifier::check`), so its verdict is the handshake's verdict.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -1,13 +1,11 @@
 //! Timeouts and size limits hold against slow, idle and oversized clients and upstreams
 //! (issue 5). Every timeout is configured short; tests wait on the behaviour, not a clock.
-mod common;
-mod rawtls;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
-use rawtls::*;
+use crate::common::*;
+use crate::rawtls::*;
 
 fn quick_app() -> App {
     App::start(|req| async move {

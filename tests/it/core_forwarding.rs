@@ -2,8 +2,7 @@
 //! the XFCC header (exact), stripping of spoofed identity headers, X-Forwarded-*, Host,
 //! hop-by-hop removal, h2 via ALPN, keep-alive, streaming of large bodies both ways, and
 //! the proxy's own 502/504 answers.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;

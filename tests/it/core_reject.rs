@@ -1,8 +1,7 @@
 //! Refused handshakes (issue 2): every case gets no HTTP byte, the upstream is never
 //! contacted, and the connection log names the peer and a stable reason. Also: clients that
 //! do not speak TLS 1.2+ get nothing and do no harm.
-mod common;
-use common::*;
+use crate::common::*;
 
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
 

@@ -3,12 +3,11 @@
 //! Python's `urllib.parse.quote` for URL-encoding), and spoofed copies of every family
 //! removed in every mode, including case and underscore variants, over curl and the Rust
 //! client, HTTP/1.1 and h2.
-mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// A client certificate with the fields every family renders: a multi-attribute subject
 /// whose O needs RFC 2253 escaping, a serial with its top bit set (a DER sign byte), a DNS

@@ -1,6 +1,5 @@
 //! Accepted clients reach the upstream with the verified identity (issue 2).
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn accepted_client_gets_upstream_answer() {

@@ -1,6 +1,5 @@
 //! `mtls-shield demo` and `mtls-shield gen-certs` (issue 2), run as a user would.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};

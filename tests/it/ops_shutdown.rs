@@ -2,8 +2,7 @@
 //! let in-flight requests finish within `shutdown_timeout`, close idle keep-alive
 //! connections and exit 0; a second signal exits at once; `/readyz` turns 503 as soon as
 //! draining starts, and when the upstream is down, while `/healthz` stays 200.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -1,8 +1,7 @@
 //! `mtls-shield check` (issue 4): validates a config exactly as `run` would, without binding
 //! a port, prints what it would serve and trust, warns like API Gateway's truststore
 //! warnings, and exits 1 with one line per error. `--format json` is the same report.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

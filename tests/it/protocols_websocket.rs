@@ -1,15 +1,13 @@
 //! WebSocket and other HTTP/1.1 Upgrades pass through the proxy: 101 from the upstream, then
 //! bytes both ways until either side closes (issue 5).
-mod common;
-mod rawtls;
 
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use common::*;
-use rawtls::*;
+use crate::common::*;
+use crate::rawtls::*;
 
 /// A real WebSocket echo server (tokio-tungstenite). Records the upgrade request's headers.
 /// A text message "bye" makes the server close first.

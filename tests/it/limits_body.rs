@@ -1,14 +1,12 @@
 //! `listener.max_request_body_bytes`: 413 past the limit, enforced while the body streams
 //! (issue 5).
-mod common;
-mod rawtls;
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
-use rawtls::*;
+use crate::rawtls::*;
 
 const LIMIT: &str = "max_request_body_bytes = 1000";
 

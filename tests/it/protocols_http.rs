@@ -1,14 +1,12 @@
 //! HTTP semantics through the proxy per RFC 9110/9112: `Expect: 100-continue`, trailers in
 //! both directions, HEAD, 204 and 304 (issue 5).
-mod common;
-mod rawtls;
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
-use rawtls::*;
+use crate::rawtls::*;
 
 /// Routes:
 /// - `/echo`: answers `len=<n> body=<body> trailer=<x-checksum trailer or ->`

@@ -2,12 +2,11 @@
 //! line carries the client identity, method, path, status, bytes in and out, total and
 //! upstream time; `RUST_LOG` overrides `log.level`; request bodies and private keys never
 //! reach the logs, even at `trace`.
-mod common;
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
 
-use common::*;
+use crate::common::*;
 
 fn write_config(pki: &Pki, up: &Upstream, format: &str, level: &str) -> std::path::PathBuf {
     let text = base_config(&up.url(), "")

@@ -4,14 +4,13 @@
 //! and, when a certificate was presented, its subject, issuer, serial and fingerprint, which
 //! are checked against what `openssl x509` says about the presented file). The other metrics
 //! are driven and read back too.
-mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 
 fn rejected(reason: &str) -> String {
     format!(r#"mtls_shield_handshakes_total{{result="rejected",reason="{reason}"}}"#)

@@ -1,15 +1,13 @@
 //! `listener.max_connections` under a connection flood: idle and mid-handshake peers past
 //! the limit wait in the backlog, connections already served keep working, a legitimate
 //! client is served once the flood stops, and memory and descriptors stay bounded (issue 5).
-mod common;
-mod rawtls;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::*;
-use rawtls::*;
+use crate::common::*;
+use crate::rawtls::*;
 
 const MAX: usize = 20;
 

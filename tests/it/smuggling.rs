@@ -1,11 +1,9 @@
 //! Request smuggling: ambiguous HTTP/1.1 framing sent as raw bytes over TLS is refused with
 //! 400 or normalised, and the upstream (which records every byte it receives) never sees a
 //! request framed differently from what the proxy parsed (issue 5).
-mod common;
-mod rawtls;
 
-use common::*;
-use rawtls::*;
+use crate::common::*;
+use crate::rawtls::*;
 
 /// Echoes what it parsed: method, path, body length and body.
 fn echo_app() -> App {

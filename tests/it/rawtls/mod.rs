@@ -2,7 +2,7 @@
 //! bytes and reads raw HTTP/1.1 responses and h2 frames, a programmable upstream that records
 //! every byte it receives (over TCP, TLS or a unix socket), and process readings from /proc.
 //!
-//! Used together with `tests/common`: `mod common; mod rawtls;`.
+//! Used together with `common` (both are modules of `tests/it/main.rs`).
 #![allow(dead_code)]
 
 use std::convert::Infallible;
