@@ -36,6 +36,10 @@ fn now_ms() -> u64 {
 /// clients cancel a few requests, not hundreds more than they complete.
 pub const MAX_CANCELLED_REQUESTS: u64 = 100;
 
+/// How often, per `header_read_timeout`, an idle HTTP/1 connection looks for a request head
+/// that started trickling in (see [`Activity::check`]).
+const HEAD_CHECKS_PER_TIMEOUT: u32 = 4;
+
 /// What a connection is doing.
 #[derive(Debug, Default)]
 pub struct Activity {
@@ -69,6 +73,15 @@ impl Activity {
         let a = Self::default();
         a.last_active_ms.store(now_ms(), Ordering::Relaxed);
         Arc::new(a)
+    }
+
+    /// The TLS handshake has finished: the bytes read so far were handshake records, not a
+    /// request head, so the header-read clock starts at the first byte after it (a slow
+    /// handshake must not eat into `header_read_timeout`, and a connection that is silent
+    /// after its handshake is governed by the idle timeout).
+    pub fn handshake_done(&self) {
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// A request head was parsed and handed to the service.
@@ -134,12 +147,20 @@ impl Activity {
         let mut wait = idle_timeout;
         if let Some(ht) = header_timeout {
             let started = self.head_started_ms.load(Ordering::Relaxed);
-            if started != 0 && self.in_flight() == 0 {
-                let elapsed = Duration::from_millis(now.saturating_sub(started));
-                if elapsed >= ht {
-                    return Verdict::HeaderTimeout;
+            if self.in_flight() == 0 {
+                if started != 0 {
+                    let elapsed = Duration::from_millis(now.saturating_sub(started));
+                    if elapsed >= ht {
+                        return Verdict::HeaderTimeout;
+                    }
+                    wait = wait.min(ht - elapsed);
+                } else {
+                    // A head may start trickling in at any moment, and the first byte of it
+                    // wakes nobody (a wake-up per request would cost every keep-alive request
+                    // a task poll). Looking again every quarter of the timeout cuts a trickled
+                    // head off within 1.25 x header_read_timeout of its first byte.
+                    wait = wait.min(ht / HEAD_CHECKS_PER_TIMEOUT);
                 }
-                wait = wait.min(ht - elapsed);
             }
         }
         if self.in_flight() == 0 {
@@ -299,6 +320,22 @@ mod tests {
             a.request_started();
             assert!(!a.request_cancelled());
         }
+    }
+
+    #[test]
+    fn handshake_bytes_do_not_start_the_header_clock() {
+        let a = Activity::new();
+        a.bytes_read();
+        a.handshake_done();
+        assert!(matches!(
+            a.check(Duration::from_secs(60), Some(Duration::ZERO)),
+            Verdict::Wait(_)
+        ));
+        a.bytes_read();
+        assert_eq!(
+            a.check(Duration::from_secs(60), Some(Duration::ZERO)),
+            Verdict::HeaderTimeout
+        );
     }
 
     #[test]

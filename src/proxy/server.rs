@@ -359,6 +359,7 @@ async fn connection(
         Ok(Ok(tls)) => tls,
     };
 
+    activity.handshake_done();
     let (_, conn) = tls.get_ref();
     let tls_version = conn.protocol_version().map(|v| match v {
         rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",

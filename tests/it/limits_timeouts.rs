@@ -129,6 +129,51 @@ fn trickled_request_head_is_cut_off_at_header_read_timeout() {
     );
 }
 
+/// The header clock restarts for every request head: a keep-alive connection whose second
+/// head trickles in is cut off like a fresh connection's first, not at the idle timeout.
+#[test]
+fn trickled_second_request_head_on_a_keep_alive_connection_is_cut_off() {
+    let pki = Pki::new();
+    let app = quick_app();
+    let proxy = start(
+        &pki,
+        &config(&app.url(), "header_read_timeout = \"500ms\"", "", ""),
+    );
+    let mut c = RawTls::connect(proxy.addr, &pki.root, &good(&pki));
+    c.send(b"GET /pets HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let first = c.read_response(false).unwrap();
+    assert_eq!(first.status, 200);
+    let started = Instant::now();
+    c.send(b"GET /pets HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    c.set_read_timeout(Duration::from_millis(100));
+    let mut i = 0;
+    let end = loop {
+        let (bytes, end) = c.read_to_end();
+        assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+        if end == End::Closed {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never cut off");
+        i += 1;
+        if c.send(format!("X-Slow-{i}: x\r\n").as_bytes()).is_err() {
+            break started.elapsed();
+        }
+    };
+    assert!(end >= Duration::from_millis(450), "cut off after {end:?}");
+    // Within 1.25 x the timeout of the head's first byte, plus scheduling slack.
+    assert!(
+        end < Duration::from_millis(1500),
+        "cut off only after {end:?}"
+    );
+    assert_eq!(
+        app.hits(),
+        1,
+        "the incomplete second head never reaches the upstream"
+    );
+}
+
 #[test]
 fn slow_request_body_is_not_cut_off_by_header_read_timeout() {
     let pki = Pki::new();
