@@ -266,7 +266,12 @@ fn main() {
         );
     }
 
-    let id = state.verifier.check(&p.client_chain[0], &[], now).unwrap();
+    let id = state
+        .verifier
+        .check(&p.client_chain[0], &[], now)
+        .unwrap()
+        .identity
+        .clone();
     let fwd = mtls_shield::config::ForwardConfig {
         client_cert_headers: vec![
             mtls_shield::config::HeaderFamily::Xfcc,

@@ -14,10 +14,10 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
-use crate::identity::rfc3339_z;
 use crate::proxy::server::Generation;
 use crate::tls::load::{self, LoadError};
-use crate::tls::state::{self, CertInfo, CrlInfo};
+use crate::tls::state;
+use crate::x509::{cert_info, rfc3339_z, CertInfo, CrlInfo, CrlSignature};
 
 /// A certificate that expires within this many days gets a warning (API Gateway's threshold).
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -136,20 +136,26 @@ pub fn check(path: &Path, now: i64) -> Report {
 
     // Pass 1: every file on its own, so each broken one gets its own line.
     let server = check_server(&config, &mut report);
-    let anchors = match state::load_anchors(&config.client_auth.truststore) {
-        Ok((_, infos)) => infos,
+    let loaded_anchors = match state::load_anchors(&config.client_auth.truststore) {
+        Ok(anchors) => anchors,
         Err(e) => {
             report.error(e);
             Vec::new()
         }
     };
-    let mut crls = Vec::new();
+    let algs = state::provider().signature_verification_algorithms;
+    let mut loaded_crls = Vec::new();
     for crl_path in &config.client_auth.crls {
-        match state::load_crl_file(crl_path) {
-            Ok((_, infos)) => crls.extend(infos),
+        match state::load_crl_file(crl_path, &loaded_anchors, &algs) {
+            Ok(c) => loaded_crls.extend(c),
             Err(e) => report.error(e),
         }
     }
+    let anchors: Vec<CertInfo> = loaded_anchors.into_iter().map(|a| a.info).collect();
+    let crls: Vec<CrlInfo> = crate::tls::crl::choose(loaded_crls)
+        .into_iter()
+        .map(|c| c.info)
+        .collect();
 
     // Pass 2: the verdict, from the very code `run` starts with (generation 1, no previous).
     // It also covers what pass 1 does not look at (the verifier build, the upstream client).
@@ -190,10 +196,20 @@ pub fn check(path: &Path, now: i64) -> Report {
                 ),
             );
         }
+        if a.key_cert_sign_forbidden && a.is_ca {
+            report.warn(
+                "anchor_cannot_issue",
+                &truststore,
+                format!(
+                    "truststore entry {} has a keyUsage extension without keyCertSign: it may not issue certificates (RFC 5280 §6.1.4(n)), so every client chain through it is refused (unknown_ca); re-issue the CA certificate with keyUsage = keyCertSign, cRLSign",
+                    a.subject
+                ),
+            );
+        }
         report.anchors.push(cert_report(a, now));
     }
     for c in &crls {
-        crl_warnings(&mut report, c, &anchors, now);
+        crl_warnings(&mut report, c, &crls, &anchors, now);
     }
     report.crls = crls;
     report.valid = built.is_ok() && report.errors.is_empty();
@@ -222,7 +238,7 @@ fn check_server(config: &Config, report: &mut Report) -> Option<CertInfo> {
                 );
             }
             let leaf = certified.cert.first()?;
-            match state::cert_info(leaf) {
+            match cert_info(leaf) {
                 Ok(info) => Some(info),
                 Err(m) => {
                     report.error(LoadError::new(&l.certificate, m));
@@ -246,7 +262,7 @@ fn check_server(config: &Config, report: &mut Report) -> Option<CertInfo> {
                 // The certificate itself read fine (the key is the problem): still show it.
                 load::certificates(&l.certificate, "server certificate")
                     .ok()
-                    .and_then(|chain| chain.first().and_then(|c| state::cert_info(c).ok()))
+                    .and_then(|chain| chain.first().and_then(|c| cert_info(c).ok()))
             }
         }
     }
@@ -317,7 +333,7 @@ fn cert_warnings(
     }
 }
 
-fn crl_warnings(report: &mut Report, c: &CrlInfo, anchors: &[CertInfo], now: i64) {
+fn crl_warnings(report: &mut Report, c: &CrlInfo, all: &[CrlInfo], anchors: &[CertInfo], now: i64) {
     if let Some(next) = c.next_update {
         if next < now {
             // The verifier enforces nextUpdate (fail closed), so this is more than cosmetic.
@@ -333,16 +349,38 @@ fn crl_warnings(report: &mut Report, c: &CrlInfo, anchors: &[CertInfo], now: i64
             );
         }
     }
-    if !anchors.iter().any(|a| a.subject == c.issuer) {
+    if c.signature == CrlSignature::IssuerNotInTruststore {
         report.warn(
             "crl_issuer_not_in_truststore",
             &c.path,
             format!(
-                "CRL issuer {} is not a certificate in the truststore: the CRL only applies to clients whose chain includes an intermediate CA with that name, otherwise it has no effect",
+                "CRL issuer {} is not a certificate in the truststore, so its signature cannot be checked at load: the CRL only applies to clients whose chain includes an intermediate CA with that name (its signature is then checked against that intermediate at each handshake), otherwise it has no effect",
                 c.issuer
             ),
         );
     }
+    if !c.in_use {
+        let winner = all
+            .iter()
+            .find(|w| w.in_use && w.issuer == c.issuer)
+            .map_or_else(String::new, |w| {
+                format!(
+                    " by number {} in {}",
+                    w.number.as_deref().unwrap_or("-"),
+                    w.path.display()
+                )
+            });
+        report.warn(
+            "crl_superseded",
+            &c.path,
+            format!(
+                "CRL of {} (number {}) is not used: it is superseded{winner}; only the newest CRL of an issuer (highest cRLNumber, then latest thisUpdate) is used. Remove the older file",
+                c.issuer,
+                c.number.as_deref().unwrap_or("-"),
+            ),
+        );
+    }
+    let _ = anchors;
 }
 
 /// Prints `report` in `format` and returns the exit code: 0 valid, 1 invalid.
@@ -440,6 +478,20 @@ pub fn text(r: &Report) -> String {
                 c.next_update.map_or_else(|| "-".to_owned(), rfc3339_z),
                 c.revoked
             );
+            let _ = writeln!(
+                o,
+                "    signature: {}{}",
+                match c.signature {
+                    CrlSignature::Verified => "verified with the truststore CA",
+                    CrlSignature::IssuerNotInTruststore =>
+                        "not checked at load (issuer not in the truststore)",
+                },
+                if c.in_use {
+                    ""
+                } else {
+                    "; superseded by a newer CRL of the same issuer (not used)"
+                }
+            );
         }
     }
     if let Some(a) = &r.allow {
@@ -508,6 +560,8 @@ mod tests {
             not_before,
             not_after,
             is_ca: true,
+            key_cert_sign_forbidden: false,
+            crl_sign_forbidden: false,
             fingerprint: String::new(),
         }
     }

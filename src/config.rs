@@ -602,23 +602,36 @@ fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
     let Some(span) = e.span() else { return msg };
     let before = &text[..span.start.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    // The innermost [table] or [[array]] header above the error names the section.
-    let table = before
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .and_then(|l| l.split('#').next())
-        .map(str::trim);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let on_line = before[line_start..].trim_start();
+    let place = if let Some(header) = on_line.strip_prefix('[') {
+        // The error is inside a table header such as `[client_auth.bogus]`: the key at fault
+        // is a segment of the header, and it belongs to the table named by the segments
+        // before it (none: the top level).
+        let parent = header.trim_start_matches('[');
+        let parent = parent.rsplit_once('.').map_or("", |(p, _)| p).trim();
+        if parent.is_empty() {
+            "at the top level".to_owned()
+        } else {
+            format!("in [{parent}]")
+        }
+    } else {
+        // The innermost [table] or [[array]] header above the error's line names the section.
+        before[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .and_then(|l| l.split('#').next())
+            .map(str::trim)
+            .map_or_else(|| "at the top level".to_owned(), |t| format!("in {t}"))
+    };
     let hint = if msg.starts_with("unknown field") {
         "; fix the spelling or remove the key (see config/mtls-shield.toml for every key)"
     } else {
         ""
     };
-    match table {
-        Some(t) => format!("line {line}, in {t}: {msg}{hint}"),
-        None => format!("line {line}: {msg}{hint}"),
-    }
+    format!("line {line}, {place}: {msg}{hint}")
 }
 
 #[cfg(test)]
@@ -670,6 +683,33 @@ url = "http://127.0.0.1:8080"
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.toml") && e.contains("urll"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_is_reported_at_the_top_level() {
+        for (text, want) in [
+            (
+                format!("{MINIMAL}[bogus]\nx = 1\n"),
+                "line 10, at the top level: unknown field `bogus`",
+            ),
+            (
+                format!("bogus = 1\n{MINIMAL}"),
+                "line 1, at the top level: unknown field `bogus`",
+            ),
+            (
+                format!("{MINIMAL}[client_auth.bogus]\nx = 1\n"),
+                "line 10, in [client_auth]: unknown field `bogus`",
+            ),
+            (
+                MINIMAL.replace("[upstream]", "[upstream]\nurll = 1"),
+                "line 9, in [upstream]: unknown field `urll`",
+            ),
+        ] {
+            let e = Config::from_toml(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}\nwanted: {want}");
+        }
     }
 
     #[test]

@@ -6,16 +6,17 @@
 //! rendered value is a valid HTTP header value whatever bytes the certificate holds: control
 //! characters are escaped, so a hostile certificate field can never split or forge a header.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use base64::Engine as _;
 use http::header::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rustls_pki_types::CertificateDer;
-use x509_parser::der_parser::asn1_rs::{Class, Tag, ToDer};
 use x509_parser::prelude::*;
 
 use crate::config::{ForwardConfig, HeaderFamily};
+use crate::x509::{attr_string, rfc2253, rfc3339_z, serial_hex, sha256};
 
 /// The identity headers this proxy owns. Inbound copies are always stripped
 /// (see [`is_identity_header`]); these are the names it sets.
@@ -84,6 +85,15 @@ impl ClientIdentity {
     ) -> Result<Self, ParseError> {
         let (_, cert) =
             X509Certificate::from_der(leaf.as_ref()).map_err(|e| ParseError(e.to_string()))?;
+        Ok(Self::from_x509(&cert, leaf, intermediates))
+    }
+
+    /// The identity of a leaf that is already parsed (`cert` is `leaf` parsed).
+    pub fn from_x509(
+        cert: &X509Certificate<'_>,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Self {
         let mut dns_names = Vec::new();
         let mut uris = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -104,7 +114,7 @@ impl ClientIdentity {
             .iter_organizational_unit()
             .filter_map(attr_string)
             .collect();
-        Ok(Self {
+        Self {
             subject: rfc2253(subject),
             issuer: rfc2253(cert.issuer()),
             serial_hex: serial_hex(cert.raw_serial()),
@@ -121,7 +131,7 @@ impl ClientIdentity {
                 .iter()
                 .map(|c| c.clone().into_owned())
                 .collect(),
-        })
+        }
     }
 
     /// Lower-case hex SHA-256 of the leaf (XFCC `Hash=` and the logs use this form).
@@ -129,9 +139,9 @@ impl ClientIdentity {
         hex::encode(self.fingerprint)
     }
 
-    /// The first commonName, or `-` for logs.
-    pub fn cn_for_log(&self) -> &str {
-        self.common_names.first().map(String::as_str).unwrap_or("-")
+    /// The first commonName, or `-`, capped for logs (see [`capped_for_log`]).
+    pub fn cn_for_log(&self) -> Cow<'_, str> {
+        capped_for_log(self.common_names.first().map(String::as_str).unwrap_or("-"))
     }
 
     /// Renders the configured identity headers. Called once per connection.
@@ -215,6 +225,27 @@ impl ClientIdentity {
     }
 }
 
+/// The longest certificate-derived value (subject, issuer, CN, SANs) written into one log field.
+pub const LOG_FIELD_MAX: usize = 512;
+
+/// A certificate-derived value for a log line, cut to [`LOG_FIELD_MAX`] bytes (at a character
+/// boundary) with a marker that says how much was left out.
+///
+/// Security: certificate fields are chosen by whoever made the certificate, and a refused
+/// client can present a 10 KiB CN on every handshake. Capping keeps each connection-log line
+/// small; identity headers keep the exact value, because the upstream needs it, and the
+/// certificate's own size bounds them.
+pub fn capped_for_log(s: &str) -> Cow<'_, str> {
+    if s.len() <= LOG_FIELD_MAX {
+        return Cow::Borrowed(s);
+    }
+    let mut end = LOG_FIELD_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…[{} more bytes]", &s[..end], s.len() - end))
+}
+
 /// True for any header, in any case or with `_` for `-`, that claims a client identity: XFCC,
 /// ALB's `x-amzn-mtls-clientcert*`, and RFC 9440's `client-cert`/`client-cert-chain`.
 ///
@@ -243,14 +274,6 @@ fn eq_folded(name: &[u8], pattern: &[u8]) -> bool {
 
 fn starts_with_folded(name: &[u8], prefix: &[u8]) -> bool {
     name.len() >= prefix.len() && name.iter().zip(prefix).all(|(a, b)| fold(*a) == *b)
-}
-
-/// SHA-256 with the same provider rustls uses.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 /// Makes any string a valid header value: bytes below 0x20 (except none) and DEL become
@@ -326,150 +349,6 @@ fn push_xfcc_value(out: &mut String, v: &str) {
         out.push('"');
     } else {
         out.push_str(v);
-    }
-}
-
-/// RFC 2253 string of a DN, as `openssl x509 -noout -subject -nameopt RFC2253` prints it
-/// (the format ALB and CloudFront send): RDNs most-specific first, `+` inside multi-valued
-/// RDNs, special characters escaped, UTF-8 left as is (like Envoy, OpenSSL's `-esc_msb`
-/// off). Attribute types use OpenSSL's short names; any other type is written as a dotted
-/// OID with a `#hex` DER value, as RFC 2253 §2.4 requires.
-pub fn rfc2253(name: &X509Name<'_>) -> String {
-    let mut out = String::new();
-    let rdns: Vec<_> = name.iter().collect();
-    for (i, rdn) in rdns.iter().rev().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        for (j, atv) in rdn.iter().enumerate() {
-            if j > 0 {
-                out.push('+');
-            }
-            let oid = atv.attr_type().to_id_string();
-            let short = attribute_short_name(&oid);
-            out.push_str(short.unwrap_or(&oid));
-            out.push('=');
-            match attr_string(atv).filter(|_| short.is_some()) {
-                Some(v) => escape_rfc2253_value(&mut out, &v),
-                None => {
-                    out.push('#');
-                    let v = atv.attr_value();
-                    match v.to_der_vec() {
-                        Ok(der) => out.push_str(&hex::encode_upper(der)),
-                        // Cannot happen for a value that was just parsed; the content alone
-                        // still identifies it.
-                        Err(_) => out.push_str(&hex::encode_upper(v.data)),
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// OpenSSL's short names for the attribute types found in certificate DNs.
-fn attribute_short_name(oid: &str) -> Option<&'static str> {
-    Some(match oid {
-        "2.5.4.3" => "CN",
-        "2.5.4.4" => "SN",
-        "2.5.4.5" => "serialNumber",
-        "2.5.4.6" => "C",
-        "2.5.4.7" => "L",
-        "2.5.4.8" => "ST",
-        "2.5.4.9" => "street",
-        "2.5.4.10" => "O",
-        "2.5.4.11" => "OU",
-        "2.5.4.12" => "title",
-        "2.5.4.13" => "description",
-        "2.5.4.15" => "businessCategory",
-        "2.5.4.17" => "postalCode",
-        "2.5.4.41" => "name",
-        "2.5.4.42" => "GN",
-        "2.5.4.43" => "initials",
-        "2.5.4.44" => "generationQualifier",
-        "2.5.4.46" => "dnQualifier",
-        "2.5.4.65" => "pseudonym",
-        "2.5.4.97" => "organizationIdentifier",
-        "0.9.2342.19200300.100.1.1" => "UID",
-        "0.9.2342.19200300.100.1.3" => "mail",
-        "1.2.840.113549.1.9.2" => "unstructuredName",
-        "0.9.2342.19200300.100.1.25" => "DC",
-        "1.2.840.113549.1.9.1" => "emailAddress",
-        "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
-        "1.3.6.1.4.1.311.60.2.1.2" => "jurisdictionST",
-        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
-        _ => return None,
-    })
-}
-
-/// The text of a DN attribute value in any of the ASN.1 string types certificates use,
-/// decoded as OpenSSL does (T61String as Latin-1). `None` for other types or bad encodings.
-fn attr_string(atv: &AttributeTypeAndValue<'_>) -> Option<String> {
-    let v = atv.attr_value();
-    if v.class() != Class::Universal {
-        return None;
-    }
-    let data = v.data;
-    match v.tag() {
-        Tag::Utf8String
-        | Tag::PrintableString
-        | Tag::Ia5String
-        | Tag::NumericString
-        | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_owned),
-        Tag::T61String => Some(data.iter().map(|b| char::from(*b)).collect()),
-        Tag::BmpString if data.len() % 2 == 0 => char::decode_utf16(
-            data.chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]])),
-        )
-        .collect::<Result<String, _>>()
-        .ok(),
-        Tag::UniversalString if data.len() % 4 == 0 => data
-            .chunks_exact(4)
-            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
-        _ => None,
-    }
-}
-
-fn escape_rfc2253_value(out: &mut String, v: &str) {
-    let last = v.chars().count().saturating_sub(1);
-    for (i, c) in v.chars().enumerate() {
-        match c {
-            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '#' if i == 0 => out.push_str("\\#"),
-            ' ' if i == 0 || i == last => out.push_str("\\ "),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\{:02X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-}
-
-fn serial_hex(raw: &[u8]) -> String {
-    let trimmed = match raw.iter().position(|b| *b != 0) {
-        Some(i) => &raw[i..],
-        None => &raw[raw.len().saturating_sub(1)..],
-    };
-    hex::encode_upper(trimmed)
-}
-
-/// `2024-09-20T01:50:17Z`
-pub fn rfc3339_z(unix: i64) -> String {
-    match ::time::OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => unix.to_string(),
     }
 }
 
@@ -676,6 +555,18 @@ mod tests {
     }
 
     #[test]
+    fn log_fields_are_capped_at_a_character_boundary_with_a_marker() {
+        assert_eq!(capped_for_log("CN=short"), "CN=short");
+        let long = format!("CN={}", "é".repeat(5000));
+        let capped = capped_for_log(&long);
+        assert!(capped.len() < LOG_FIELD_MAX + 32, "{}", capped.len());
+        assert!(
+            capped.ends_with(&format!("…[{} more bytes]", long.len() - 511)),
+            "{capped}"
+        );
+    }
+
+    #[test]
     fn rfc2253_reads_legacy_strings_and_dumps_unknown_types() {
         let mut p = rcgen::CertificateParams::default();
         p.distinguished_name = rcgen::DistinguishedName::new();
@@ -692,18 +583,5 @@ mod tests {
         let id = ClientIdentity::parse(&der, &[]).unwrap();
         assert_eq!(id.subject, "CN=Zoë,1.2.3.4=#0C0178");
         assert_eq!(id.common_names, vec!["Zoë".to_owned()]);
-    }
-
-    #[test]
-    fn serial_hex_drops_sign_byte() {
-        assert_eq!(serial_hex(&[0x00, 0x9f, 0x01]), "9F01");
-        assert_eq!(serial_hex(&[0x00]), "00");
-    }
-
-    #[test]
-    fn rfc2253_escapes_specials() {
-        let mut s = String::new();
-        escape_rfc2253_value(&mut s, " a,b+c#");
-        assert_eq!(s, "\\ a\\,b\\+c#");
     }
 }

@@ -18,3 +18,4 @@ pub mod pki;
 pub mod proxy;
 pub mod tls;
 pub mod verify;
+pub mod x509;

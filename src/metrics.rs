@@ -10,8 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::tls::state::Inventory;
 use crate::tls::Reason;
+use crate::x509::Inventory;
 
 /// The values of `mtls_shield_requests_total{code_class}`.
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -395,7 +395,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::state::{CertInfo, CrlInfo};
+    use crate::x509::{CertInfo, CrlInfo, CrlSignature};
 
     fn cert(subject: &str, not_after: i64) -> CertInfo {
         CertInfo {
@@ -405,6 +405,8 @@ mod tests {
             not_before: 0,
             not_after,
             is_ca: true,
+            key_cert_sign_forbidden: false,
+            crl_sign_forbidden: false,
             fingerprint: String::new(),
         }
     }
@@ -421,6 +423,8 @@ mod tests {
                     this_update: 0,
                     next_update: Some(99),
                     revoked: 0,
+                    signature: CrlSignature::Verified,
+                    in_use: true,
                 })
                 .into_iter()
                 .collect(),

@@ -14,8 +14,9 @@ use anyhow::Context as _;
 use rustls_pki_types::UnixTime;
 
 use crate::config::Config;
-use crate::identity::{rfc3339_z, ClientIdentity};
+use crate::identity::ClientIdentity;
 use crate::tls::{load, TlsState};
+use crate::x509::rfc3339_z;
 
 /// Exit code for a certificate that would be refused (0 is accepted, 1 is an error).
 pub const REFUSED: u8 = 2;
@@ -81,7 +82,7 @@ pub fn run(
 
     println!("certificate: {}", cert.display());
     let identity = match &outcome {
-        Ok(id) => Some(id.clone()),
+        Ok(a) => Some(a.identity.clone()),
         Err(r) => r.identity.clone(),
     };
     match identity {
@@ -102,7 +103,7 @@ pub fn run(
         Err(r) => {
             println!("result: refused: {}", r.reason);
             println!("  reason: {}", r.reason.explain());
-            println!("  detail: {}", r.error);
+            println!("  detail: {}", r.detail);
             Ok(ExitCode::from(REFUSED))
         }
     }

@@ -217,10 +217,11 @@ impl ResponseBody {
         let elapsed = f.start.elapsed();
         f.metrics.request(f.status, elapsed.as_secs_f64());
         if let Some(a) = f.access {
+            let client_cn = a.identity.cn_for_log();
             tracing::info!(
                 target: "mtls_shield::access",
                 peer = %a.peer,
-                client_cn = a.identity.cn_for_log(),
+                client_cn = client_cn.as_ref(),
                 client_fingerprint = %a.identity.fingerprint_hex(),
                 method = %a.method,
                 path = %a.path,

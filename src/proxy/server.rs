@@ -21,7 +21,7 @@ use super::activity::{Activity, Tracked, Verdict};
 use super::forward::{self, ConnContext, Upstream};
 use super::proxy_protocol::{self, AcceptError};
 use crate::config::Config;
-use crate::identity::ClientIdentity;
+use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
 use crate::tls::verifier::{with_notes, HandshakeNotes};
 use crate::tls::{Reason, TlsState};
@@ -236,13 +236,15 @@ fn refuse(
     detail: &str,
 ) {
     metrics.handshake(Some(reason));
+    let subject = cert.map_or("-".into(), |c| capped_for_log(&c.subject));
+    let issuer = cert.map_or("-".into(), |c| capped_for_log(&c.issuer));
     tracing::warn!(
         target: "mtls_shield::connection",
         peer = %peer,
         reason = reason.as_str(),
         tls_version = tls_version.unwrap_or("-"),
-        subject = cert.map_or("-", |c| c.subject.as_str()),
-        issuer = cert.map_or("-", |c| c.issuer.as_str()),
+        subject = subject.as_ref(),
+        issuer = issuer.as_ref(),
         serial = cert.map_or("-", |c| c.serial_hex.as_str()),
         fingerprint = %cert.map_or_else(|| "-".to_owned(), |c| c.fingerprint_hex()),
         detail,
@@ -331,7 +333,12 @@ async fn connection(
             .map_err(|(e, io)| Some((Reason::from_io(&e), io.tls_version(), e.to_string())))
     };
     let (outcome, notes) = with_notes(tokio::time::timeout_at(deadline, handshake)).await;
-    let HandshakeNotes { identity, rejected } = notes;
+    let HandshakeNotes {
+        accepted,
+        identity,
+        rejected,
+        detail,
+    } = notes;
     let tls = match outcome {
         Err(_elapsed) => {
             refuse(
@@ -350,9 +357,10 @@ async fn connection(
             tracing::debug!(peer = %peer, "connection closed before any data");
             return;
         }
-        Ok(Err(Some((reason, version, detail)))) => {
-            // The verifier's own classification wins: it saw the certificate.
+        Ok(Err(Some((reason, version, tls_detail)))) => {
+            // The verifier's own classification and words win: it saw the certificate.
             let reason = rejected.unwrap_or(reason);
+            let detail = detail.unwrap_or(tls_detail);
             refuse(metrics, peer, reason, version, identity.as_deref(), &detail);
             return;
         }
@@ -366,8 +374,8 @@ async fn connection(
         _ => "TLSv1.2",
     });
     let is_h2 = conn.alpn_protocol() == Some(b"h2");
-    let identity = match (identity, conn.handshake_kind()) {
-        (Some(id), Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest)) => id,
+    let accepted = match (accepted, conn.handshake_kind()) {
+        (Some(a), Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest)) => a,
         _ => {
             // Security: a resumed session skips the verifier entirely. Re-run the full check
             // on the chain stored with the session, at the current time, so expiry and the
@@ -390,7 +398,7 @@ async fn connection(
                 .verifier
                 .check(leaf, intermediates, UnixTime::now())
             {
-                Ok(id) => id,
+                Ok(a) => a,
                 Err(r) => {
                     refuse(
                         metrics,
@@ -398,15 +406,16 @@ async fn connection(
                         r.reason,
                         tls_version,
                         r.identity.as_deref(),
-                        "resumed session failed re-verification",
+                        &format!("resumed session failed re-verification: {}", r.detail),
                     );
                     return;
                 }
             }
         }
     };
+    let identity = accepted.identity.clone();
     metrics.handshake(None);
-    tracing::debug!(peer = %peer, tls_version = tls_version.unwrap_or("-"), client = %identity.subject, h2 = is_h2, "handshake accepted");
+    tracing::debug!(peer = %peer, tls_version = tls_version.unwrap_or("-"), client = capped_for_log(&identity.subject).as_ref(), h2 = is_h2, "handshake accepted");
 
     let ctx = Arc::new(ConnContext {
         peer,

@@ -1,9 +1,11 @@
 //! Everything about TLS: reading certificates, keys and CRLs from disk ([`load`]), the
-//! client-certificate verifier with its allow-list ([`verifier`], [`allow`]), the stable
+//! client-certificate verifier with its allow-list ([`verifier`], [`allow`]), CRLs checked at
+//! load ([`crl`]), the stable
 //! rejection reasons ([`reason`]), the memo of accepted chains ([`verified_cache`]), the
 //! rustls server configuration built from a config ([`state`]), and hot reload ([`reload`]).
 
 pub mod allow;
+pub mod crl;
 pub mod load;
 pub mod reason;
 pub mod reload;

@@ -163,11 +163,12 @@ impl Reason {
         }
     }
 
-    /// Classifies the webpki errors that rustls forwards as `CertificateError::Other`.
-    /// Without this, common operator mistakes would all read `other`: an X.509 v1
+    /// Classifies a webpki error: those the verifier's path building returns, and those that
+    /// rustls forwards as `CertificateError::Other`. Without this, common operator mistakes
+    /// would all read `other`: an X.509 v1
     /// certificate (`openssl x509 -req` without extensions), a CA certificate configured as
     /// the client certificate, or a chain that breaks a CA's path-length or name constraints.
-    fn from_webpki(e: &webpki::Error) -> Reason {
+    pub fn from_webpki(e: &webpki::Error) -> Reason {
         use webpki::Error as W;
         match e {
             W::BadDer
@@ -188,6 +189,27 @@ impl Reason {
             | W::PathLenConstraintViolated
             | W::NameConstraintViolation => Reason::UnknownCa,
             W::InvalidSignatureForPublicKey | W::SignatureAlgorithmMismatch => Reason::BadSignature,
+            #[allow(deprecated)]
+            W::UnsupportedSignatureAlgorithm
+            | W::UnsupportedSignatureAlgorithmContext(_)
+            | W::UnsupportedSignatureAlgorithmForPublicKey
+            | W::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => Reason::BadSignature,
+            #[allow(deprecated)]
+            W::RequiredEkuNotFound | W::RequiredEkuNotFoundContext(_) => Reason::BadPurpose,
+            // A distrusted key is as good as no anchor at all.
+            W::CertDistrusted => Reason::UnknownCa,
+            // The CRL that covers the certificate could not be used for it: its signature or
+            // its issuer's key usage is wrong, or it uses a feature webpki does not support.
+            #[allow(deprecated)]
+            W::IssuerNotCrlSigner
+            | W::InvalidCrlSignatureForPublicKey
+            | W::UnsupportedCrlSignatureAlgorithm
+            | W::UnsupportedCrlSignatureAlgorithmContext(_)
+            | W::UnsupportedCrlSignatureAlgorithmForPublicKey
+            | W::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_)
+            | W::UnsupportedIndirectCrl
+            | W::UnsupportedRevocationReasonsPartitioning
+            | W::UnsupportedCrlIssuingDistributionPoint => Reason::RevocationUnknown,
             W::CertExpired { .. } | W::InvalidCertValidity => Reason::Expired,
             W::CertNotValidYet { .. } => Reason::NotYetValid,
             W::CertRevoked => Reason::Revoked,

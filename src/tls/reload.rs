@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::metrics::ReloadLabels;
 use crate::proxy::server::{Generation, Shared};
 
-use super::state::Inventory;
+use crate::x509::{rfc3339_z, CertInfo, Inventory};
 
 /// Reloads the shared state; one reload at a time.
 #[derive(Debug)]
@@ -212,7 +212,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
 }
 
 fn log_changes(old: &Inventory, new: &Inventory, old_cfg: &Config, new_cfg: &Config) {
-    let key = |a: &super::state::CertInfo| format!("{} ({})", a.subject, &a.fingerprint[..16]);
+    let key = |a: &CertInfo| format!("{} ({})", a.subject, &a.fingerprint[..16]);
     let before: BTreeSet<_> = old.anchors.iter().map(key).collect();
     let after: BTreeSet<_> = new.anchors.iter().map(key).collect();
     let added: Vec<_> = after.difference(&before).collect();
@@ -238,7 +238,7 @@ fn log_changes(old: &Inventory, new: &Inventory, old_cfg: &Config, new_cfg: &Con
     if old.server != new.server {
         tracing::info!(
             subject = %new.server.subject,
-            not_after = %crate::identity::rfc3339_z(new.server.not_after),
+            not_after = %rfc3339_z(new.server.not_after),
             "server certificate changed"
         );
     }

@@ -1,25 +1,22 @@
 //! Builds the rustls server configuration (and an inventory of what it trusts) from a
 //! [`Config`]. A `TlsState` is immutable: reload builds a new one and swaps it in whole.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::{
     ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
-    WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
-use x509_parser::prelude::*;
+use rustls::ServerConfig;
 
 use super::allow::AllowList;
+use super::crl::{self, Anchor, Crl};
 use super::load::{self, LoadError};
-use super::verified_cache::VerifiedChains;
-use super::verifier::ShieldVerifier;
+use super::verifier::{ShieldVerifier, Trust};
 use crate::config::Config;
-use crate::identity::{rfc2253, sha256};
+use crate::x509::{cert_info, CertInfo, CrlInfo, Inventory};
 
 /// The crypto provider for every TLS operation.
 ///
@@ -48,53 +45,6 @@ pub struct TlsState {
     pub inventory: Inventory,
 }
 
-/// A certificate's facts for reports and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CertInfo {
-    /// Subject DN, RFC 2253.
-    pub subject: String,
-    /// Issuer DN, RFC 2253.
-    pub issuer: String,
-    /// SAN DNS names and IPs.
-    pub sans: Vec<String>,
-    /// notBefore, Unix seconds.
-    pub not_before: i64,
-    /// notAfter, Unix seconds.
-    pub not_after: i64,
-    /// basicConstraints CA:TRUE.
-    pub is_ca: bool,
-    /// SHA-256 of the DER, lower-case hex.
-    pub fingerprint: String,
-}
-
-/// A CRL's facts for reports and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CrlInfo {
-    /// The file it came from.
-    pub path: PathBuf,
-    /// Issuer DN, RFC 2253.
-    pub issuer: String,
-    /// cRLNumber, decimal.
-    pub number: Option<String>,
-    /// thisUpdate, Unix seconds.
-    pub this_update: i64,
-    /// nextUpdate, Unix seconds.
-    pub next_update: Option<i64>,
-    /// Revoked entries.
-    pub revoked: usize,
-}
-
-/// Everything one TLS state trusts and serves.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Inventory {
-    /// The server leaf.
-    pub server: CertInfo,
-    /// Truststore entries.
-    pub anchors: Vec<CertInfo>,
-    /// Loaded CRLs.
-    pub crls: Vec<CrlInfo>,
-}
-
 #[derive(Debug)]
 struct FixedCert(Arc<CertifiedKey>);
 
@@ -113,41 +63,31 @@ impl TlsState {
         let ca = &config.client_auth;
         let server_key = load::server_identity(&l.certificate, &l.private_key, &provider)?;
 
-        let (roots, anchor_infos) = load_anchors(&ca.truststore)?;
-
+        let anchors = load_anchors(&ca.truststore)?;
+        let algs = provider.signature_verification_algorithms;
         let mut crls = Vec::new();
-        let mut crl_infos = Vec::new();
         for path in &ca.crls {
-            let (ders, infos) = load_crl_file(path)?;
-            crls.extend(ders);
-            crl_infos.extend(infos);
+            crls.extend(load_crl_file(path, &anchors, &algs)?);
         }
+        let crls = crl::choose(crls);
+        let crl_infos: Vec<CrlInfo> = crls.iter().map(|c| c.info.clone()).collect();
+        let anchor_infos: Vec<CertInfo> = anchors.iter().map(|a| a.info.clone()).collect();
 
-        let mut builder =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .with_crls(crls)
-                // A CRL past its nextUpdate rejects the clients of its issuer: fail closed.
-                .enforce_revocation_expiration();
-        if !ca.require_crl {
-            // A CRL applies to its own issuer's certificates only. Without this, one CRL in the
-            // config would make every client of every other CA fail with "unknown revocation
-            // status" (the nginx/HAProxy all-or-nothing trap). Strict mode is opt-in.
-            builder = builder.allow_unknown_revocation_status();
-        }
-        let inner = builder.build().map_err(|e| {
-            LoadError::new(
-                &ca.truststore,
-                format!("cannot build the client verifier: {e}"),
-            )
-        })?;
         let allow = AllowList::compile(&ca.allow).map_err(|(k, m)| {
             LoadError::new(&config.source, format!("client_auth.allow.{k}: {m}"))
         })?;
-        // Every reload builds a new, empty memo: an acceptance never outlives the anchors,
-        // CRLs and allow-list it was checked under.
-        let crl_deadline = crl_infos.iter().filter_map(|c| c.next_update).min();
-        let accepted = VerifiedChains::new(ca.verified_chain_cache, crl_deadline);
-        let verifier = Arc::new(ShieldVerifier::new(inner, allow, accepted));
+        // Every reload builds a new verifier with an empty memo: an acceptance never outlives
+        // the anchors, CRLs and allow-list it was checked under.
+        let trust = Trust {
+            anchors,
+            crls,
+            require_crl: ca.require_crl,
+            algs,
+        };
+        let verifier = Arc::new(
+            ShieldVerifier::new(trust, allow, ca.verified_chain_cache)
+                .map_err(|m| LoadError::new(&ca.truststore, m))?,
+        );
 
         let mut sc = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -189,87 +129,47 @@ impl TlsState {
     }
 }
 
-/// Reads the truststore and makes each certificate in it a trust anchor, with its facts.
+/// Reads the truststore: every certificate in it is a trust anchor.
 ///
 /// [`TlsState::build`] and `mtls-shield check` both call this, so `check` refuses exactly
 /// the truststores that `run` refuses.
-pub fn load_anchors(path: &Path) -> Result<(RootCertStore, Vec<CertInfo>), LoadError> {
+pub fn load_anchors(path: &Path) -> Result<Vec<Anchor>, LoadError> {
     let ders = load::certificates(path, "truststore")?;
-    let mut roots = RootCertStore::empty();
-    let mut infos = Vec::with_capacity(ders.len());
-    for (i, der) in ders.iter().enumerate() {
-        roots.add(der.clone()).map_err(|e| {
+    let mut anchors = Vec::with_capacity(ders.len());
+    for (i, der) in ders.into_iter().enumerate() {
+        // The same parse rustls makes when it adds an anchor, so a certificate it would not
+        // take is refused here with its position in the file.
+        webpki::anchor_from_trusted_cert(&der).map_err(|e| {
             LoadError::new(
                 path,
                 format!(
-                    "certificate #{} is not usable as a trust anchor: {e}",
+                    "certificate #{} is not usable as a trust anchor: {e:?}",
                     i + 1
                 ),
             )
         })?;
-        infos.push(cert_info(der).map_err(|m| LoadError::new(path, m))?);
+        let info = cert_info(&der).map_err(|m| LoadError::new(path, m))?;
+        anchors.push(Anchor { der, info });
     }
-    Ok((roots, infos))
+    Ok(anchors)
 }
 
-/// Reads one CRL file (PEM with one or more CRLs, or one DER CRL) with the facts of each.
+/// Reads one CRL file (PEM with one or more CRLs, or one DER CRL), checking each CRL's
+/// signature against `anchors` (see [`crl`]).
 ///
 /// Shared by [`TlsState::build`] and `mtls-shield check`, like [`load_anchors`].
 pub fn load_crl_file(
     path: &Path,
-) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<CrlInfo>), LoadError> {
-    let ders = load::crls(path)?;
-    let infos = ders
-        .iter()
-        .map(|der| crl_info(path, der.as_ref()).map_err(|m| LoadError::new(path, m)))
-        .collect::<Result<_, _>>()?;
-    Ok((ders, infos))
-}
-
-/// Parses a certificate's reportable facts.
-pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
-    let (_, c) = X509Certificate::from_der(der.as_ref())
-        .map_err(|e| format!("cannot parse certificate: {e}"))?;
-    let mut sans = Vec::new();
-    if let Ok(Some(san)) = c.subject_alternative_name() {
-        for n in &san.value.general_names {
-            match n {
-                GeneralName::DNSName(d) => sans.push(format!("DNS:{d}")),
-                GeneralName::IPAddress(ip) => match ip.len() {
-                    4 => sans.push(format!(
-                        "IP:{}",
-                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default())
-                    )),
-                    16 => sans.push(format!(
-                        "IP:{}",
-                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default())
-                    )),
-                    _ => {}
-                },
-                GeneralName::URI(u) => sans.push(format!("URI:{u}")),
-                _ => {}
-            }
-        }
-    }
-    Ok(CertInfo {
-        subject: rfc2253(c.subject()),
-        issuer: rfc2253(c.issuer()),
-        sans,
-        not_before: c.validity().not_before.timestamp(),
-        not_after: c.validity().not_after.timestamp(),
-        is_ca: c.is_ca(),
-        fingerprint: hex::encode(sha256(der.as_ref())),
-    })
-}
-
-fn crl_info(path: &Path, der: &[u8]) -> Result<CrlInfo, String> {
-    let crl = load::parse_crl(der)?;
-    Ok(CrlInfo {
-        path: path.to_owned(),
-        issuer: rfc2253(crl.issuer()),
-        number: crl.crl_number().map(|n| n.to_string()),
-        this_update: crl.last_update().timestamp(),
-        next_update: crl.next_update().map(|t| t.timestamp()),
-        revoked: crl.iter_revoked_certificates().count(),
-    })
+    anchors: &[Anchor],
+    algs: &WebPkiSupportedAlgorithms,
+) -> Result<Vec<Crl>, LoadError> {
+    load::crls(path)?
+        .into_iter()
+        .map(|der| {
+            let mut c = Crl::parse(path, der).map_err(|m| LoadError::new(path, m))?;
+            c.verify_signature(anchors, algs)
+                .map_err(|m| LoadError::new(path, m))?;
+            Ok(c)
+        })
+        .collect()
 }

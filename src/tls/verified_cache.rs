@@ -13,15 +13,17 @@
 //!    [`TlsState`](super::TlsState), and every reload builds a new state with an empty cache,
 //!    so an entry never outlives the trust it was checked under (a CRL added by a reload
 //!    takes effect for the next handshake);
-//! 3. the time: the only time-dependent checks are each certificate's validity period and,
-//!    with `enforce_revocation_expiration`, each CRL's nextUpdate. An entry is used only
-//!    while `now` lies inside every presented certificate's validity period and before the
-//!    earliest nextUpdate of any CRL of this state. That window is never wider than the
-//!    verified path's (the path uses a subset of the presented certificates), so inside it
-//!    the full check would succeed again; outside it the full check runs and decides;
+//! 3. the time: the only time-dependent checks are each certificate's validity period and
+//!    each consulted CRL's nextUpdate (enforced: a stale CRL fails closed). An entry is used
+//!    only inside the window [`Accepted`] records for the path that was verified: after the
+//!    latest notBefore on it, before the earliest notAfter on it, and before the nextUpdate
+//!    of every CRL consulted for it. Inside that window the same path verifies again, so the
+//!    full check would accept again; outside it the full check runs and decides;
 //! 4. nothing else: no network, no randomness.
 //!
-//! Only acceptances are cached; a refusal is recomputed every time, so its reason is always
+//! The checks the shield adds to WebPKI (CA keyUsage on the path, the leaf's keyUsage and key)
+//! and the allow-list run before an acceptance exists, so only chains that passed them all
+//! are remembered. Only acceptances are cached; a refusal is recomputed every time, so its reason is always
 //! fresh. What a cache hit does **not** replace is the per-handshake proof that the client
 //! holds the certificate's private key (the CertificateVerify signature over this
 //! handshake's transcript): rustls asks the verifier for that separately, and it is never
@@ -34,41 +36,25 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rustls_pki_types::{CertificateDer, UnixTime};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use rustls_pki_types::CertificateDer;
 
-use crate::identity::ClientIdentity;
+use super::verifier::Accepted;
 
 /// The key: SHA-256 over the presented chain.
 type ChainKey = [u8; 32];
-
-#[derive(Debug)]
-struct Entry {
-    identity: Arc<ClientIdentity>,
-    /// Latest notBefore of the presented certificates, Unix seconds.
-    valid_from: i64,
-    /// First second at which the entry is no longer used: the earliest notAfter of the
-    /// presented certificates plus one (validity is inclusive), or the earliest CRL
-    /// nextUpdate, whichever comes first.
-    valid_until: i64,
-}
 
 /// Accepted chains of one trust state.
 #[derive(Debug)]
 pub struct VerifiedChains {
     capacity: usize,
-    /// The earliest nextUpdate among this state's CRLs, if any.
-    crl_deadline: Option<i64>,
-    entries: Mutex<HashMap<ChainKey, Entry>>,
+    entries: Mutex<HashMap<ChainKey, Arc<Accepted>>>,
 }
 
 impl VerifiedChains {
-    /// A cache of up to `capacity` chains (0 turns it off) for a trust state whose earliest CRL
-    /// nextUpdate is `crl_deadline`.
-    pub fn new(capacity: usize, crl_deadline: Option<i64>) -> Self {
+    /// A memo of up to `capacity` chains; 0 turns it off.
+    pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            crl_deadline,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -94,50 +80,24 @@ impl VerifiedChains {
         Some(key)
     }
 
-    /// The identity accepted earlier for this chain, if `now` is inside the entry's window.
-    pub fn get(&self, key: &ChainKey, now: UnixTime) -> Option<Arc<ClientIdentity>> {
-        let now = i64::try_from(now.as_secs()).ok()?;
+    /// The acceptance recorded earlier for this chain, if it still holds at `now` (Unix
+    /// seconds).
+    pub fn get(&self, key: &ChainKey, now: i64) -> Option<Arc<Accepted>> {
         // A poisoned lock (a panic while holding it) only means a miss: the full check runs.
         let entries = self.entries.lock().ok()?;
         let e = entries.get(key)?;
-        (e.valid_from <= now && now < e.valid_until).then(|| e.identity.clone())
+        e.holds_at(now).then(|| e.clone())
     }
 
     /// Remembers a chain that the full check has just accepted.
-    pub fn insert(&self, key: ChainKey, identity: &Arc<ClientIdentity>) {
-        let Some((valid_from, valid_until)) = self.window(identity) else {
-            return;
-        };
+    pub fn insert(&self, key: ChainKey, accepted: &Arc<Accepted>) {
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
         if entries.len() >= self.capacity {
             entries.clear();
         }
-        entries.insert(
-            key,
-            Entry {
-                identity: identity.clone(),
-                valid_from,
-                valid_until,
-            },
-        );
-    }
-
-    /// The entry's window: inside every presented certificate's validity and before the
-    /// earliest CRL nextUpdate. `None` (do not cache) when an intermediate cannot be parsed.
-    fn window(&self, identity: &ClientIdentity) -> Option<(i64, i64)> {
-        let mut from = identity.not_before;
-        let mut until = identity.not_after.saturating_add(1);
-        for der in &identity.intermediates {
-            let (_, c) = X509Certificate::from_der(der.as_ref()).ok()?;
-            from = from.max(c.validity().not_before.timestamp());
-            until = until.min(c.validity().not_after.timestamp().saturating_add(1));
-        }
-        if let Some(deadline) = self.crl_deadline {
-            until = until.min(deadline);
-        }
-        Some((from, until))
+        entries.insert(key, accepted.clone());
     }
 
     /// Entries held now (for tests and diagnostics).
@@ -158,15 +118,14 @@ mod tests {
     use super::*;
     use crate::config::AllowConfig;
     use crate::tls::allow::AllowList;
-    use crate::tls::verifier::ShieldVerifier;
+    use crate::tls::crl::{Anchor, Crl};
+    use crate::tls::verifier::{ShieldVerifier, Trust};
     use crate::tls::Reason;
     use rcgen::{
         BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
         ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, SerialNumber,
     };
-    use rustls::server::WebPkiClientVerifier;
-    use rustls::RootCertStore;
-    use rustls_pki_types::CertificateRevocationListDer;
+    use rustls_pki_types::UnixTime;
     use time::OffsetDateTime;
 
     /// 2026-01-01T00:00:00Z.
@@ -213,7 +172,7 @@ mod tests {
             .clone()
     }
 
-    /// A verifier as `TlsState::build` makes it, trusting `root`, with CRLs whose nextUpdate
+    /// A verifier as `TlsState::build` makes it, trusting `root`, with a CRL whose nextUpdate
     /// is `crl_next_update` when given, a memo of `capacity`, and an allow-list of CNs.
     fn verifier(
         root: &Ca,
@@ -221,10 +180,13 @@ mod tests {
         capacity: usize,
         allowed_cns: &[&str],
     ) -> ShieldVerifier {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = RootCertStore::empty();
-        roots.add(root.cert.der().clone()).unwrap();
-        let crls: Vec<CertificateRevocationListDer<'static>> = crl_next_update
+        let algs = crate::tls::state::provider().signature_verification_algorithms;
+        let der = root.cert.der().clone();
+        let anchors = vec![Anchor {
+            info: crate::x509::cert_info(&der).unwrap(),
+            der,
+        }];
+        let crls: Vec<Crl> = crl_next_update
             .map(|next| {
                 let p = CertificateRevocationListParams {
                     this_update: ts(T0 - DAY),
@@ -234,25 +196,28 @@ mod tests {
                     revoked_certs: vec![],
                     key_identifier_method: KeyIdMethod::Sha256,
                 };
-                p.signed_by(&root.cert, &root.key).unwrap().der().clone()
+                let der = p.signed_by(&root.cert, &root.key).unwrap().der().clone();
+                let mut c = Crl::parse(std::path::Path::new("crl.pem"), der).unwrap();
+                c.verify_signature(&anchors, &algs).unwrap();
+                c
             })
             .into_iter()
             .collect();
-        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .with_crls(crls)
-            .enforce_revocation_expiration()
-            .allow_unknown_revocation_status()
-            .build()
-            .unwrap();
         let allow = AllowList::compile(&AllowConfig {
             common_names: allowed_cns.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         })
         .unwrap();
-        ShieldVerifier::new(inner, allow, VerifiedChains::new(capacity, crl_next_update))
+        let trust = Trust {
+            anchors,
+            crls: crate::tls::crl::choose(crls),
+            require_crl: false,
+            algs,
+        };
+        ShieldVerifier::new(trust, allow, capacity).unwrap()
     }
 
-    fn reason(r: Result<Arc<ClientIdentity>, crate::tls::verifier::Refusal>) -> Reason {
+    fn reason(r: Result<Arc<Accepted>, crate::tls::verifier::Refusal>) -> Reason {
         r.expect_err("should be refused").reason
     }
 
@@ -347,7 +312,7 @@ mod tests {
     fn the_same_leaf_with_other_intermediates_is_another_entry() {
         let root = ca("Root", T0 - DAY, T0 + 3650 * DAY, None);
         let client = leaf("c", T0 - DAY, T0 + 365 * DAY, &root);
-        let memo = VerifiedChains::new(16, None);
+        let memo = VerifiedChains::new(16);
         let alone = memo.key(&client, &[]).unwrap();
         let with_root = memo.key(&client, &[root.cert.der().clone()]).unwrap();
         assert_ne!(alone, with_root);

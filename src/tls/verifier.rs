@@ -1,36 +1,88 @@
-//! The client-certificate verifier: rustls's `WebPkiClientVerifier` (chain, expiry, EKU,
-//! CRLs), wrapped with the identity allow-list.
+//! The client-certificate verifier: rustls-webpki path building (chain, expiry, EKU, name and
+//! path-length constraints, CRLs), the checks WebPKI leaves to its caller, and the identity
+//! allow-list, with a memo of accepted chains.
 //!
-//! Both the live handshake and `mtls-shield verify` call [`ShieldVerifier::check`], so the
-//! offline answer is the handshake's answer by construction.
+//! The live handshake, `mtls-shield verify` and every later re-judgement of an open connection
+//! call [`ShieldVerifier::check`], so their answers agree by construction.
+//!
+//! # What is checked beyond WebPKI, and why here
+//!
+//! rustls-webpki deliberately ignores keyUsage (browsers do), and the TLS layer checks the
+//! client's public key only when the CertificateVerify signature arrives. The shield wants to
+//! be at least as strict as OpenSSL wherever RFC 5280 is on its side, and `verify` must give
+//! the handshake's answer offline, so [`ShieldVerifier::check`] adds, on the path that WebPKI
+//! actually verified (extra certificates the client happened to send play no part):
+//!
+//! - every CA certificate on the path whose keyUsage extension is present must include
+//!   keyCertSign (RFC 5280 §6.1.4(n)); otherwise WebPKI is asked to try another path, and
+//!   when none is left the client is refused as `unknown_ca`;
+//! - the leaf's keyUsage, when present, must include digitalSignature, since a TLS client
+//!   proves possession of its key with a signature (`bad_purpose` otherwise);
+//! - the leaf's public key must be one the configured crypto provider can verify a
+//!   CertificateVerify signature with (algorithm, key size, curve); otherwise `bad_signature`,
+//!   the answer the handshake would give a moment later anyway.
 //!
 //! The verifier also leaves notes for the connection that is handshaking (through a tokio
 //! task-local, because rustls calls verifiers synchronously inside the accept future's poll):
-//! the parsed identity on success, so the leaf is parsed once per handshake, and the parsed
-//! certificate on failure, so the rejection log line can name what was presented.
+//! the acceptance on success, so the leaf is parsed once per handshake, and the parsed
+//! certificate and the refusal's detail on failure, so the rejection log line can name what
+//! was presented and why it was refused.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls::{
+    CertRevocationListError, CertificateError, DigitallySignedStruct, DistinguishedName,
+    OtherError, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use webpki::{EndEntityCert, KeyUsage, RevocationCheckDepth, RevocationOptionsBuilder};
+use webpki::{ExpirationPolicy, UnknownStatusPolicy, VerifiedPath};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::allow::AllowList;
+use super::crl::{self, Anchor, Crl};
 use super::verified_cache::VerifiedChains;
 use super::Reason;
 use crate::identity::ClientIdentity;
+use crate::x509::{self as facts, KeyUsageBits};
+
+/// A chain that was accepted, and for how long that answer holds.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The parsed leaf.
+    pub identity: Arc<ClientIdentity>,
+    /// The latest notBefore on the verified path, Unix seconds.
+    pub valid_from: i64,
+    /// The first second at which the answer may change on its own: the earliest notAfter on
+    /// the verified path plus one (validity is inclusive), or the nextUpdate of a CRL that
+    /// was consulted, whichever comes first.
+    pub valid_until: i64,
+}
+
+impl Accepted {
+    /// Whether the acceptance still holds at `now` (Unix seconds) under the same trust state.
+    pub fn holds_at(&self, now: i64) -> bool {
+        self.valid_from <= now && now < self.valid_until
+    }
+}
 
 /// What the verifier learnt during one handshake.
 #[derive(Debug, Default)]
 pub struct HandshakeNotes {
+    /// The acceptance, when the certificate was accepted.
+    pub accepted: Option<Arc<Accepted>>,
     /// The parsed leaf, whether it was accepted or not (absent if none was presented, or it
     /// could not be parsed).
     pub identity: Option<Arc<ClientIdentity>>,
     /// Set when the verifier refused the certificate.
     pub rejected: Option<Reason>,
+    /// Why, in words, when the verifier refused it.
+    pub detail: Option<String>,
 }
 
 tokio::task_local! {
@@ -48,17 +100,29 @@ pub async fn with_notes<F: Future>(f: F) -> (F::Output, HandshakeNotes) {
         .await
 }
 
-fn note(identity: Option<Arc<ClientIdentity>>, rejected: Option<Reason>) {
+fn note(outcome: &Result<Arc<Accepted>, Refusal>) {
     // Outside a handshake scope (the `verify` command) there is nobody to tell.
     let _ = NOTES.try_with(|n| {
         let mut n = n.borrow_mut();
-        n.identity = identity;
-        n.rejected = rejected;
+        *n = match outcome {
+            Ok(a) => HandshakeNotes {
+                accepted: Some(a.clone()),
+                identity: Some(a.identity.clone()),
+                rejected: None,
+                detail: None,
+            },
+            Err(r) => HandshakeNotes {
+                accepted: None,
+                identity: r.identity.clone(),
+                rejected: Some(r.reason),
+                detail: Some(r.detail.clone()),
+            },
+        };
     });
 }
 
 /// A refused certificate: the stable reason, the rustls error that drives the TLS alert,
-/// and the parsed leaf when it could be parsed.
+/// the parsed leaf when it could be parsed, and why in words.
 #[derive(Debug)]
 pub struct Refusal {
     /// Stable reason code.
@@ -67,12 +131,60 @@ pub struct Refusal {
     pub error: rustls::Error,
     /// The presented leaf, parsed.
     pub identity: Option<Arc<ClientIdentity>>,
+    /// What was wrong, for logs and `verify`.
+    pub detail: String,
 }
 
-/// WebPKI verification plus the allow-list, with a memo of accepted chains.
+impl Refusal {
+    fn new(reason: Reason, error: rustls::Error, identity: Option<Arc<ClientIdentity>>) -> Self {
+        let detail = error.to_string();
+        Self {
+            reason,
+            error,
+            identity,
+            detail,
+        }
+    }
+
+    fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+}
+
+/// What a verifier trusts: anchors, CRLs and the revocation policy.
+#[derive(Debug)]
+pub struct Trust {
+    /// The truststore, as loaded.
+    pub anchors: Vec<Anchor>,
+    /// The CRLs, as chosen by [`crl::choose`] (only those in use are consulted).
+    pub crls: Vec<Crl>,
+    /// `client_auth.require_crl`.
+    pub require_crl: bool,
+    /// The crypto provider's signature algorithms.
+    pub algs: WebPkiSupportedAlgorithms,
+}
+
+/// A trust anchor whose certificate carries a keyUsage without keyCertSign.
+#[derive(Debug)]
+struct NonIssuingAnchor {
+    anchor: TrustAnchor<'static>,
+    subject: String,
+    spki_sha256: [u8; 32],
+}
+
+/// WebPKI verification, the checks it leaves to the caller, and the allow-list, with a memo
+/// of accepted chains.
 #[derive(Debug)]
 pub struct ShieldVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    roots: Vec<TrustAnchor<'static>>,
+    hints: Vec<DistinguishedName>,
+    non_issuing: Vec<NonIssuingAnchor>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    /// nextUpdate of each CRL in use, by issuer Name DER.
+    crl_next_update: Vec<(Vec<u8>, i64)>,
+    require_crl: bool,
+    algs: WebPkiSupportedAlgorithms,
     allow: AllowList,
     /// Chains accepted under this trust state; see [`VerifiedChains`] for why a hit decides
     /// exactly what the full check would.
@@ -80,17 +192,47 @@ pub struct ShieldVerifier {
 }
 
 impl ShieldVerifier {
-    /// Wraps a configured WebPKI verifier.
-    pub fn new(
-        inner: Arc<dyn ClientCertVerifier>,
-        allow: AllowList,
-        accepted: VerifiedChains,
-    ) -> Self {
-        Self {
-            inner,
-            allow,
-            accepted,
+    /// Builds a verifier. Fails when an anchor is not usable as one.
+    pub fn new(trust: Trust, allow: AllowList, memo_capacity: usize) -> Result<Self, String> {
+        let mut store = RootCertStore::empty();
+        let mut non_issuing = Vec::new();
+        for (i, a) in trust.anchors.iter().enumerate() {
+            store.add(a.der.clone()).map_err(|e| {
+                format!(
+                    "certificate #{} is not usable as a trust anchor: {e}",
+                    i + 1
+                )
+            })?;
+            if a.info.key_cert_sign_forbidden {
+                let spki_sha256 = X509Certificate::from_der(a.der.as_ref())
+                    .map(|(_, c)| facts::sha256(c.public_key().raw))
+                    .map_err(|e| format!("certificate #{}: {e}", i + 1))?;
+                if let Some(anchor) = store.roots.last() {
+                    non_issuing.push(NonIssuingAnchor {
+                        anchor: anchor.clone(),
+                        subject: a.info.subject.clone(),
+                        spki_sha256,
+                    });
+                }
+            }
         }
+        let crl_next_update = trust
+            .crls
+            .iter()
+            .filter(|c| c.info.in_use)
+            .filter_map(|c| Some((c.issuer_der().to_vec(), c.info.next_update?)))
+            .collect();
+        Ok(Self {
+            hints: store.subjects(),
+            roots: store.roots,
+            non_issuing,
+            crls: crl::in_force(&trust.crls),
+            crl_next_update,
+            require_crl: trust.require_crl,
+            algs: trust.algs,
+            allow,
+            accepted: VerifiedChains::new(memo_capacity),
+        })
     }
 
     /// Chains remembered as accepted (for tests and diagnostics).
@@ -109,49 +251,263 @@ impl ShieldVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<Arc<ClientIdentity>, Refusal> {
+    ) -> Result<Arc<Accepted>, Refusal> {
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let key = self.accepted.key(end_entity, intermediates);
-        if let Some(identity) = key.as_ref().and_then(|k| self.accepted.get(k, now)) {
-            return Ok(identity);
+        if let Some(hit) = key.as_ref().and_then(|k| self.accepted.get(k, now_secs)) {
+            return Ok(hit);
         }
-        let parsed = ClientIdentity::parse(end_entity, intermediates).map(Arc::new);
-        if let Err(error) = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)
-        {
-            return Err(Refusal {
-                reason: Reason::from_tls(&error),
-                error,
-                identity: parsed.ok(),
-            });
+        let accepted = Arc::new(self.decide(end_entity, intermediates, now)?);
+        if let Some(key) = key {
+            self.accepted.insert(key, &accepted);
         }
-        let identity = match parsed {
-            Ok(id) => id,
-            // WebPKI accepted what x509-parser cannot read: fail closed, since the allow-list
-            // and the identity headers both need the parsed fields.
-            Err(_) => {
-                return Err(Refusal {
-                    reason: Reason::BadEncoding,
-                    error: rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
-                    identity: None,
+        Ok(accepted)
+    }
+
+    fn decide(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Accepted, Refusal> {
+        let parsed = X509Certificate::from_der(end_entity.as_ref())
+            .ok()
+            .map(|(_, c)| c);
+        let identity = parsed
+            .as_ref()
+            .map(|c| Arc::new(ClientIdentity::from_x509(c, end_entity, intermediates)));
+        let refuse = |reason, error| Refusal::new(reason, error, identity.clone());
+
+        let cert = EndEntityCert::try_from(end_entity)
+            .map_err(|e| refuse(Reason::from_webpki(&e), tls_error(e)))?;
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
+            b.with_depth(RevocationCheckDepth::Chain)
+                // Fail closed: a CRL past its nextUpdate refuses its issuer's clients.
+                .with_expiration_policy(ExpirationPolicy::Enforce)
+                .with_status_policy(if self.require_crl {
+                    UnknownStatusPolicy::Deny
+                } else {
+                    // A CRL applies to its own issuer's certificates only. Without this, one
+                    // CRL in the config would make every client of every other CA fail with
+                    // "unknown revocation status" (the nginx/HAProxy all-or-nothing trap).
+                    // Strict mode is opt-in.
+                    UnknownStatusPolicy::Allow
                 })
+                .build()
+        });
+
+        // webpki calls this for each candidate path that it has fully verified up to an
+        // anchor; an error makes it try the next candidate. The leaf's facts are needed for
+        // the window, so a leaf x509-parser cannot read fails closed below, after WebPKI has
+        // had its say (its reason is the more useful one for a damaged certificate).
+        let window: RefCell<Option<(i64, i64)>> = RefCell::new(None);
+        let ca_refusal: RefCell<Option<String>> = RefCell::new(None);
+        let on_path = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
+            let Some(leaf) = parsed.as_ref() else {
+                return Err(webpki::Error::BadDer);
+            };
+            match self.judge_path(path, leaf) {
+                Ok(w) => {
+                    *window.borrow_mut() = Some(w);
+                    Ok(())
+                }
+                Err(detail) => {
+                    *ca_refusal.borrow_mut() = Some(detail);
+                    Err(webpki::Error::UnknownIssuer)
+                }
             }
         };
+        let verified = cert.verify_for_usage(
+            self.algs.all,
+            &self.roots,
+            intermediates,
+            now,
+            KeyUsage::client_auth(),
+            revocation,
+            Some(&on_path),
+        );
+        if let Err(e) = verified {
+            let refused_ca = matches!(e, webpki::Error::UnknownIssuer)
+                .then(|| ca_refusal.borrow_mut().take())
+                .flatten();
+            let r = refuse(Reason::from_webpki(&e), tls_error(e));
+            return Err(match refused_ca {
+                Some(detail) => r.with_detail(detail),
+                None => r,
+            });
+        }
+        let (Some(leaf), Some(identity), Some((valid_from, valid_until))) =
+            (parsed.as_ref(), identity.clone(), window.take())
+        else {
+            // WebPKI accepted what x509-parser cannot read: fail closed, since the allow-list
+            // and the identity headers both need the parsed fields.
+            return Err(Refusal::new(
+                Reason::BadEncoding,
+                CertificateError::BadEncoding.into(),
+                None,
+            )
+            .with_detail("the certificate verified but its fields could not be parsed"));
+        };
+
+        if !KeyUsageBits::of(leaf).allows_digital_signature() {
+            return Err(refuse(
+                Reason::BadPurpose,
+                CertificateError::InvalidPurpose.into(),
+            )
+            .with_detail(
+                "the certificate's keyUsage does not include digitalSignature, which a TLS client needs to prove it holds the key",
+            ));
+        }
+        if let Err(detail) = self.leaf_key_usable(leaf) {
+            return Err(
+                refuse(Reason::BadSignature, CertificateError::BadSignature.into())
+                    .with_detail(detail),
+            );
+        }
         if !self.allow.allows(&identity) {
             // ApplicationVerificationFailure makes rustls send the `access_denied` alert:
             // a refused identity looks exactly like any other refusal on the wire.
-            return Err(Refusal {
-                reason: Reason::NotAllowed,
-                error: rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ),
-                identity: Some(identity),
-            });
+            return Err(refuse(
+                Reason::NotAllowed,
+                CertificateError::ApplicationVerificationFailure.into(),
+            )
+            .with_detail("the chain verifies, but the certificate matches no allow-list entry"));
         }
-        if let Some(key) = key {
-            self.accepted.insert(key, &identity);
+        Ok(Accepted {
+            identity,
+            valid_from,
+            valid_until,
+        })
+    }
+
+    /// The checks on one path WebPKI verified, and the window in which it stays valid.
+    fn judge_path(
+        &self,
+        path: &VerifiedPath<'_>,
+        leaf: &X509Certificate<'_>,
+    ) -> Result<(i64, i64), String> {
+        let mut from = leaf.validity().not_before.timestamp();
+        let mut until = leaf.validity().not_after.timestamp().saturating_add(1);
+        until = until.min(self.crl_deadline(leaf.issuer().as_raw()));
+        for ca in path.intermediate_certificates() {
+            let der = ca.der();
+            let (_, c) = X509Certificate::from_der(der.as_ref())
+                .map_err(|e| format!("an intermediate CA certificate cannot be parsed: {e}"))?;
+            // Security: RFC 5280 §6.1.4(n). A CA key whose keyUsage lacks keyCertSign must not
+            // issue certificates; WebPKI treats basicConstraints as enough and never looks.
+            if !KeyUsageBits::of(&c).allows_cert_sign() {
+                return Err(format!(
+                    "intermediate CA {} has a keyUsage extension without keyCertSign, so it may not issue certificates (RFC 5280 §6.1.4(n))",
+                    facts::rfc2253(c.subject())
+                ));
+            }
+            from = from.max(c.validity().not_before.timestamp());
+            until = until
+                .min(c.validity().not_after.timestamp().saturating_add(1))
+                .min(self.crl_deadline(c.issuer().as_raw()));
         }
-        Ok(identity)
+        // The same rule for the trust anchor, except when the anchor is the client's own
+        // self-signed certificate (a pinned certificate in the truststore): then no CA key
+        // issued anything.
+        let leaf_spki = facts::sha256(leaf.public_key().raw);
+        if let Some(a) = self
+            .non_issuing
+            .iter()
+            .find(|a| a.anchor == *path.anchor() && a.spki_sha256 != leaf_spki)
+        {
+            return Err(format!(
+                "trust anchor {} has a keyUsage extension without keyCertSign, so it may not issue certificates (RFC 5280 §6.1.4(n))",
+                a.subject
+            ));
+        }
+        Ok((from, until))
+    }
+
+    /// The nextUpdate of the CRL in use for `issuer`, or never.
+    fn crl_deadline(&self, issuer: &[u8]) -> i64 {
+        self.crl_next_update
+            .iter()
+            .filter(|(name, _)| name.as_slice() == issuer)
+            .map(|(_, next)| *next)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Whether the leaf's public key can make a CertificateVerify signature that this server
+    /// accepts: some signature scheme it offers must map to an algorithm for this key type
+    /// (which pins the curve for EC keys), and RSA keys must be of a size the provider
+    /// verifies.
+    fn leaf_key_usable(&self, leaf: &X509Certificate<'_>) -> Result<(), String> {
+        let spki = leaf.public_key();
+        let describe = || facts::describe_key(spki);
+        let Some(parts) = facts::spki_parts(spki.raw) else {
+            return Err(format!(
+                "the certificate's public key ({}) cannot be read",
+                describe()
+            ));
+        };
+        let usable = self.algs.mapping.iter().any(|(_, algs)| {
+            algs.iter()
+                .any(|a| a.public_key_alg_id().as_ref() == parts.algorithm)
+        });
+        if !usable {
+            return Err(format!(
+                "the certificate's public key ({}) is not one the crypto provider (aws-lc-rs) can verify a TLS handshake signature with; use an RSA (2048 to 8192 bits), ECDSA P-256/P-384/P-521 or Ed25519 key",
+                describe()
+            ));
+        }
+        if let Some(bits) = facts::rsa_modulus_bits(spki) {
+            // The provider's RSA verification algorithms are RSA_PKCS1_2048_8192_* and
+            // RSA_PSS_2048_8192_*: they refuse any other modulus size (the lower bound is
+            // pinned against the provider by `the_rsa_size_bounds_are_the_providers`).
+            if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+                return Err(format!(
+                    "the certificate's public key is {}: the crypto provider (aws-lc-rs) verifies RSA signatures only from keys of {RSA_MIN_BITS} to {RSA_MAX_BITS} bits, so the client's handshake signature would be refused",
+                    describe()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The smallest RSA modulus the provider verifies signatures from.
+const RSA_MIN_BITS: usize = 2048;
+/// The largest RSA modulus the provider verifies signatures from.
+const RSA_MAX_BITS: usize = 8192;
+
+/// The rustls error for a webpki error, the same mapping rustls's own WebPKI verifier makes,
+/// so each refusal ends with the TLS alert rustls would have sent.
+fn tls_error(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as W;
+    match e {
+        W::BadDer | W::BadDerTime | W::TrailingData(_) => CertificateError::BadEncoding.into(),
+        W::CertNotValidYet { time, not_before } => {
+            CertificateError::NotValidYetContext { time, not_before }.into()
+        }
+        W::CertExpired { time, not_after } => {
+            CertificateError::ExpiredContext { time, not_after }.into()
+        }
+        W::InvalidCertValidity => CertificateError::Expired.into(),
+        W::UnknownIssuer => CertificateError::UnknownIssuer.into(),
+        W::CertRevoked => CertificateError::Revoked.into(),
+        W::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus.into(),
+        W::CrlExpired { time, next_update } => {
+            CertificateError::ExpiredRevocationListContext { time, next_update }.into()
+        }
+        W::IssuerNotCrlSigner => CertRevocationListError::IssuerInvalidForCrl.into(),
+        W::InvalidSignatureForPublicKey => CertificateError::BadSignature.into(),
+        #[allow(deprecated)]
+        W::UnsupportedSignatureAlgorithm | W::UnsupportedSignatureAlgorithmForPublicKey => {
+            CertificateError::UnsupportedSignatureAlgorithm.into()
+        }
+        W::InvalidCrlSignatureForPublicKey => CertRevocationListError::BadSignature.into(),
+        #[allow(deprecated)]
+        W::RequiredEkuNotFound | W::RequiredEkuNotFoundContext(_) => {
+            CertificateError::InvalidPurpose.into()
+        }
+        other => CertificateError::Other(OtherError(Arc::new(other))).into(),
     }
 }
 
@@ -166,7 +522,7 @@ impl ClientCertVerifier for ShieldVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.hints
     }
 
     fn verify_client_cert(
@@ -175,16 +531,11 @@ impl ClientCertVerifier for ShieldVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.check(end_entity, intermediates, now) {
-            Ok(identity) => {
-                note(Some(identity), None);
-                Ok(ClientCertVerified::assertion())
-            }
-            Err(r) => {
-                note(r.identity, Some(r.reason));
-                Err(r.error)
-            }
-        }
+        let outcome = self.check(end_entity, intermediates, now);
+        note(&outcome);
+        outcome
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(|r| r.error)
     }
 
     fn verify_tls12_signature(
@@ -193,7 +544,7 @@ impl ClientCertVerifier for ShieldVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
     }
 
     fn verify_tls13_signature(
@@ -202,10 +553,315 @@ impl ClientCertVerifier for ShieldVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The keyUsage rules, on chains rcgen builds. Each refusal has a sibling that differs
+    //! only in the bit under test and is accepted, so a test fails if the rule is dropped
+    //! (the refusal would pass) or over-applied (the sibling would be refused).
+    use super::*;
+    use crate::config::AllowConfig;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose as Ku,
+    };
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    fn ca_params(cn: &str, usages: &[Ku]) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = usages.to_vec();
+        p
+    }
+
+    fn root(cn: &str, usages: &[Ku]) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let cert = ca_params(cn, usages).self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    fn intermediate(cn: &str, usages: &[Ku], issuer: &Ca) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let cert = ca_params(cn, usages)
+            .signed_by(&key, &issuer.cert, &issuer.key)
+            .unwrap();
+        Ca { cert, key }
+    }
+
+    fn leaf(cn: &str, usages: &[Ku], issuer: &Ca) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = usages.to_vec();
+        p.signed_by(&key, &issuer.cert, &issuer.key)
+            .unwrap()
+            .der()
+            .clone()
+    }
+
+    const CA: [Ku; 2] = [Ku::KeyCertSign, Ku::CrlSign];
+    const CLIENT: [Ku; 1] = [Ku::DigitalSignature];
+
+    /// A verifier trusting `anchors`, with no CRL, no allow-list and no memo, so every call
+    /// is a full check.
+    fn verifier(anchors: &[&CertificateDer<'static>]) -> ShieldVerifier {
+        let trust = Trust {
+            anchors: anchors
+                .iter()
+                .map(|der| Anchor {
+                    der: (*der).clone(),
+                    info: crate::x509::cert_info(der).unwrap(),
+                })
+                .collect(),
+            crls: Vec::new(),
+            require_crl: false,
+            algs: super::super::state::provider().signature_verification_algorithms,
+        };
+        let allow = AllowList::compile(&AllowConfig::default()).unwrap();
+        ShieldVerifier::new(trust, allow, 0).unwrap()
+    }
+
+    fn check(
+        v: &ShieldVerifier,
+        leaf: &CertificateDer<'static>,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<Arc<Accepted>, Refusal> {
+        v.check(leaf, chain, UnixTime::now())
+    }
+
+    #[test]
+    fn an_intermediate_without_key_cert_sign_cannot_issue_clients() {
+        let r = root("Root", &CA);
+        let bad = intermediate("No-Sign Issuing CA", &[Ku::DigitalSignature], &r);
+        let client = leaf("c", &CLIENT, &bad);
+        let refusal = check(
+            &verifier(&[r.cert.der()]),
+            &client,
+            &[bad.cert.der().clone()],
+        )
+        .expect_err("a CA without keyCertSign issued it");
+        assert_eq!(refusal.reason, Reason::UnknownCa);
+        assert!(
+            refusal.detail.contains("keyCertSign") && refusal.detail.contains("No-Sign Issuing CA"),
+            "{}",
+            refusal.detail
+        );
+    }
+
+    #[test]
+    fn an_intermediate_with_key_cert_sign_issues_clients() {
+        let r = root("Root", &CA);
+        let good = intermediate("Issuing CA", &CA, &r);
+        let client = leaf("c", &CLIENT, &good);
+        check(
+            &verifier(&[r.cert.der()]),
+            &client,
+            &[good.cert.der().clone()],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_intermediate_without_key_usage_issues_clients() {
+        let r = root("Root", &CA);
+        let plain = intermediate("Issuing CA", &[], &r);
+        let client = leaf("c", &CLIENT, &plain);
+        check(
+            &verifier(&[r.cert.der()]),
+            &client,
+            &[plain.cert.der().clone()],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_non_issuing_ca_sent_but_not_on_the_path_is_ignored() {
+        let r = root("Root", &CA);
+        let good = intermediate("Issuing CA", &CA, &r);
+        let stray = intermediate("Stray CA", &[Ku::DigitalSignature], &r);
+        let client = leaf("c", &CLIENT, &good);
+        let chain = [stray.cert.der().clone(), good.cert.der().clone()];
+        check(&verifier(&[r.cert.der()]), &client, &chain).unwrap();
+    }
+
+    #[test]
+    fn path_building_goes_on_past_a_non_issuing_copy_of_the_issuer() {
+        // Two certificates for one issuing CA (same name, same key), one of them without
+        // keyCertSign and presented first: the path through the other one is valid.
+        let r = root("Root", &CA);
+        let key = KeyPair::generate().unwrap();
+        let good = ca_params("Issuing CA", &CA)
+            .signed_by(&key, &r.cert, &r.key)
+            .unwrap();
+        let bad = ca_params("Issuing CA", &[Ku::DigitalSignature])
+            .signed_by(&key, &r.cert, &r.key)
+            .unwrap();
+        let issuer = Ca { cert: good, key };
+        let client = leaf("c", &CLIENT, &issuer);
+        let v = verifier(&[r.cert.der()]);
+        check(&v, &client, &[bad.der().clone(), issuer.cert.der().clone()]).unwrap();
+        assert_eq!(
+            check(&v, &client, &[bad.der().clone()]).unwrap_err().reason,
+            Reason::UnknownCa
+        );
+    }
+
+    #[test]
+    fn a_trust_anchor_without_key_cert_sign_cannot_issue_clients() {
+        let r = root("Root", &[Ku::DigitalSignature, Ku::CrlSign]);
+        let client = leaf("c", &CLIENT, &r);
+        let refusal = check(&verifier(&[r.cert.der()]), &client, &[]).unwrap_err();
+        assert_eq!(refusal.reason, Reason::UnknownCa);
+        assert!(
+            refusal.detail.contains("trust anchor"),
+            "{}",
+            refusal.detail
+        );
+    }
+
+    #[test]
+    fn a_self_signed_client_pinned_in_the_truststore_is_accepted() {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "pinned");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = CLIENT.to_vec();
+        let pinned = p.self_signed(&key).unwrap().der().clone();
+        check(&verifier(&[&pinned]), &pinned, &[]).unwrap();
+    }
+
+    #[test]
+    fn a_client_whose_key_usage_lacks_digital_signature_is_refused() {
+        let r = root("Root", &CA);
+        let client = leaf("c", &[Ku::KeyEncipherment], &r);
+        let refusal = check(&verifier(&[r.cert.der()]), &client, &[]).unwrap_err();
+        assert_eq!(refusal.reason, Reason::BadPurpose);
+        assert!(
+            refusal.detail.contains("digitalSignature"),
+            "{}",
+            refusal.detail
+        );
+    }
+
+    #[test]
+    fn a_client_with_digital_signature_or_no_key_usage_is_accepted() {
+        let r = root("Root", &CA);
+        let v = verifier(&[r.cert.der()]);
+        check(
+            &v,
+            &leaf("c", &[Ku::DigitalSignature, Ku::KeyEncipherment], &r),
+            &[],
+        )
+        .unwrap();
+        check(&v, &leaf("c", &[], &r), &[]).unwrap();
+    }
+
+    #[test]
+    fn a_refused_chain_is_not_remembered() {
+        let r = root("Root", &CA);
+        let bad = intermediate("No-Sign", &[Ku::DigitalSignature], &r);
+        let client = leaf("c", &CLIENT, &bad);
+        let mut v = verifier(&[r.cert.der()]);
+        v.accepted = VerifiedChains::new(16);
+        assert!(check(&v, &client, &[bad.cert.der().clone()]).is_err());
+        assert!(v.accepted_is_empty());
+    }
+
+    #[test]
+    fn the_window_is_that_of_the_verified_path() {
+        let r = root("Root", &CA);
+        let good = intermediate("Issuing CA", &CA, &r);
+        let client = leaf("c", &CLIENT, &good);
+        let a = check(
+            &verifier(&[r.cert.der()]),
+            &client,
+            &[good.cert.der().clone()],
+        )
+        .unwrap();
+        let (_, l) = X509Certificate::from_der(client.as_ref()).unwrap();
+        let (_, i) = X509Certificate::from_der(good.cert.der().as_ref()).unwrap();
+        let until = l
+            .validity()
+            .not_after
+            .timestamp()
+            .min(i.validity().not_after.timestamp())
+            + 1;
+        assert_eq!(a.valid_until, until);
+    }
+
+    /// Signs `msg` with a fresh RSA key of `bits` using the openssl CLI; returns the whole
+    /// SubjectPublicKeyInfo DER and the PKCS#1 v1.5 SHA-256 signature.
+    fn openssl_rsa_signature(bits: u32, msg: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let o = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl is installed");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        let bits = format!("rsa_keygen_bits:{bits}");
+        run(&[
+            "genpkey",
+            "-quiet",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            &bits,
+            "-out",
+            "k.pem",
+        ]);
+        run(&[
+            "pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "spki.der",
+        ]);
+        std::fs::write(dir.path().join("msg"), msg).unwrap();
+        run(&["dgst", "-sha256", "-sign", "k.pem", "-out", "sig", "msg"]);
+        (
+            std::fs::read(dir.path().join("spki.der")).unwrap(),
+            std::fs::read(dir.path().join("sig")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_rsa_size_bounds_are_the_providers() {
+        // What `leaf_key_usable` states must be what the provider does: it refuses a valid
+        // RSA-1024 signature and accepts an RSA-2048 one.
+        let algs = super::super::state::provider().signature_verification_algorithms;
+        let pkcs1_sha256 = algs
+            .all
+            .iter()
+            .find(|a| {
+                a.signature_alg_id() == rustls_pki_types::alg_id::RSA_PKCS1_SHA256
+                    && a.public_key_alg_id() == rustls_pki_types::alg_id::RSA_ENCRYPTION
+            })
+            .unwrap();
+        for (bits, verifies) in [
+            (RSA_MIN_BITS as u32 / 2, false),
+            (RSA_MIN_BITS as u32, true),
+        ] {
+            let (spki, sig) = openssl_rsa_signature(bits, b"CertificateVerify");
+            let key = facts::spki_parts(&spki).unwrap().key;
+            assert_eq!(
+                pkcs1_sha256
+                    .verify_signature(key, b"CertificateVerify", &sig)
+                    .is_ok(),
+                verifies,
+                "RSA-{bits}"
+            );
+        }
     }
 }

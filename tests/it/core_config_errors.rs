@@ -50,6 +50,23 @@ fn valid_config_control_starts() {
 }
 
 #[test]
+fn unknown_top_level_table_is_named_at_the_top_level() {
+    let pki = Pki::new();
+    let path = config(
+        &pki,
+        "",
+        "",
+        "[upstreams.admin]\nurl = \"http://127.0.0.1:9\"",
+    );
+    let line = startup_error(&path);
+    assert_names(&line, &path);
+    assert!(
+        line.contains("at the top level: unknown field `upstreams`"),
+        "{line}"
+    );
+}
+
+#[test]
 fn missing_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nope.toml");

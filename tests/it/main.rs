@@ -33,5 +33,6 @@ mod protocols_websocket;
 mod proxy_protocol;
 mod reasons_metrics;
 mod smuggling;
+mod trust_gaps;
 mod upstream_forms;
 mod verified_cache;

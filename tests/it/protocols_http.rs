@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use crate::common::*;
-use http_body_util::BodyExt;
 use crate::rawtls::*;
+use bytes::Bytes;
+use http_body_util::BodyExt;
 
 /// Routes:
 /// - `/echo`: answers `len=<n> body=<body> trailer=<x-checksum trailer or ->`

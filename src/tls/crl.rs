@@ -1,0 +1,332 @@
+//! Certificate revocation lists: each one is proven, when it is loaded, to be signed by the
+//! truststore CA it names, and one CRL is chosen per issuer.
+//!
+//! rustls-webpki checks a CRL's signature only when a client of that issuer connects, and it
+//! reads the *first* configured CRL whose issuer name matches the certificate's issuer. Left
+//! alone, a CRL that names a trusted CA but was signed by another key would load without a
+//! word and then refuse every client of that CA (`revocation_unknown`), and with two CRLs for
+//! one issuer the order of `client_auth.crls` would decide which one counts. Both are settled
+//! here, before a state is built:
+//!
+//! - a CRL whose issuer is a truststore CA must verify with that CA's key (and the CA's
+//!   keyUsage, when present, must allow cRLSign), or the whole state is refused with an error
+//!   naming the CRL file; a reload then keeps the last good state;
+//! - a CRL whose issuer is not in the truststore (an intermediate CA's) cannot be checked
+//!   here; webpki checks it against the intermediate the client presents, at each handshake;
+//! - of several CRLs of one issuer, the newest is used (highest cRLNumber, then latest
+//!   thisUpdate) and the others are reported as superseded, whatever their order.
+
+use std::path::Path;
+
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use x509_parser::num_bigint::BigUint;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::x509::{rfc2253, signed_parts, spki_parts, CertInfo, CrlInfo, CrlSignature};
+
+/// A trust anchor as the CRL checks need it.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    /// The certificate as it is in the truststore.
+    pub der: CertificateDer<'static>,
+    /// Its facts.
+    pub info: CertInfo,
+}
+
+/// One loaded CRL, parsed by both x509-parser (facts) and rustls-webpki (what the verifier
+/// will use), with the result of its signature check.
+#[derive(Debug, Clone)]
+pub struct Crl {
+    /// The DER, as given to the verifier.
+    pub der: CertificateRevocationListDer<'static>,
+    /// Its facts, including how its signature was checked and whether it is in use.
+    pub info: CrlInfo,
+    /// The issuer Name, DER: CRLs of one issuer are compared with each other.
+    issuer_der: Vec<u8>,
+    number: Option<BigUint>,
+    /// The CRL as the verifier reads it.
+    parsed: webpki::OwnedCertRevocationList,
+}
+
+impl Crl {
+    /// Parses one CRL. `source` names it in the facts (a file, or a URL).
+    pub fn parse(source: &Path, der: CertificateRevocationListDer<'static>) -> Result<Crl, String> {
+        let (info, issuer_der, number) = {
+            let crl = super::load::parse_crl(der.as_ref())?;
+            (
+                CrlInfo {
+                    path: source.to_owned(),
+                    issuer: rfc2253(crl.issuer()),
+                    number: crl.crl_number().map(|n| n.to_string()),
+                    this_update: crl.last_update().timestamp(),
+                    next_update: crl.next_update().map(|t| t.timestamp()),
+                    revoked: crl.iter_revoked_certificates().count(),
+                    signature: CrlSignature::IssuerNotInTruststore,
+                    in_use: true,
+                },
+                crl.issuer().as_raw().to_vec(),
+                crl.crl_number().cloned(),
+            )
+        };
+        // The verifier parses it again with webpki, which refuses more than x509-parser does
+        // (delta CRLs, indirect CRLs, unknown critical extensions). Do it here, so the error
+        // names this file rather than surfacing later from the verifier build.
+        let parsed = webpki::OwnedCertRevocationList::from_der(der.as_ref()).map_err(|e| {
+            format!("rustls-webpki cannot use this CRL ({e:?}); delta CRLs, indirect CRLs, CRLs without nextUpdate and unknown critical extensions are not supported")
+        })?;
+        Ok(Crl {
+            der,
+            info,
+            issuer_der,
+            number,
+            parsed,
+        })
+    }
+
+    /// Checks the signature against the truststore CA the CRL names, if it is one.
+    ///
+    /// Security: a CRL that names a trusted CA is only as good as that CA's signature on it.
+    /// One signed by any other key is refused outright (`Err`), not skipped, because the
+    /// operator configured it to revoke something: silently ignoring it would keep revoked
+    /// clients in, and using it unverified would let whoever wrote the file decide who is
+    /// revoked.
+    pub fn verify_signature(
+        &mut self,
+        anchors: &[Anchor],
+        algs: &WebPkiSupportedAlgorithms,
+    ) -> Result<(), String> {
+        let Some(signed) = signed_parts(self.der.as_ref()) else {
+            return Err("cannot read the CRL's signature".to_owned());
+        };
+        let mut named = Vec::new();
+        for a in anchors {
+            let Ok((_, cert)) = X509Certificate::from_der(a.der.as_ref()) else {
+                continue;
+            };
+            if cert.subject().as_raw() != self.issuer_der.as_slice() {
+                continue;
+            }
+            named.push(&a.info);
+            if verify_signed(algs, cert.public_key().raw, &signed) {
+                if a.info.crl_sign_forbidden {
+                    return Err(format!(
+                        "it is signed by truststore CA {}, whose keyUsage does not allow cRLSign; webpki would refuse every client of that CA (revocation_unknown). Use a CRL signed by a key that may sign CRLs",
+                        a.info.subject
+                    ));
+                }
+                self.info.signature = CrlSignature::Verified;
+                return Ok(());
+            }
+        }
+        match named.first() {
+            None => {
+                self.info.signature = CrlSignature::IssuerNotInTruststore;
+                Ok(())
+            }
+            Some(ca) => Err(format!(
+                "its signature does not verify with the key of truststore CA {} that it names as issuer: it was signed by another key (a forged CRL, or one from a re-keyed CA); use the CRL this CA published",
+                ca.subject
+            )),
+        }
+    }
+
+    /// Whether `self` replaces `other` of the same issuer: higher cRLNumber, then later
+    /// thisUpdate (a CRL without a number counts as older than any with one).
+    fn newer_than(&self, other: &Crl) -> bool {
+        (self.number.as_ref(), self.info.this_update)
+            > (other.number.as_ref(), other.info.this_update)
+    }
+
+    /// The cRLNumber, when present.
+    pub fn number(&self) -> Option<&BigUint> {
+        self.number.as_ref()
+    }
+
+    /// The issuer Name, DER.
+    pub fn issuer_der(&self) -> &[u8] {
+        &self.issuer_der
+    }
+
+    /// Whether `other` has the same issuer Name.
+    pub fn same_issuer(&self, other: &Crl) -> bool {
+        self.issuer_der == other.issuer_der
+    }
+}
+
+/// Verifies a signed structure with a SubjectPublicKeyInfo (whole DER), using the same
+/// algorithm matching as rustls-webpki: the signature algorithm and the key's algorithm
+/// must both match one of the provider's algorithms.
+pub fn verify_signed(
+    algs: &WebPkiSupportedAlgorithms,
+    spki_der: &[u8],
+    signed: &crate::x509::SignedParts<'_>,
+) -> bool {
+    let Some(spki) = spki_parts(spki_der) else {
+        return false;
+    };
+    algs.all.iter().any(|alg| {
+        alg.signature_alg_id().as_ref() == signed.algorithm
+            && alg.public_key_alg_id().as_ref() == spki.algorithm
+            && alg
+                .verify_signature(spki.key, signed.tbs, signed.signature)
+                .is_ok()
+    })
+}
+
+/// Marks, for each issuer, every CRL but the newest as not in use. The order of `crls` does
+/// not matter.
+pub fn choose(mut crls: Vec<Crl>) -> Vec<Crl> {
+    for i in 0..crls.len() {
+        let superseded = crls.iter().enumerate().any(|(j, other)| {
+            j != i && other.same_issuer(&crls[i]) && beats(other, j, &crls[i], i)
+        });
+        crls[i].info.in_use = !superseded;
+    }
+    crls
+}
+
+/// Total order among CRLs of one issuer: newer wins; between two equally new ones, the one
+/// listed first (so exactly one stays in use).
+fn beats(a: &Crl, a_index: usize, b: &Crl, b_index: usize) -> bool {
+    a.newer_than(b) || (!b.newer_than(a) && a_index < b_index)
+}
+
+/// The CRLs the verifier uses: those in use, as webpki parses them.
+pub fn in_force(crls: &[Crl]) -> Vec<webpki::CertRevocationList<'static>> {
+    crls.iter()
+        .filter(|c| c.info.in_use)
+        .map(|c| webpki::CertRevocationList::from(c.parsed.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+    use std::path::PathBuf;
+
+    struct TestCa {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    fn ca(cn: &str, usages: Vec<KeyUsagePurpose>) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = usages;
+        TestCa {
+            cert: p.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    fn anchor(ca: &TestCa) -> Anchor {
+        let der = ca.cert.der().clone();
+        Anchor {
+            info: crate::x509::cert_info(&der).unwrap(),
+            der,
+        }
+    }
+
+    fn crl(issuer: &TestCa, number: u64, this_update_days_ago: i64) -> Crl {
+        let now = time::OffsetDateTime::now_utc();
+        let p = CertificateRevocationListParams {
+            this_update: now - time::Duration::days(this_update_days_ago),
+            next_update: now + time::Duration::days(7),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: vec![],
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let der = p
+            .signed_by(&issuer.cert, &issuer.key)
+            .unwrap()
+            .der()
+            .clone();
+        Crl::parse(&PathBuf::from(format!("crl-{number}.pem")), der).unwrap()
+    }
+
+    fn algs() -> WebPkiSupportedAlgorithms {
+        super::super::state::provider().signature_verification_algorithms
+    }
+
+    const CA_USAGES: [KeyUsagePurpose; 2] =
+        [KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+
+    #[test]
+    fn a_crl_signed_by_its_issuer_is_verified() {
+        let root = ca("Root", CA_USAGES.to_vec());
+        let mut c = crl(&root, 1, 1);
+        c.verify_signature(&[anchor(&root)], &algs()).unwrap();
+        assert_eq!(c.info.signature, CrlSignature::Verified);
+    }
+
+    #[test]
+    fn a_crl_naming_a_trusted_ca_but_signed_by_another_key_is_refused() {
+        let root = ca("Root", CA_USAGES.to_vec());
+        // Same name, another key: what a forger (or a re-keyed CA) produces.
+        let impostor = ca("Root", CA_USAGES.to_vec());
+        let mut c = crl(&impostor, 9, 1);
+        let e = c.verify_signature(&[anchor(&root)], &algs()).unwrap_err();
+        assert!(e.contains("signed by another key"), "{e}");
+    }
+
+    #[test]
+    fn a_crl_of_an_issuer_outside_the_truststore_is_left_to_the_handshake() {
+        let root = ca("Root", CA_USAGES.to_vec());
+        let other = ca("Intermediate", CA_USAGES.to_vec());
+        let mut c = crl(&other, 1, 1);
+        c.verify_signature(&[anchor(&root)], &algs()).unwrap();
+        assert_eq!(c.info.signature, CrlSignature::IssuerNotInTruststore);
+    }
+
+    #[test]
+    fn a_ca_whose_key_usage_forbids_crl_signing_cannot_vouch_for_a_crl() {
+        let signer = ca("Root", CA_USAGES.to_vec());
+        // The certificate in the truststore: same name and key, keyUsage without cRLSign.
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "Root");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let in_truststore = TestCa {
+            cert: p.self_signed(&signer.key).unwrap(),
+            key: KeyPair::generate().unwrap(),
+        };
+        let mut c = crl(&signer, 1, 1);
+        let e = c
+            .verify_signature(&[anchor(&in_truststore)], &algs())
+            .unwrap_err();
+        assert!(e.contains("cRLSign"), "{e}");
+    }
+
+    #[test]
+    fn the_newest_crl_of_an_issuer_is_used_whatever_the_order() {
+        let root = ca("Root", CA_USAGES.to_vec());
+        let other = ca("Other", CA_USAGES.to_vec());
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let pool = [crl(&root, 3, 2), crl(&root, 5, 3), crl(&other, 1, 1)];
+            let chosen = choose(order.iter().map(|&i| pool[i].clone()).collect());
+            let in_use: Vec<_> = chosen
+                .iter()
+                .filter(|c| c.info.in_use)
+                .map(|c| c.info.number.clone().unwrap())
+                .collect();
+            assert_eq!(in_use.len(), 2, "{order:?}");
+            assert!(in_use.contains(&"5".to_owned()), "{order:?}: {in_use:?}");
+            assert!(in_use.contains(&"1".to_owned()), "{order:?}: {in_use:?}");
+        }
+    }
+
+    #[test]
+    fn with_equal_numbers_the_later_this_update_wins() {
+        let root = ca("Root", CA_USAGES.to_vec());
+        let chosen = choose(vec![crl(&root, 4, 5), crl(&root, 4, 1)]);
+        assert!(!chosen[0].info.in_use && chosen[1].info.in_use);
+    }
+}
