@@ -14,6 +14,9 @@
 //! not absolute numbers across runs. For instruction counts, run the bench binary under
 //! `valgrind --tool=callgrind` with BENCH_ITERS=50.
 
+// A benchmark's unwrap is its assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

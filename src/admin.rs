@@ -3,7 +3,6 @@
 //! a private interface: it is not authenticated.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,10 +13,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::proxy::server::Shared;
+use crate::proxy::server::Server;
 
 /// Serves admin requests until the process exits.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
@@ -27,9 +26,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let server = server.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(shared.clone(), req));
+            let svc = service_fn(move |req| answer(server.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -48,24 +47,24 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 async fn answer(
-    shared: Arc<Shared>,
+    server: Arc<Server>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if shared.draining.load(Ordering::SeqCst) {
+            if server.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if !shared.listening.load(Ordering::SeqCst) {
+            } else if !server.is_listening() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not listening yet\n")
-            } else if !shared.current.load().upstream.probe().await {
+            } else if !server.current().upstream.probe().await {
                 text(StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
         }
         "/metrics" => {
-            let mut r = text(StatusCode::OK, shared.metrics.encode());
+            let mut r = text(StatusCode::OK, server.metrics().encode());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(

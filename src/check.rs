@@ -13,20 +13,20 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use crate::app::Generation;
 use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
-use crate::proxy::server::Generation;
 use crate::tls::load::{self, LoadError};
 use crate::tls::state;
 use crate::x509::{cert_info, rfc3339_z, CertInfo, CrlInfo, CrlSignature};
 
 /// A certificate that expires within this many days gets a warning (API Gateway's threshold).
-pub const EXPIRY_WARNING_DAYS: i64 = 30;
+pub(crate) const EXPIRY_WARNING_DAYS: i64 = 30;
 
 const DAY: i64 = 86_400;
 
 /// How `check` prints its report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Human-readable lines.
     #[default]
     Text,
@@ -36,52 +36,52 @@ pub enum Format {
 
 /// A certificate's facts plus whole days until it expires (negative once expired).
 #[derive(Debug, Clone, Serialize)]
-pub struct CertReport {
+pub(crate) struct CertReport {
     /// The facts also used by metrics and reload logs.
     #[serde(flatten)]
-    pub info: CertInfo,
+    pub(crate) info: CertInfo,
     /// Whole days from the check to notAfter.
-    pub days_left: i64,
+    pub(crate) days_left: i64,
 }
 
 /// Something that will not stop `run` but deserves attention.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Warning {
+pub(crate) struct Warning {
     /// Stable code, e.g. `crl_stale`.
-    pub code: &'static str,
+    pub(crate) code: &'static str,
     /// The file it is about.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// What is wrong, what it does, what to do.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Everything `check` found.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The config file checked.
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// True when `run` would start with this config (warnings allowed).
-    pub valid: bool,
+    pub(crate) valid: bool,
     /// The check time, RFC 3339 UTC.
-    pub checked_at: String,
+    pub(crate) checked_at: String,
     /// One line per error, each naming its file.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
     /// Warnings.
-    pub warnings: Vec<Warning>,
+    pub(crate) warnings: Vec<Warning>,
     /// `[listener]`, absent when the config itself does not load.
-    pub listener: Option<ListenerConfig>,
+    pub(crate) listener: Option<ListenerConfig>,
     /// The server leaf certificate, when it could be read.
-    pub server_certificate: Option<CertReport>,
+    pub(crate) server_certificate: Option<CertReport>,
     /// The truststore file.
-    pub truststore: Option<PathBuf>,
+    pub(crate) truststore: Option<PathBuf>,
     /// Every truststore entry that could be read.
-    pub anchors: Vec<CertReport>,
+    pub(crate) anchors: Vec<CertReport>,
     /// Every CRL that could be read.
-    pub crls: Vec<CrlInfo>,
+    pub(crate) crls: Vec<CrlInfo>,
     /// `[client_auth.allow]`; empty lists mean any certificate that verifies.
-    pub allow: Option<AllowConfig>,
+    pub(crate) allow: Option<AllowConfig>,
     /// `[upstream]`.
-    pub upstream: Option<UpstreamConfig>,
+    pub(crate) upstream: Option<UpstreamConfig>,
 }
 
 impl Report {
@@ -120,7 +120,7 @@ impl Report {
 }
 
 /// Checks the config at `path` as of `now` (Unix seconds).
-pub fn check(path: &Path, now: i64) -> Report {
+pub(crate) fn check(path: &Path, now: i64) -> Report {
     let mut report = Report::empty(path, now);
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -131,7 +131,7 @@ pub fn check(path: &Path, now: i64) -> Report {
     };
     report.listener = Some(config.listener.clone());
     report.truststore = Some(config.client_auth.truststore.clone());
-    report.allow = Some(config.client_auth.allow.clone());
+    report.allow = Some(config.client_auth.allow.source().clone());
     report.upstream = Some(config.upstream.clone());
 
     // Pass 1: every file on its own, so each broken one gets its own line.
@@ -163,7 +163,7 @@ pub fn check(path: &Path, now: i64) -> Report {
     let (server_info, anchors, crls) = match &built {
         // When everything loads, report what `run` would actually serve.
         Ok(generation) => {
-            let inv = generation.tls.inventory.clone();
+            let inv = generation.inventory().clone();
             (Some(inv.server), inv.anchors, inv.crls)
         }
         Err(e) => {
@@ -384,7 +384,7 @@ fn crl_warnings(report: &mut Report, c: &CrlInfo, all: &[CrlInfo], anchors: &[Ce
 }
 
 /// Prints `report` in `format` and returns the exit code: 0 valid, 1 invalid.
-pub fn print(report: &Report, format: Format) -> anyhow::Result<ExitCode> {
+pub(crate) fn print(report: &Report, format: Format) -> anyhow::Result<ExitCode> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(report)?),
         Format::Text => print!("{}", text(report)),
@@ -397,7 +397,7 @@ pub fn print(report: &Report, format: Format) -> anyhow::Result<ExitCode> {
 }
 
 /// `mtls-shield check`: checks and prints.
-pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     print(&check(path, now), format)
 }
@@ -411,7 +411,7 @@ fn expiry(c: &CertReport) -> String {
 }
 
 /// The human-readable report.
-pub fn text(r: &Report) -> String {
+pub(crate) fn text(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     // Writing to a String cannot fail.

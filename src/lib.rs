@@ -4,18 +4,19 @@
 //! identity allow-list) during the handshake; a refused client gets no HTTP byte and the
 //! upstream never hears of it. Accepted requests stream through hyper to the upstream with
 //! the verified identity in headers the client cannot forge.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
-pub mod admin;
-pub mod check;
+mod admin;
+mod app;
+mod check;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod identity;
-pub mod metrics;
-pub mod pki;
+mod metrics;
+#[cfg(feature = "demo")]
+mod pki;
 pub mod proxy;
 pub mod tls;
-pub mod verify;
-pub mod x509;
+mod verify;
+mod x509;

@@ -19,7 +19,7 @@ const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Handshake outcome.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum HandshakeResult {
+pub(crate) enum HandshakeResult {
     /// Verified and allowed.
     accepted,
     /// Refused; see `reason`.
@@ -28,40 +28,38 @@ pub enum HandshakeResult {
 
 /// Labels of `mtls_shield_handshakes_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HandshakeLabels {
+pub(crate) struct HandshakeLabels {
     /// accepted or rejected
-    pub result: HandshakeResult,
+    pub(crate) result: HandshakeResult,
     /// `none` when accepted, else a stable reason code.
-    pub reason: ReasonLabel,
+    pub(crate) reason: ReasonLabel,
 }
 
 /// A reason code, or `none` for accepted handshakes.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub struct ReasonLabel(pub Option<Reason>);
+pub(crate) struct ReasonLabel(pub Option<Reason>);
 
 impl EncodeLabelValue for ReasonLabel {
     fn encode(
         &self,
         encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
     ) -> std::fmt::Result {
-        match self.0 {
-            Some(r) => r.encode(encoder),
-            None => std::fmt::Write::write_str(encoder, "none"),
-        }
+        let code = self.0.map_or("none", Reason::as_str);
+        std::fmt::Write::write_str(encoder, code)
     }
 }
 
 /// Labels of `mtls_shield_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CodeClassLabels {
+pub(crate) struct CodeClassLabels {
     /// `2xx`, `3xx`, `4xx` or `5xx`.
-    pub code_class: &'static str,
+    pub(crate) code_class: &'static str,
 }
 
 /// Kinds of upstream failure.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum UpstreamErrorKind {
+pub(crate) enum UpstreamErrorKind {
     /// Could not connect (refused, unreachable, connect timeout): 502.
     connect,
     /// No response headers within `upstream.response_timeout`: 504.
@@ -72,9 +70,9 @@ pub enum UpstreamErrorKind {
 
 /// Labels of `mtls_shield_upstream_errors_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamErrorLabels {
+pub(crate) struct UpstreamErrorLabels {
     /// What failed.
-    pub kind: UpstreamErrorKind,
+    pub(crate) kind: UpstreamErrorKind,
 }
 
 /// A free-text label value (a DN), escaped as the Prometheus and OpenMetrics text formats
@@ -84,7 +82,7 @@ pub struct UpstreamErrorLabels {
 /// backslashes (`O=Example\, Inc.`), and a raw `\,` or `"` inside a label value is a
 /// parse error that makes Prometheus drop the whole scrape, every metric with it.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TextLabel(pub String);
+pub(crate) struct TextLabel(pub String);
 
 impl EncodeLabelValue for TextLabel {
     fn encode(
@@ -106,58 +104,67 @@ impl EncodeLabelValue for TextLabel {
 
 /// Labels of `mtls_shield_certificate_expiry_timestamp_seconds`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct CertLabels {
+pub(crate) struct CertLabels {
     /// `server` or `trust_anchor`.
-    pub role: &'static str,
+    pub(crate) role: &'static str,
     /// Subject DN, RFC 2253.
-    pub subject: TextLabel,
+    pub(crate) subject: TextLabel,
 }
 
 /// Labels of `mtls_shield_crl_next_update_timestamp_seconds`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct IssuerLabels {
+pub(crate) struct IssuerLabels {
     /// The CRL issuer DN, RFC 2253.
-    pub issuer: TextLabel,
+    pub(crate) issuer: TextLabel,
+}
+
+/// How a reload ended: the `result` label of `mtls_shield_reloads_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum ReloadOutcome {
+    /// The new state was built and swapped in.
+    success,
+    /// Something did not load; the last good state stays.
+    failure,
 }
 
 /// Labels of `mtls_shield_reloads_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    /// `success` or `failure`.
-    pub result: &'static str,
+struct ReloadLabels {
+    result: ReloadOutcome,
 }
 
 /// Labels of `mtls_shield_build_info`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabels {
+pub(crate) struct VersionLabels {
     /// Crate version.
-    pub version: &'static str,
+    pub(crate) version: &'static str,
 }
 
 /// All metrics.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// `mtls_shield_handshakes_total`
-    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub(crate) handshakes: Family<HandshakeLabels, Counter>,
     /// `mtls_shield_connections_active`
-    pub connections_active: Gauge,
+    pub(crate) connections_active: Gauge,
     /// `mtls_shield_requests_total`
-    pub requests: Family<CodeClassLabels, Counter>,
+    pub(crate) requests: Family<CodeClassLabels, Counter>,
     /// The `requests` series, resolved once: counting a request is then one atomic add
     /// instead of a lock and a hashed label lookup (the same counters, shared by `Arc`).
     requests_by_class: [Counter; 5],
     /// `mtls_shield_request_duration_seconds`
-    pub request_duration: Histogram,
+    pub(crate) request_duration: Histogram,
     /// `mtls_shield_upstream_errors_total`
-    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub(crate) upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// `mtls_shield_certificate_expiry_timestamp_seconds`
-    pub cert_expiry: Family<CertLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    pub(crate) cert_expiry: Family<CertLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// `mtls_shield_crl_next_update_timestamp_seconds`
-    pub crl_next_update: Family<IssuerLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    pub(crate) crl_next_update: Family<IssuerLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// `mtls_shield_reloads_total`
-    pub reloads: Family<ReloadLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
     /// `mtls_shield_build_info`
-    pub build_info: Family<VersionLabels, Gauge>,
+    pub(crate) build_info: Family<VersionLabels, Gauge>,
     /// The certificate and CRL series the last inventory set, so the next one can remove
     /// exactly the series that disappeared (see [`Metrics::set_inventory`]).
     inventory_series: Mutex<(Vec<CertLabels>, Vec<IssuerLabels>)>,
@@ -177,7 +184,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every metric.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("mtls_shield");
         let m = Metrics {
             handshakes: Family::default(),
@@ -245,7 +252,7 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        for result in ["success", "failure"] {
+        for result in [ReloadOutcome::success, ReloadOutcome::failure] {
             let _ = m.reloads.get_or_create(&ReloadLabels { result });
         }
         // Every series whose labels come from a closed set exists from start-up, at 0.
@@ -287,7 +294,7 @@ impl Metrics {
     }
 
     /// Counts a handshake outcome.
-    pub fn handshake(&self, reason: Option<Reason>) {
+    pub(crate) fn handshake(&self, reason: Option<Reason>) {
         let result = if reason.is_some() {
             HandshakeResult::rejected
         } else {
@@ -301,8 +308,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a reload.
+    pub(crate) fn reload(&self, result: ReloadOutcome) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
     /// Counts a finished request.
-    pub fn request(&self, status: u16, seconds: f64) {
+    pub(crate) fn request(&self, status: u16, seconds: f64) {
         let class = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -315,7 +327,7 @@ impl Metrics {
     }
 
     /// Counts an upstream failure.
-    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+    pub(crate) fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels { kind })
             .inc();
@@ -326,7 +338,7 @@ impl Metrics {
     /// New values are set first and only then are the series that disappeared removed, so a
     /// scrape during a reload never sees the gauges missing (an expiry alert built on
     /// `absent()` or `min()` would otherwise flap on every reload).
-    pub fn set_inventory(&self, inv: &Inventory) {
+    pub(crate) fn set_inventory(&self, inv: &Inventory) {
         let mut certs = vec![(
             CertLabels {
                 role: "server",
@@ -381,7 +393,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail; an error here would only mean a metric
         // refused to encode, and an empty page is the honest answer then.

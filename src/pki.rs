@@ -12,24 +12,24 @@ use time::{Duration, OffsetDateTime};
 
 /// PEM texts of a development PKI.
 #[derive(Debug)]
-pub struct DevPki {
+pub(crate) struct DevPki {
     /// Root CA certificate.
-    pub ca_cert: String,
+    pub(crate) ca_cert: String,
     /// Root CA private key.
-    pub ca_key: String,
+    pub(crate) ca_key: String,
     /// Server certificate (localhost, 127.0.0.1, ::1).
-    pub server_cert: String,
+    pub(crate) server_cert: String,
     /// Server private key.
-    pub server_key: String,
+    pub(crate) server_key: String,
     /// Client certificate, CN=my-client, EKU clientAuth.
-    pub client_cert: String,
+    pub(crate) client_cert: String,
     /// Client private key.
-    pub client_key: String,
+    pub(crate) client_key: String,
 }
 
 /// Errors making or writing the PKI.
 #[derive(Debug, thiserror::Error)]
-pub enum PkiError {
+pub(crate) enum PkiError {
     /// rcgen failed.
     #[error("cannot generate certificates: {0}")]
     Generate(#[from] rcgen::Error),
@@ -59,7 +59,7 @@ fn validity(p: &mut CertificateParams, days: i64) {
 
 impl DevPki {
     /// Generates a fresh PKI (ECDSA P-256 keys).
-    pub fn generate() -> Result<DevPki, PkiError> {
+    pub(crate) fn generate() -> Result<DevPki, PkiError> {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::default();
         ca.distinguished_name = dn("mtls-shield dev root CA");
@@ -102,7 +102,7 @@ impl DevPki {
 
     /// Writes `ca.pem`, `ca.key`, `server.pem`, `server.key`, `client.pem`, `client.key`
     /// and `truststore.pem` into `dir` (created if missing). Keys are mode 0600.
-    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+    pub(crate) fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
         std::fs::create_dir_all(dir).map_err(|reason| PkiError::Write {
             path: dir.to_owned(),
             reason,

@@ -19,10 +19,10 @@ use crate::tls::{load, TlsState};
 use crate::x509::rfc3339_z;
 
 /// Exit code for a certificate that would be refused (0 is accepted, 1 is an error).
-pub const REFUSED: u8 = 2;
+pub(crate) const REFUSED: u8 = 2;
 
 /// Parses an RFC 3339 time (`2026-03-01T12:00:00Z`, offsets allowed) to Unix seconds.
-pub fn parse_time(s: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_time(s: &str) -> anyhow::Result<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .with_context(|| {
             format!("--at {s:?}: expected an RFC 3339 time such as 2026-03-01T12:00:00Z")
@@ -53,7 +53,7 @@ fn print_identity(id: &ClientIdentity) {
 }
 
 /// `mtls-shield verify`: exit 0 accepted, [`REFUSED`] refused; errors are returned (exit 1).
-pub fn run(
+pub(crate) fn run(
     config_path: &Path,
     cert: &Path,
     chain: Option<&Path>,

@@ -11,35 +11,36 @@ use std::path::PathBuf;
 use rustls_pki_types::CertificateDer;
 use x509_parser::der_parser::asn1_rs::{Any, Class, FromDer as _, Tag, ToDer};
 use x509_parser::prelude::*;
+use x509_parser::public_key::PublicKey;
 
 /// A certificate's facts for reports and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CertInfo {
+pub(crate) struct CertInfo {
     /// Subject DN, RFC 2253.
-    pub subject: String,
+    pub(crate) subject: String,
     /// Issuer DN, RFC 2253.
-    pub issuer: String,
+    pub(crate) issuer: String,
     /// SAN DNS names and IPs.
-    pub sans: Vec<String>,
+    pub(crate) sans: Vec<String>,
     /// notBefore, Unix seconds.
-    pub not_before: i64,
+    pub(crate) not_before: i64,
     /// notAfter, Unix seconds.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
     /// basicConstraints CA:TRUE.
-    pub is_ca: bool,
+    pub(crate) is_ca: bool,
     /// The keyUsage extension is present and lacks keyCertSign: this key may not issue
     /// certificates (RFC 5280 §4.2.1.3).
-    pub key_cert_sign_forbidden: bool,
+    pub(crate) key_cert_sign_forbidden: bool,
     /// The keyUsage extension is present and lacks cRLSign: this key may not sign CRLs.
-    pub crl_sign_forbidden: bool,
+    pub(crate) crl_sign_forbidden: bool,
     /// SHA-256 of the DER, lower-case hex.
-    pub fingerprint: String,
+    pub(crate) fingerprint: String,
 }
 
 /// How a CRL's signature was checked when it was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CrlSignature {
+pub(crate) enum CrlSignature {
     /// Verified with the key of the truststore CA it names.
     Verified,
     /// Its issuer is not in the truststore (an intermediate CA's CRL): the signature is checked
@@ -49,39 +50,39 @@ pub enum CrlSignature {
 
 /// A CRL's facts for reports and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CrlInfo {
+pub(crate) struct CrlInfo {
     /// The file (or, for a fetched CRL, the URL) it came from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Issuer DN, RFC 2253.
-    pub issuer: String,
+    pub(crate) issuer: String,
     /// cRLNumber, decimal.
-    pub number: Option<String>,
+    pub(crate) number: Option<String>,
     /// thisUpdate, Unix seconds.
-    pub this_update: i64,
+    pub(crate) this_update: i64,
     /// nextUpdate, Unix seconds.
-    pub next_update: Option<i64>,
+    pub(crate) next_update: Option<i64>,
     /// Revoked entries.
-    pub revoked: usize,
+    pub(crate) revoked: usize,
     /// How its signature was checked at load.
-    pub signature: CrlSignature,
+    pub(crate) signature: CrlSignature,
     /// False when a newer CRL of the same issuer (higher cRLNumber, then later thisUpdate)
     /// was loaded too: only the newest CRL of each issuer is used.
-    pub in_use: bool,
+    pub(crate) in_use: bool,
 }
 
 /// Everything one TLS state trusts and serves.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     /// The server leaf.
-    pub server: CertInfo,
+    pub(crate) server: CertInfo,
     /// Truststore entries.
-    pub anchors: Vec<CertInfo>,
+    pub(crate) anchors: Vec<CertInfo>,
     /// Loaded CRLs.
-    pub crls: Vec<CrlInfo>,
+    pub(crate) crls: Vec<CrlInfo>,
 }
 
 /// Parses a certificate's reportable facts.
-pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
+pub(crate) fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
     let (_, c) = X509Certificate::from_der(der.as_ref())
         .map_err(|e| format!("cannot parse certificate: {e}"))?;
     let mut sans = Vec::new();
@@ -125,7 +126,7 @@ fn ip_of(bytes: &[u8]) -> Option<std::net::IpAddr> {
 /// allows every use (RFC 5280 §4.2.1.3 leaves it optional, and every verifier treats its
 /// absence so); an extension that does not parse allows none (fail closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyUsageBits {
+pub(crate) enum KeyUsageBits {
     /// No keyUsage extension.
     Absent,
     /// The extension is present with these bits.
@@ -143,7 +144,7 @@ pub enum KeyUsageBits {
 
 impl KeyUsageBits {
     /// Reads the keyUsage extension of `c`.
-    pub fn of(c: &X509Certificate<'_>) -> KeyUsageBits {
+    pub(crate) fn of(c: &X509Certificate<'_>) -> KeyUsageBits {
         match c.key_usage() {
             Ok(None) => KeyUsageBits::Absent,
             Ok(Some(ku)) => KeyUsageBits::Present {
@@ -156,7 +157,7 @@ impl KeyUsageBits {
     }
 
     /// The key may sign certificates.
-    pub fn allows_cert_sign(self) -> bool {
+    pub(crate) fn allows_cert_sign(self) -> bool {
         match self {
             KeyUsageBits::Absent => true,
             KeyUsageBits::Present { key_cert_sign, .. } => key_cert_sign,
@@ -165,7 +166,7 @@ impl KeyUsageBits {
     }
 
     /// The key may sign CRLs.
-    pub fn allows_crl_sign(self) -> bool {
+    pub(crate) fn allows_crl_sign(self) -> bool {
         match self {
             KeyUsageBits::Absent => true,
             KeyUsageBits::Present { crl_sign, .. } => crl_sign,
@@ -174,7 +175,7 @@ impl KeyUsageBits {
     }
 
     /// The key may make digital signatures (a TLS client's CertificateVerify is one).
-    pub fn allows_digital_signature(self) -> bool {
+    pub(crate) fn allows_digital_signature(self) -> bool {
         match self {
             KeyUsageBits::Absent => true,
             KeyUsageBits::Present {
@@ -187,17 +188,17 @@ impl KeyUsageBits {
 
 /// The three parts of a signed X.509 structure (a certificate or a CRL).
 #[derive(Debug, Clone, Copy)]
-pub struct SignedParts<'a> {
+pub(crate) struct SignedParts<'a> {
     /// The signed bytes: the whole DER of tbsCertificate / tbsCertList, tag included.
-    pub tbs: &'a [u8],
+    pub(crate) tbs: &'a [u8],
     /// The contents of the signatureAlgorithm SEQUENCE (the form rustls-webpki compares).
-    pub algorithm: &'a [u8],
+    pub(crate) algorithm: &'a [u8],
     /// The signature bits.
-    pub signature: &'a [u8],
+    pub(crate) signature: &'a [u8],
 }
 
 /// Splits `SEQUENCE { tbs, signatureAlgorithm, signatureValue BIT STRING }`.
-pub fn signed_parts(der: &[u8]) -> Option<SignedParts<'_>> {
+pub(crate) fn signed_parts(der: &[u8]) -> Option<SignedParts<'_>> {
     let (rest, outer) = Any::from_der(der).ok()?;
     if !rest.is_empty() || outer.tag() != Tag::Sequence {
         return None;
@@ -224,15 +225,15 @@ pub fn signed_parts(der: &[u8]) -> Option<SignedParts<'_>> {
 
 /// A SubjectPublicKeyInfo, split the way signature checks use it.
 #[derive(Debug, Clone, Copy)]
-pub struct SpkiParts<'a> {
+pub(crate) struct SpkiParts<'a> {
     /// The contents of the algorithm SEQUENCE (the form rustls-webpki compares).
-    pub algorithm: &'a [u8],
+    pub(crate) algorithm: &'a [u8],
     /// The subjectPublicKey bits.
-    pub key: &'a [u8],
+    pub(crate) key: &'a [u8],
 }
 
 /// Splits a whole SubjectPublicKeyInfo DER.
-pub fn spki_parts(der: &[u8]) -> Option<SpkiParts<'_>> {
+pub(crate) fn spki_parts(der: &[u8]) -> Option<SpkiParts<'_>> {
     let (rest, outer) = Any::from_der(der).ok()?;
     if !rest.is_empty() || outer.tag() != Tag::Sequence {
         return None;
@@ -250,7 +251,7 @@ pub fn spki_parts(der: &[u8]) -> Option<SpkiParts<'_>> {
 }
 
 /// A public key in words, for refusal details: `RSA 1024-bit`, `EC P-256`, `Ed25519`.
-pub fn describe_key(spki: &SubjectPublicKeyInfo<'_>) -> String {
+pub(crate) fn describe_key(spki: &SubjectPublicKeyInfo<'_>) -> String {
     let oid = spki.algorithm.algorithm.to_id_string();
     match oid.as_str() {
         "1.2.840.113549.1.1.1" => match rsa_modulus_bits(spki) {
@@ -285,9 +286,9 @@ pub fn describe_key(spki: &SubjectPublicKeyInfo<'_>) -> String {
 }
 
 /// The bit length of an RSA key's modulus.
-pub fn rsa_modulus_bits(spki: &SubjectPublicKeyInfo<'_>) -> Option<usize> {
+pub(crate) fn rsa_modulus_bits(spki: &SubjectPublicKeyInfo<'_>) -> Option<usize> {
     match spki.parsed().ok()? {
-        x509_parser::public_key::PublicKey::RSA(rsa) => {
+        PublicKey::RSA(rsa) => {
             let m = rsa.modulus;
             let first = m.iter().position(|b| *b != 0)?;
             let m = &m[first..];
@@ -298,7 +299,7 @@ pub fn rsa_modulus_bits(spki: &SubjectPublicKeyInfo<'_>) -> Option<usize> {
 }
 
 /// SHA-256 with the same provider rustls uses.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -310,7 +311,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// RDNs, special characters escaped, UTF-8 left as is (like Envoy, OpenSSL's `-esc_msb`
 /// off). Attribute types use OpenSSL's short names; any other type is written as a dotted
 /// OID with a `#hex` DER value, as RFC 2253 §2.4 requires.
-pub fn rfc2253(name: &X509Name<'_>) -> String {
+pub(crate) fn rfc2253(name: &X509Name<'_>) -> String {
     let mut out = String::new();
     let rdns: Vec<_> = name.iter().collect();
     for (i, rdn) in rdns.iter().rev().enumerate() {
@@ -380,7 +381,7 @@ fn attribute_short_name(oid: &str) -> Option<&'static str> {
 
 /// The text of a DN attribute value in any of the ASN.1 string types certificates use,
 /// decoded as OpenSSL does (T61String as Latin-1). `None` for other types or bad encodings.
-pub fn attr_string(atv: &AttributeTypeAndValue<'_>) -> Option<String> {
+pub(crate) fn attr_string(atv: &AttributeTypeAndValue<'_>) -> Option<String> {
     let v = atv.attr_value();
     if v.class() != Class::Universal {
         return None;
@@ -426,7 +427,7 @@ fn escape_rfc2253_value(out: &mut String, v: &str) {
 }
 
 /// A certificate serial number as upper-case hex, without the DER sign byte.
-pub fn serial_hex(raw: &[u8]) -> String {
+pub(crate) fn serial_hex(raw: &[u8]) -> String {
     let trimmed = match raw.iter().position(|b| *b != 0) {
         Some(i) => &raw[i..],
         None => &raw[raw.len().saturating_sub(1)..],
@@ -435,7 +436,7 @@ pub fn serial_hex(raw: &[u8]) -> String {
 }
 
 /// `2024-09-20T01:50:17Z`
-pub fn rfc3339_z(unix: i64) -> String {
+pub(crate) fn rfc3339_z(unix: i64) -> String {
     match ::time::OffsetDateTime::from_unix_timestamp(unix) {
         Ok(t) => format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",

@@ -23,12 +23,12 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls};
 use crate::tls::load::{self, LoadError};
 
 /// Why the upstream could not be reached; hyper-util reports any of these as a connect
 /// error, which the handler answers with 502.
-pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
 enum Kind {
@@ -42,61 +42,85 @@ enum Kind {
 
 /// Connects to the configured upstream; cheap to clone (hyper-util clones it per connect).
 #[derive(Debug, Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     http: HttpConnector,
     kind: Arc<Kind>,
     connect_timeout: Duration,
 }
 
-/// The TLS material an `https://` upstream was built from, to notice when a reload changed
-/// a file's content under the same path.
-pub type Material = Vec<Vec<u8>>;
+/// The TLS files of an `https://` upstream, read once: the connector is built from these
+/// bytes, and a reload compares them with the files' new bytes to tell whether the warm pool
+/// can be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Material {
+    /// `ca`, as read.
+    ca: Vec<u8>,
+    /// `client_certificate` and `client_key`, as read.
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Material {
+    /// Reads the TLS files `cfg` names; `None` for a plain upstream.
+    pub(crate) fn read(cfg: &UpstreamConfig) -> Result<Option<Material>, LoadError> {
+        let Some(tls) = &cfg.tls else {
+            return Ok(None);
+        };
+        let ca = load::read(&tls.ca, "upstream CA bundle")?;
+        let client = match &tls.client {
+            Some(c) => Some((
+                load::read(&c.certificate, "upstream client certificate")?,
+                load::read(&c.key, "upstream client key")?,
+            )),
+            None => None,
+        };
+        Ok(Some(Material { ca, client }))
+    }
+}
 
 impl Connector {
-    /// Builds the connector for `target`. For TLS this loads `upstream.ca` and the optional
-    /// client certificate and key, failing with an error that names the file.
-    pub fn new(
+    /// Builds the connector for `cfg`, from the TLS `material` read for it (present exactly
+    /// when the upstream is `https://`). Fails with an error that names the file.
+    pub(crate) fn new(
         cfg: &UpstreamConfig,
-        target: &super::forward::UpstreamTarget,
-    ) -> Result<(Self, Material), LoadError> {
-        use super::forward::UpstreamTarget as T;
+        material: Option<&Material>,
+    ) -> Result<Self, LoadError> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         // The scheme says TLS or not; the TCP part is the same for both.
         http.enforce_http(false);
-        let mut material = Vec::new();
-        let kind = match target {
-            T::Http { .. } => Kind::Tcp,
-            T::Unix { path } => Kind::Unix(path.clone()),
-            T::Https { authority } => {
-                let (config, m) = client_config(cfg)?;
-                material = m;
-                let name = cfg
-                    .server_name
-                    .clone()
-                    .unwrap_or_else(|| host_of(authority.host()).to_owned());
-                let server_name = ServerName::try_from(name.clone()).map_err(|e| {
+        let kind = match (&cfg.url, &cfg.tls, material) {
+            (UpstreamTarget::Unix { path }, _, _) => Kind::Unix(path.clone()),
+            (UpstreamTarget::Https { .. }, Some(tls), Some(material)) => {
+                let server_name = ServerName::try_from(tls.server_name.clone()).map_err(|e| {
+                    // The config checked the name already; this only fails if that check
+                    // and rustls ever disagree.
                     LoadError::new(
-                        &cfg_path(cfg),
-                        format!("upstream server name {name:?} is not a DNS name or IP address: {e}; set upstream.server_name"),
+                        &tls.ca,
+                        format!("upstream server name {:?}: {e}", tls.server_name),
                     )
                 })?;
                 Kind::Tls {
-                    config: Arc::new(config),
+                    config: Arc::new(client_config(tls, material)?),
                     server_name,
                 }
             }
+            (UpstreamTarget::Https { .. }, _, _) => {
+                // The config gives every https upstream its TLS settings, and the caller reads
+                // them: refuse rather than connect without TLS.
+                return Err(LoadError::new(
+                    Path::new("upstream.ca"),
+                    "an https upstream needs its TLS settings and files",
+                ));
+            }
+            (UpstreamTarget::Http { .. }, _, _) => Kind::Tcp,
         };
-        Ok((
-            Self {
-                http,
-                kind: Arc::new(kind),
-                connect_timeout: cfg.connect_timeout,
-            },
-            material,
-        ))
+        Ok(Self {
+            http,
+            kind: Arc::new(kind),
+            connect_timeout: cfg.connect_timeout,
+        })
     }
 
     async fn connect(self, uri: Uri) -> Result<UpstreamIo, ConnectError> {
@@ -138,7 +162,7 @@ impl Connector {
     }
 
     /// Opens (and drops) one connection, TLS handshake included: the readiness probe.
-    pub async fn probe(&self, uri: Uri) -> Result<(), ConnectError> {
+    pub(crate) async fn probe(&self, uri: Uri) -> Result<(), ConnectError> {
         // The TCP connect and the TLS handshake each have connect_timeout; bound the sum too.
         let io =
             match tokio::time::timeout(self.connect_timeout * 2, self.clone().connect(uri)).await {
@@ -232,86 +256,60 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// `[::1]` → `::1`: rustls wants the bare address.
-fn host_of(host: &str) -> &str {
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// The file to blame for a server-name error: the config itself is not known here, so
-/// name the CA file, which every https upstream has.
-fn cfg_path(cfg: &UpstreamConfig) -> PathBuf {
-    cfg.ca
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("upstream.ca"))
-}
-
-/// The rustls client config for an `https://` upstream, and the bytes it was built from.
-fn client_config(cfg: &UpstreamConfig) -> Result<(rustls::ClientConfig, Material), LoadError> {
-    let ca_path = cfg.ca.as_deref().ok_or_else(|| {
-        // Config validation requires `ca` for https; this is only reached if it was bypassed.
-        LoadError::new(
-            Path::new("upstream.ca"),
-            "an https upstream needs upstream.ca",
-        )
-    })?;
-    let mut material = vec![read(ca_path)?];
+/// The rustls client config for an `https://` upstream, built from the bytes in `material`.
+fn client_config(
+    tls: &UpstreamTls,
+    material: &Material,
+) -> Result<rustls::ClientConfig, LoadError> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in load::certificates(ca_path, "upstream CA bundle")? {
+    for cert in load::parse_certificates(&material.ca, &tls.ca, "upstream CA bundle")? {
         roots.add(cert).map_err(|e| {
-            LoadError::new(ca_path, format!("unusable upstream CA certificate: {e}"))
+            LoadError::new(&tls.ca, format!("unusable upstream CA certificate: {e}"))
         })?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::tls::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| LoadError::new(ca_path, format!("TLS setup failed: {e}")))?
+        .map_err(|e| LoadError::new(&tls.ca, format!("TLS setup failed: {e}")))?
         .with_root_certificates(roots);
-    let mut config = match (&cfg.client_certificate, &cfg.client_key) {
-        (Some(cert_path), Some(key_path)) => {
-            material.push(read(cert_path)?);
-            material.push(read(key_path)?);
-            let key = load::server_identity(cert_path, key_path, &provider)?;
-            let chain = key.cert.clone();
-            let key_der = load::private_key(key_path)?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                LoadError::new(key_path, format!("unusable upstream client key: {e}"))
-            })?
+    let mut config = match (&tls.client, &material.client) {
+        (Some(paths), Some((cert, key))) => {
+            let chain =
+                load::parse_certificates(cert, &paths.certificate, "upstream client certificate")?;
+            let key = load::parse_private_key(key, &paths.key)?;
+            // Proves that the key belongs to the certificate before any handshake.
+            let certified =
+                load::certified_key(chain, key, &paths.certificate, &paths.key, &provider)?;
+            builder.with_client_cert_resolver(Arc::new(FixedClientCert(certified)))
         }
-        (None, None) => builder.with_no_client_auth(),
-        // Config validation requires both or neither.
-        (Some(p), None) | (None, Some(p)) => {
-            return Err(LoadError::new(
-                p,
-                "upstream.client_certificate and upstream.client_key must be set together",
-            ))
-        }
+        _ => builder.with_no_client_auth(),
     };
     // The proxy speaks HTTP/1.1 to the upstream.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((config, material))
+    Ok(config)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|e| {
-        LoadError::new(
-            path,
-            format!("cannot read: {e}; check the path and the file's permissions"),
-        )
-    })
-}
+/// Presents the one configured client certificate to the upstream.
+#[derive(Debug)]
+struct FixedClientCert(Arc<rustls::sign::CertifiedKey>);
 
-/// The current bytes of every TLS file `cfg` names, to compare with a built connector's.
-pub fn current_material(cfg: &UpstreamConfig) -> Option<Material> {
-    [&cfg.ca, &cfg.client_certificate, &cfg.client_key]
-        .into_iter()
-        .flatten()
-        .map(|p| std::fs::read(p).ok())
-        .collect()
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// A connection to the upstream.
 #[derive(Debug)]
-pub enum UpstreamIo {
+pub(crate) enum UpstreamIo {
     /// Plain TCP.
     Tcp(TokioIo<TcpStream>),
     /// TLS over TCP (boxed: the rustls state is large).

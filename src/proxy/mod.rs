@@ -1,12 +1,20 @@
-//! The data path: the accept loop and per-connection handshake and serving ([`server`]),
-//! forwarding to the upstream ([`forward`]), the header rewriting rules ([`headers`]),
-//! response bodies that account for themselves ([`body`]), and per-connection activity
-//! tracking for idle and header-read timeouts ([`activity`]).
+//! The data path. A connection goes through two stages: `admit` (PROXY header, TLS
+//! handshake and the verifier's decision, the resumed-session re-check) and `serve`
+//! (hyper's HTTP/1.1 and h2 server with the timeouts' watchdog); `server` owns the accept
+//! loop and the state connections share, and `frontend` what one generation gives them.
+//! Requests go through `forward` (the handler), [`headers`] (the rewriting rules),
+//! `body` (bodies that account for themselves) and `upstream` / `connector` (the pooled
+//! client and how it reaches the app); [`activity`] tracks each connection for its timeouts,
+//! and [`proxy_protocol`] reads a load balancer's PROXY header.
 
 pub mod activity;
-pub mod body;
-pub mod connector;
-pub mod forward;
+pub(crate) mod admit;
+pub(crate) mod body;
+pub(crate) mod connector;
+pub(crate) mod forward;
+pub(crate) mod frontend;
 pub mod headers;
 pub mod proxy_protocol;
-pub mod server;
+pub(crate) mod serve;
+pub(crate) mod server;
+pub(crate) mod upstream;

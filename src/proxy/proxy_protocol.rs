@@ -17,25 +17,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// `listener.proxy_protocol`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyProtocol {
-    /// No PROXY header is expected; one would be refused as `not_tls`.
-    #[default]
-    Off,
-    /// Every connection must start with a version 1 (text) header.
-    V1,
-    /// Every connection must start with a version 2 (binary) header.
-    V2,
-    /// A v1 or v2 header is used when present; connections without one are served with
-    /// their TCP peer address.
-    Optional,
-}
+pub use crate::config::ProxyProtocol;
 
 /// The v2 signature.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";

@@ -27,21 +27,21 @@ use crate::x509::{rfc2253, signed_parts, spki_parts, CertInfo, CrlInfo, CrlSigna
 
 /// A trust anchor as the CRL checks need it.
 #[derive(Debug, Clone)]
-pub struct Anchor {
+pub(crate) struct Anchor {
     /// The certificate as it is in the truststore.
-    pub der: CertificateDer<'static>,
+    pub(crate) der: CertificateDer<'static>,
     /// Its facts.
-    pub info: CertInfo,
+    pub(crate) info: CertInfo,
 }
 
 /// One loaded CRL, parsed by both x509-parser (facts) and rustls-webpki (what the verifier
 /// will use), with the result of its signature check.
 #[derive(Debug, Clone)]
-pub struct Crl {
+pub(crate) struct Crl {
     /// The DER, as given to the verifier.
-    pub der: CertificateRevocationListDer<'static>,
+    pub(crate) der: CertificateRevocationListDer<'static>,
     /// Its facts, including how its signature was checked and whether it is in use.
-    pub info: CrlInfo,
+    pub(crate) info: CrlInfo,
     /// The issuer Name, DER: CRLs of one issuer are compared with each other.
     issuer_der: Vec<u8>,
     number: Option<BigUint>,
@@ -51,7 +51,10 @@ pub struct Crl {
 
 impl Crl {
     /// Parses one CRL. `source` names it in the facts (a file, or a URL).
-    pub fn parse(source: &Path, der: CertificateRevocationListDer<'static>) -> Result<Crl, String> {
+    pub(crate) fn parse(
+        source: &Path,
+        der: CertificateRevocationListDer<'static>,
+    ) -> Result<Crl, String> {
         let (info, issuer_der, number) = {
             let crl = super::load::parse_crl(der.as_ref())?;
             (
@@ -91,7 +94,7 @@ impl Crl {
     /// operator configured it to revoke something: silently ignoring it would keep revoked
     /// clients in, and using it unverified would let whoever wrote the file decide who is
     /// revoked.
-    pub fn verify_signature(
+    pub(crate) fn verify_signature(
         &mut self,
         anchors: &[Anchor],
         algs: &WebPkiSupportedAlgorithms,
@@ -138,18 +141,13 @@ impl Crl {
             > (other.number.as_ref(), other.info.this_update)
     }
 
-    /// The cRLNumber, when present.
-    pub fn number(&self) -> Option<&BigUint> {
-        self.number.as_ref()
-    }
-
     /// The issuer Name, DER.
-    pub fn issuer_der(&self) -> &[u8] {
+    pub(crate) fn issuer_der(&self) -> &[u8] {
         &self.issuer_der
     }
 
     /// Whether `other` has the same issuer Name.
-    pub fn same_issuer(&self, other: &Crl) -> bool {
+    pub(crate) fn same_issuer(&self, other: &Crl) -> bool {
         self.issuer_der == other.issuer_der
     }
 }
@@ -157,7 +155,7 @@ impl Crl {
 /// Verifies a signed structure with a SubjectPublicKeyInfo (whole DER), using the same
 /// algorithm matching as rustls-webpki: the signature algorithm and the key's algorithm
 /// must both match one of the provider's algorithms.
-pub fn verify_signed(
+pub(crate) fn verify_signed(
     algs: &WebPkiSupportedAlgorithms,
     spki_der: &[u8],
     signed: &crate::x509::SignedParts<'_>,
@@ -176,7 +174,7 @@ pub fn verify_signed(
 
 /// Marks, for each issuer, every CRL but the newest as not in use. The order of `crls` does
 /// not matter.
-pub fn choose(mut crls: Vec<Crl>) -> Vec<Crl> {
+pub(crate) fn choose(mut crls: Vec<Crl>) -> Vec<Crl> {
     for i in 0..crls.len() {
         let superseded = crls.iter().enumerate().any(|(j, other)| {
             j != i && other.same_issuer(&crls[i]) && beats(other, j, &crls[i], i)
@@ -193,7 +191,7 @@ fn beats(a: &Crl, a_index: usize, b: &Crl, b_index: usize) -> bool {
 }
 
 /// The CRLs the verifier uses: those in use, as webpki parses them.
-pub fn in_force(crls: &[Crl]) -> Vec<webpki::CertRevocationList<'static>> {
+pub(crate) fn in_force(crls: &[Crl]) -> Vec<webpki::CertRevocationList<'static>> {
     crls.iter()
         .filter(|c| c.info.in_use)
         .map(|c| webpki::CertRevocationList::from(c.parsed.clone()))

@@ -23,7 +23,7 @@ pub struct LoadError {
 
 impl LoadError {
     /// Builds an error for `path`.
-    pub fn new(path: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: &Path, message: impl Into<String>) -> Self {
         Self {
             path: path.to_owned(),
             message: message.into(),
@@ -31,7 +31,8 @@ impl LoadError {
     }
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, LoadError> {
+/// Reads a whole file; `what` names it in the error (`truststore`, `CRL`, …).
+pub(crate) fn read(path: &Path, what: &str) -> Result<Vec<u8>, LoadError> {
     std::fs::read(path).map_err(|e| {
         LoadError::new(
             path,
@@ -41,9 +42,20 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, LoadError> {
 }
 
 /// Reads every certificate of a PEM file, in order. Fails if there is none.
-pub fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, LoadError> {
-    let bytes = read(path, what)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+pub(crate) fn certificates(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    parse_certificates(&read(path, what)?, path, what)
+}
+
+/// Every certificate of PEM `bytes` read from `path`, in order. Fails if there is none.
+pub(crate) fn parse_certificates(
+    bytes: &[u8],
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| LoadError::new(path, format!("{what} is not valid PEM: {e}")))?;
     if certs.is_empty() {
@@ -56,9 +68,16 @@ pub fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'stati
 }
 
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
-pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
-    let bytes = read(path, "private key")?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
+    parse_private_key(&read(path, "private key")?, path)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) of PEM `bytes` read from `path`.
+pub(crate) fn parse_private_key(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, LoadError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| {
         LoadError::new(
             path,
             format!("no usable private key ({e}); expected a PKCS#8, PKCS#1 or SEC1 PEM key"),
@@ -67,7 +86,7 @@ pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
 }
 
 /// Reads CRLs: PEM (one or more `X509 CRL` blocks) or a single DER CRL.
-pub fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
+pub(crate) fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
     let bytes = read(path, "CRL")?;
     let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
@@ -86,7 +105,7 @@ pub fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, L
 
 /// Parses one DER CRL fully, so a damaged file stops start-up or a reload instead of being
 /// half-applied.
-pub fn parse_crl(
+pub(crate) fn parse_crl(
     der: &[u8],
 ) -> Result<x509_parser::revocation_list::CertificateRevocationList<'_>, String> {
     use x509_parser::prelude::FromDer;
@@ -100,13 +119,25 @@ pub fn parse_crl(
 }
 
 /// Loads the server chain and key and proves that the key belongs to the leaf.
-pub fn server_identity(
+pub(crate) fn server_identity(
     cert_path: &Path,
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, LoadError> {
     let chain = certificates(cert_path, "server certificate")?;
     let key = private_key(key_path)?;
+    certified_key(chain, key, cert_path, key_path, provider)
+}
+
+/// A chain and its key, already read from `cert_path` and `key_path`, as a signing identity;
+/// refuses a key that does not belong to the chain's leaf.
+pub(crate) fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, LoadError> {
     let signing_key = provider
         .key_provider
         .load_private_key(key)

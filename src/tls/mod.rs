@@ -1,20 +1,19 @@
-//! Everything about TLS: reading certificates, keys and CRLs from disk ([`load`]), the
-//! client-certificate verifier with its allow-list ([`verifier`], [`allow`]), CRLs checked at
-//! load ([`crl`]), the stable
-//! rejection reasons ([`reason`]), the memo of accepted chains ([`verified_cache`]), the
-//! rustls server configuration built from a config ([`state`]), and hot reload ([`reload`]).
+//! Everything about TLS: reading certificates, keys and CRLs from disk ([`load`]), CRLs
+//! checked and chosen at load (`crl`), the client-certificate verifier with the identity
+//! allow-list ([`verifier`]) and its memo of accepted chains (`verified_cache`), the
+//! stable rejection reasons ([`reason`]), and the rustls server configuration built from a
+//! config ([`state`]).
 
-pub mod allow;
-pub mod crl;
+pub mod accepted;
+pub(crate) mod crl;
 pub mod load;
 pub mod reason;
-pub mod reload;
 pub mod state;
-pub mod verified_cache;
+pub(crate) mod verified_cache;
 pub mod verifier;
 
 pub use reason::Reason;
-pub use state::TlsState;
+pub use state::{provider, TlsState};
 
 /// The TLS version chosen by a ServerHello at the start of `record`, read from its cipher
 /// suite (TLS 1.3 suites are 0x13xx). Only ever applied to bytes this server wrote.

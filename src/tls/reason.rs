@@ -5,7 +5,6 @@
 use std::fmt;
 use std::io;
 
-use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use rustls::{CertificateError, Error as TlsError, PeerIncompatible};
 
 /// Why a handshake was refused. The string forms are a stable contract.
@@ -234,12 +233,6 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl EncodeLabelValue for Reason {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
-        fmt::Write::write_str(encoder, self.as_str())
     }
 }
 

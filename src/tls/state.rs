@@ -11,22 +11,20 @@ use rustls::server::{
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use super::allow::AllowList;
 use super::crl::{self, Anchor, Crl};
 use super::load::{self, LoadError};
 use super::verifier::{ShieldVerifier, Trust};
 use crate::config::Config;
 use crate::x509::{cert_info, CertInfo, CrlInfo, Inventory};
 
-/// The crypto provider for every TLS operation.
+/// The crypto provider for every TLS operation, the one constructor in the program (the
+/// listener, the upstream client, CRL and key checks all take theirs from here).
 ///
-/// aws-lc-rs, chosen by measurement (`cargo bench --bench handshake`, which interleaves both
-/// providers in one run): server CPU per full mTLS handshake with a P-256 server key and an
-/// RSA-2048 client under an RSA-4096 root (the CloudFront recipe) was 141 µs with aws-lc-rs vs
-/// 159 µs with ring on TLS 1.3 (ring 1.12x), and 132 µs vs 160 µs on TLS 1.2 (ring 1.22x), on
-/// the 2-core development machine. Its assembly RSA and P-256 code is the difference. It is
-/// also rustls's default, so it gets the most testing. Its default suites are TLS 1.3 plus
-/// TLS 1.2 ECDHE with AEAD only: no CBC, no static-RSA key exchange, no compression.
+/// aws-lc-rs, chosen by measurement: its assembly RSA and P-256 code makes a full mTLS
+/// handshake cheaper than ring's (`cargo bench --bench handshake` compares both in one run;
+/// the figures are in docs/measurements.md). It is also rustls's default, so it gets the most
+/// testing. Its default suites are TLS 1.3 plus TLS 1.2 ECDHE with AEAD only: no CBC, no
+/// static-RSA key exchange, no compression.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
@@ -42,7 +40,7 @@ pub struct TlsState {
     /// The same verifier the server config uses, for re-checks and `verify`.
     pub verifier: Arc<ShieldVerifier>,
     /// What was loaded, for metrics, reload logs and `check`.
-    pub inventory: Inventory,
+    pub(crate) inventory: Inventory,
 }
 
 #[derive(Debug)]
@@ -73,9 +71,6 @@ impl TlsState {
         let crl_infos: Vec<CrlInfo> = crls.iter().map(|c| c.info.clone()).collect();
         let anchor_infos: Vec<CertInfo> = anchors.iter().map(|a| a.info.clone()).collect();
 
-        let allow = AllowList::compile(&ca.allow).map_err(|(k, m)| {
-            LoadError::new(&config.source, format!("client_auth.allow.{k}: {m}"))
-        })?;
         // Every reload builds a new verifier with an empty memo: an acceptance never outlives
         // the anchors, CRLs and allow-list it was checked under.
         let trust = Trust {
@@ -85,7 +80,7 @@ impl TlsState {
             algs,
         };
         let verifier = Arc::new(
-            ShieldVerifier::new(trust, allow, ca.verified_chain_cache)
+            ShieldVerifier::new(trust, ca.allow.clone(), ca.verified_chain_cache)
                 .map_err(|m| LoadError::new(&ca.truststore, m))?,
         );
 
@@ -133,7 +128,7 @@ impl TlsState {
 ///
 /// [`TlsState::build`] and `mtls-shield check` both call this, so `check` refuses exactly
 /// the truststores that `run` refuses.
-pub fn load_anchors(path: &Path) -> Result<Vec<Anchor>, LoadError> {
+pub(crate) fn load_anchors(path: &Path) -> Result<Vec<Anchor>, LoadError> {
     let ders = load::certificates(path, "truststore")?;
     let mut anchors = Vec::with_capacity(ders.len());
     for (i, der) in ders.into_iter().enumerate() {
@@ -158,7 +153,7 @@ pub fn load_anchors(path: &Path) -> Result<Vec<Anchor>, LoadError> {
 /// signature against `anchors` (see [`crl`]).
 ///
 /// Shared by [`TlsState::build`] and `mtls-shield check`, like [`load_anchors`].
-pub fn load_crl_file(
+pub(crate) fn load_crl_file(
     path: &Path,
     anchors: &[Anchor],
     algs: &WebPkiSupportedAlgorithms,

@@ -38,21 +38,21 @@ use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::CertificateDer;
 
-use super::verifier::Accepted;
+use super::accepted::Accepted;
 
 /// The key: SHA-256 over the presented chain.
 type ChainKey = [u8; 32];
 
 /// Accepted chains of one trust state.
 #[derive(Debug)]
-pub struct VerifiedChains {
+pub(crate) struct VerifiedChains {
     capacity: usize,
     entries: Mutex<HashMap<ChainKey, Arc<Accepted>>>,
 }
 
 impl VerifiedChains {
     /// A memo of up to `capacity` chains; 0 turns it off.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
             entries: Mutex::new(HashMap::new()),
@@ -60,7 +60,7 @@ impl VerifiedChains {
     }
 
     /// The key of a presented chain, or `None` when caching is off.
-    pub fn key(
+    pub(crate) fn key(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -82,7 +82,7 @@ impl VerifiedChains {
 
     /// The acceptance recorded earlier for this chain, if it still holds at `now` (Unix
     /// seconds).
-    pub fn get(&self, key: &ChainKey, now: i64) -> Option<Arc<Accepted>> {
+    pub(crate) fn get(&self, key: &ChainKey, now: i64) -> Option<Arc<Accepted>> {
         // A poisoned lock (a panic while holding it) only means a miss: the full check runs.
         let entries = self.entries.lock().ok()?;
         let e = entries.get(key)?;
@@ -90,7 +90,7 @@ impl VerifiedChains {
     }
 
     /// Remembers a chain that the full check has just accepted.
-    pub fn insert(&self, key: ChainKey, accepted: &Arc<Accepted>) {
+    pub(crate) fn insert(&self, key: ChainKey, accepted: &Arc<Accepted>) {
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -101,12 +101,12 @@ impl VerifiedChains {
     }
 
     /// Entries held now (for tests and diagnostics).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)
     }
 
     /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -116,8 +116,7 @@ mod tests {
     //! The memo is exercised through the real verifier, with `now` chosen by the test, so each
     //! test shows that a hit never accepts what the full check would refuse at that moment.
     use super::*;
-    use crate::config::AllowConfig;
-    use crate::tls::allow::AllowList;
+    use crate::config::{AllowConfig, AllowList};
     use crate::tls::crl::{Anchor, Crl};
     use crate::tls::verifier::{ShieldVerifier, Trust};
     use crate::tls::Reason;
@@ -217,7 +216,7 @@ mod tests {
         ShieldVerifier::new(trust, allow, capacity).unwrap()
     }
 
-    fn reason(r: Result<Arc<Accepted>, crate::tls::verifier::Refusal>) -> Reason {
+    fn reason(r: Result<Arc<Accepted>, crate::tls::verifier::Rejection>) -> Reason {
         r.expect_err("should be refused").reason
     }
 

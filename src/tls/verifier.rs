@@ -44,32 +44,13 @@ use webpki::{EndEntityCert, KeyUsage, RevocationCheckDepth, RevocationOptionsBui
 use webpki::{ExpirationPolicy, UnknownStatusPolicy, VerifiedPath};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::allow::AllowList;
+pub use super::accepted::Accepted;
 use super::crl::{self, Anchor, Crl};
 use super::verified_cache::VerifiedChains;
 use super::Reason;
+use crate::config::AllowList;
 use crate::identity::ClientIdentity;
 use crate::x509::{self as facts, KeyUsageBits};
-
-/// A chain that was accepted, and for how long that answer holds.
-#[derive(Debug)]
-pub struct Accepted {
-    /// The parsed leaf.
-    pub identity: Arc<ClientIdentity>,
-    /// The latest notBefore on the verified path, Unix seconds.
-    pub valid_from: i64,
-    /// The first second at which the answer may change on its own: the earliest notAfter on
-    /// the verified path plus one (validity is inclusive), or the nextUpdate of a CRL that
-    /// was consulted, whichever comes first.
-    pub valid_until: i64,
-}
-
-impl Accepted {
-    /// Whether the acceptance still holds at `now` (Unix seconds) under the same trust state.
-    pub fn holds_at(&self, now: i64) -> bool {
-        self.valid_from <= now && now < self.valid_until
-    }
-}
 
 /// What the verifier learnt during one handshake.
 #[derive(Debug, Default)]
@@ -100,7 +81,7 @@ pub async fn with_notes<F: Future>(f: F) -> (F::Output, HandshakeNotes) {
         .await
 }
 
-fn note(outcome: &Result<Arc<Accepted>, Refusal>) {
+fn note(outcome: &Result<Arc<Accepted>, Rejection>) {
     // Outside a handshake scope (the `verify` command) there is nobody to tell.
     let _ = NOTES.try_with(|n| {
         let mut n = n.borrow_mut();
@@ -124,7 +105,7 @@ fn note(outcome: &Result<Arc<Accepted>, Refusal>) {
 /// A refused certificate: the stable reason, the rustls error that drives the TLS alert,
 /// the parsed leaf when it could be parsed, and why in words.
 #[derive(Debug)]
-pub struct Refusal {
+pub struct Rejection {
     /// Stable reason code.
     pub reason: Reason,
     /// The error handed back to rustls.
@@ -135,7 +116,7 @@ pub struct Refusal {
     pub detail: String,
 }
 
-impl Refusal {
+impl Rejection {
     fn new(reason: Reason, error: rustls::Error, identity: Option<Arc<ClientIdentity>>) -> Self {
         let detail = error.to_string();
         Self {
@@ -154,15 +135,15 @@ impl Refusal {
 
 /// What a verifier trusts: anchors, CRLs and the revocation policy.
 #[derive(Debug)]
-pub struct Trust {
+pub(crate) struct Trust {
     /// The truststore, as loaded.
-    pub anchors: Vec<Anchor>,
+    pub(crate) anchors: Vec<Anchor>,
     /// The CRLs, as chosen by [`crl::choose`] (only those in use are consulted).
-    pub crls: Vec<Crl>,
+    pub(crate) crls: Vec<Crl>,
     /// `client_auth.require_crl`.
-    pub require_crl: bool,
+    pub(crate) require_crl: bool,
     /// The crypto provider's signature algorithms.
-    pub algs: WebPkiSupportedAlgorithms,
+    pub(crate) algs: WebPkiSupportedAlgorithms,
 }
 
 /// A trust anchor whose certificate carries a keyUsage without keyCertSign.
@@ -193,7 +174,11 @@ pub struct ShieldVerifier {
 
 impl ShieldVerifier {
     /// Builds a verifier. Fails when an anchor is not usable as one.
-    pub fn new(trust: Trust, allow: AllowList, memo_capacity: usize) -> Result<Self, String> {
+    pub(crate) fn new(
+        trust: Trust,
+        allow: AllowList,
+        memo_capacity: usize,
+    ) -> Result<Self, String> {
         let mut store = RootCertStore::empty();
         let mut non_issuing = Vec::new();
         for (i, a) in trust.anchors.iter().enumerate() {
@@ -251,7 +236,7 @@ impl ShieldVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<Arc<Accepted>, Refusal> {
+    ) -> Result<Arc<Accepted>, Rejection> {
         let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let key = self.accepted.key(end_entity, intermediates);
         if let Some(hit) = key.as_ref().and_then(|k| self.accepted.get(k, now_secs)) {
@@ -269,14 +254,14 @@ impl ShieldVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<Accepted, Refusal> {
+    ) -> Result<Accepted, Rejection> {
         let parsed = X509Certificate::from_der(end_entity.as_ref())
             .ok()
             .map(|(_, c)| c);
         let identity = parsed
             .as_ref()
             .map(|c| Arc::new(ClientIdentity::from_x509(c, end_entity, intermediates)));
-        let refuse = |reason, error| Refusal::new(reason, error, identity.clone());
+        let refuse = |reason, error| Rejection::new(reason, error, identity.clone());
 
         let cert = EndEntityCert::try_from(end_entity)
             .map_err(|e| refuse(Reason::from_webpki(&e), tls_error(e)))?;
@@ -342,7 +327,7 @@ impl ShieldVerifier {
         else {
             // WebPKI accepted what x509-parser cannot read: fail closed, since the allow-list
             // and the identity headers both need the parsed fields.
-            return Err(Refusal::new(
+            return Err(Rejection::new(
                 Reason::BadEncoding,
                 CertificateError::BadEncoding.into(),
                 None,
@@ -350,35 +335,47 @@ impl ShieldVerifier {
             .with_detail("the certificate verified but its fields could not be parsed"));
         };
 
-        if !KeyUsageBits::of(leaf).allows_digital_signature() {
-            return Err(refuse(
-                Reason::BadPurpose,
-                CertificateError::InvalidPurpose.into(),
-            )
-            .with_detail(
-                "the certificate's keyUsage does not include digitalSignature, which a TLS client needs to prove it holds the key",
-            ));
-        }
-        if let Err(detail) = self.leaf_key_usable(leaf) {
-            return Err(
-                refuse(Reason::BadSignature, CertificateError::BadSignature.into())
-                    .with_detail(detail),
-            );
-        }
-        if !self.allow.allows(&identity) {
-            // ApplicationVerificationFailure makes rustls send the `access_denied` alert:
-            // a refused identity looks exactly like any other refusal on the wire.
-            return Err(refuse(
-                Reason::NotAllowed,
-                CertificateError::ApplicationVerificationFailure.into(),
-            )
-            .with_detail("the chain verifies, but the certificate matches no allow-list entry"));
-        }
+        self.judge_leaf(leaf, &identity)
+            .map_err(|(reason, error, detail)| {
+                Rejection::new(reason, error, Some(identity.clone())).with_detail(detail)
+            })?;
         Ok(Accepted {
             identity,
             valid_from,
             valid_until,
         })
+    }
+
+    /// The checks on the leaf that WebPKI leaves to its caller, then the allow-list.
+    fn judge_leaf(
+        &self,
+        leaf: &X509Certificate<'_>,
+        identity: &ClientIdentity,
+    ) -> Result<(), (Reason, rustls::Error, String)> {
+        if !KeyUsageBits::of(leaf).allows_digital_signature() {
+            return Err((
+                Reason::BadPurpose,
+                CertificateError::InvalidPurpose.into(),
+                "the certificate's keyUsage does not include digitalSignature, which a TLS client needs to prove it holds the key".to_owned(),
+            ));
+        }
+        if let Err(detail) = self.leaf_key_usable(leaf) {
+            return Err((
+                Reason::BadSignature,
+                CertificateError::BadSignature.into(),
+                detail,
+            ));
+        }
+        if !self.allow.allows(identity) {
+            // ApplicationVerificationFailure makes rustls send the `access_denied` alert:
+            // a refused identity looks exactly like any other refusal on the wire.
+            return Err((
+                Reason::NotAllowed,
+                CertificateError::ApplicationVerificationFailure.into(),
+                "the chain verifies, but the certificate matches no allow-list entry".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// The checks on one path WebPKI verified, and the window in which it stays valid.
@@ -638,7 +635,7 @@ mod tests {
         v: &ShieldVerifier,
         leaf: &CertificateDer<'static>,
         chain: &[CertificateDer<'static>],
-    ) -> Result<Arc<Accepted>, Refusal> {
+    ) -> Result<Arc<Accepted>, Rejection> {
         v.check(leaf, chain, UnixTime::now())
     }
 

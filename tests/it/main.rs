@@ -6,6 +6,15 @@
 //! free ports and a PKI generated at test time, and talks to it with real clients: rustls and
 //! hyper in Rust, curl and `openssl s_client` from the machine.
 
+// A test's unwrap is its assertion; the harness's `pub` items are shared between modules of
+// this crate only.
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr
+)]
+
 mod common;
 mod rawtls;
 
@@ -19,6 +28,7 @@ mod core_openssl;
 mod core_reject;
 mod core_resumption;
 mod identity_headers;
+mod layering;
 mod limits_body;
 mod limits_flood;
 mod limits_h2;

@@ -248,7 +248,7 @@ fn upstream_tls_paths_resolve_against_the_config_folder() {
     let c = mtls_shield::config::Config::from_toml(&text, Path::new("/etc/shield/shield.toml"))
         .unwrap();
     assert_eq!(
-        c.upstream.ca.as_deref(),
+        c.upstream.tls.as_ref().map(|t| t.ca.as_path()),
         Some(Path::new("/etc/shield/upstream-ca.pem"))
     );
     assert!(c

@@ -1,14 +1,30 @@
-//! The TOML configuration: its schema, its defaults (all of them, in this file), and
+//! The TOML configuration: its schema, its defaults (all of them, in this module), and
 //! loading with errors that name the file and the key and say what to do.
+//!
+//! Loading parses, it does not merely validate: the TOML is read into the raw tables of
+//! `raw`, which are then turned into the types the rest of the program takes (a parsed
+//! [`UpstreamTarget`], a compiled [`AllowList`]), so nothing is parsed twice and nothing
+//! downstream has to handle a value that the config should have refused.
 //!
 //! Every relative path in the file is resolved against the folder of the config file, so a
 //! config can be moved together with its certificates.
+//!
+//! This module is at the bottom of the crate: it imports no other module of it.
+
+mod allow;
+mod raw;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use allow::{AllowConfig, AllowError, AllowList};
+pub use upstream::{
+    UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls, UpstreamUrlError,
+};
 
 /// Errors raised while reading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +59,8 @@ pub enum ConfigError {
     },
 }
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// The whole configuration, loaded and checked.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The mTLS listener.
     pub listener: ListenerConfig,
@@ -54,30 +69,23 @@ pub struct Config {
     /// Where accepted requests go.
     pub upstream: UpstreamConfig,
     /// Which identity headers the upstream receives.
-    #[serde(default)]
     pub forward: ForwardConfig,
     /// The optional admin listener (health, readiness, metrics).
-    #[serde(default)]
     pub admin: Option<AdminConfig>,
     /// Logging.
-    #[serde(default)]
     pub log: LogConfig,
     /// Hot reload by polling.
-    #[serde(default)]
     pub reload: ReloadConfig,
     /// Tokio runtime sizing.
-    #[serde(default)]
     pub runtime: RuntimeConfig,
-    /// The folder that relative paths were resolved against; not a TOML key.
-    #[serde(skip)]
+    /// The folder that relative paths were resolved against.
     pub base_dir: PathBuf,
-    /// The file this config was read from; not a TOML key.
-    #[serde(skip)]
+    /// The file this config was read from.
     pub source: PathBuf,
 }
 
 /// `[listener]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Socket address to bind, e.g. `0.0.0.0:8443`.
@@ -119,98 +127,39 @@ pub struct ListenerConfig {
     /// `optional`): its client address replaces the TCP peer in X-Forwarded-For and logs.
     /// Enable only where the port is reachable solely through that balancer.
     #[serde(default = "defaults::proxy_protocol")]
-    pub proxy_protocol: crate::proxy::proxy_protocol::ProxyProtocol,
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `listener.proxy_protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No PROXY header is expected; one would be refused as `not_tls`.
+    #[default]
+    Off,
+    /// Every connection must start with a version 1 (text) header.
+    V1,
+    /// Every connection must start with a version 2 (binary) header.
+    V2,
+    /// A v1 or v2 header is used when present; connections without one are served with
+    /// their TCP peer address.
+    Optional,
 }
 
 /// `[client_auth]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAuthConfig {
     /// PEM bundle; every certificate in it is a trust anchor.
     pub truststore: PathBuf,
     /// CRL files, PEM or DER.
-    #[serde(default)]
     pub crls: Vec<PathBuf>,
     /// Reject a client whose issuer has no configured CRL (`revocation_unknown`).
-    #[serde(default)]
     pub require_crl: bool,
     /// Accepted chains remembered per trust state, so a client presenting the same
     /// certificate again skips re-verifying its signatures; 0 turns the memo off.
-    #[serde(default = "defaults::verified_chain_cache")]
     pub verified_chain_cache: usize,
-    /// Identity allow-list; absent or empty means any certificate that verifies.
-    #[serde(default)]
-    pub allow: AllowConfig,
-}
-
-/// `[client_auth.allow]`: a certificate is allowed if it matches one entry of any list.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AllowConfig {
-    /// Subject commonName values.
-    #[serde(default)]
-    pub common_names: Vec<String>,
-    /// Subject organizationalUnitName values.
-    #[serde(default)]
-    pub organizational_units: Vec<String>,
-    /// SAN dNSName values, compared case-insensitively.
-    #[serde(default)]
-    pub dns_names: Vec<String>,
-    /// SAN URI values; a trailing `/*` matches one path prefix.
-    #[serde(default)]
-    pub uris: Vec<String>,
-    /// SHA-256 of the leaf certificate DER, hex; colons and case are ignored.
-    #[serde(default)]
-    pub fingerprints_sha256: Vec<String>,
-    /// SHA-256 of the leaf's SubjectPublicKeyInfo DER, base64 or hex.
-    #[serde(default)]
-    pub spki_sha256: Vec<String>,
-}
-
-impl AllowConfig {
-    /// True when no list has an entry: every verified certificate is allowed.
-    pub fn is_empty(&self) -> bool {
-        self.common_names.is_empty()
-            && self.organizational_units.is_empty()
-            && self.dns_names.is_empty()
-            && self.uris.is_empty()
-            && self.fingerprints_sha256.is_empty()
-            && self.spki_sha256.is_empty()
-    }
-}
-
-/// `[upstream]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// `http://host:port` of the app.
-    pub url: String,
-    /// Connecting to the upstream takes at most this long (502 after).
-    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Time from sending the request to the upstream's response headers (504 after).
-    #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
-    pub response_timeout: Duration,
-    /// Idle upstream connections are kept this long for reuse.
-    #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
-    pub pool_idle_timeout: Duration,
-    /// Idle upstream connections kept per host.
-    #[serde(default = "defaults::pool_max_idle")]
-    pub pool_max_idle: usize,
-    /// `https://` upstreams: PEM bundle of the CAs trusted for the upstream's server
-    /// certificate (required; no system roots are used).
-    #[serde(default = "defaults::upstream_ca")]
-    pub ca: Option<PathBuf>,
-    /// `https://` upstreams: PEM chain presented to the upstream (re-originated mTLS).
-    #[serde(default = "defaults::upstream_client_certificate")]
-    pub client_certificate: Option<PathBuf>,
-    /// `https://` upstreams: the private key of `client_certificate`.
-    #[serde(default = "defaults::upstream_client_key")]
-    pub client_key: Option<PathBuf>,
-    /// `https://` upstreams: the name sent as SNI and verified in the upstream's
-    /// certificate; default: the host of `url`.
-    #[serde(default = "defaults::upstream_server_name")]
-    pub server_name: Option<String>,
+    /// Identity allow-list; empty means any certificate that verifies.
+    pub allow: AllowList,
 }
 
 /// The identity header families the proxy can send upstream.
@@ -226,7 +175,7 @@ pub enum HeaderFamily {
 }
 
 /// `[forward]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardConfig {
     /// Families of identity headers to send.
@@ -247,7 +196,7 @@ impl Default for ForwardConfig {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the plain-HTTP admin listener. Keep it on loopback or a private port.
@@ -266,7 +215,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter such as `info` or `mtls_shield=debug`; `RUST_LOG` overrides it.
@@ -291,7 +240,7 @@ impl Default for LogConfig {
 }
 
 /// `[reload]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadConfig {
     /// Poll the config and every file it names this often; reload when content changes.
@@ -300,7 +249,7 @@ pub struct ReloadConfig {
 }
 
 /// `[runtime]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Tokio worker threads; default: the CPUs this process may use.
@@ -348,13 +297,13 @@ pub mod defaults {
         None
     }
     /// `client_auth.verified_chain_cache`: far more distinct client certificates than one
-    /// origin normally sees (CloudFront presents one), and about 2 MiB when full.
+    /// origin normally sees (CloudFront presents one), and a few MiB at most when full.
     pub fn verified_chain_cache() -> usize {
         1024
     }
     /// `listener.proxy_protocol`: off (clients connect directly).
-    pub fn proxy_protocol() -> crate::proxy::proxy_protocol::ProxyProtocol {
-        crate::proxy::proxy_protocol::ProxyProtocol::Off
+    pub fn proxy_protocol() -> super::ProxyProtocol {
+        super::ProxyProtocol::Off
     }
     /// `upstream.connect_timeout`
     pub fn connect_timeout() -> Duration {
@@ -403,18 +352,27 @@ pub mod defaults {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file, resolving relative paths.
+    /// Reads, parses and checks a config file, resolving relative paths.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
             reason,
         })?;
-        Self::from_toml(&text, path)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of the config file at `path` (already read).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        Self::from_toml(text, path)
     }
 
     /// Parses config text as if it had been read from `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: one_line_toml_error(&e, text),
         })?;
@@ -423,156 +381,11 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        config.resolve_paths(&base);
-        config.base_dir = base;
-        config.source = path.to_owned();
-        config.validate()?;
-        Ok(config)
+        raw.into_config(path, &base)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        fix(&mut self.listener.certificate);
-        fix(&mut self.listener.private_key);
-        fix(&mut self.client_auth.truststore);
-        self.client_auth.crls.iter_mut().for_each(fix);
-        for p in [
-            &mut self.upstream.ca,
-            &mut self.upstream.client_certificate,
-            &mut self.upstream.client_key,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            fix(p);
-        }
-    }
-
-    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.source.clone(),
-            key: key.to_owned(),
-            message: message.into(),
-        }
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let target = crate::proxy::forward::UpstreamTarget::parse(&self.upstream.url)
-            .map_err(|m| self.invalid("upstream.url", m))?;
-        self.validate_upstream_tls(target.is_tls())?;
-        if self.listener.max_connections == 0 {
-            return Err(self.invalid("listener.max_connections", "must be at least 1"));
-        }
-        if self.listener.max_header_bytes < 1024 {
-            return Err(self.invalid("listener.max_header_bytes", "must be at least 1024"));
-        }
-        if self.listener.max_concurrent_streams == 0 {
-            return Err(self.invalid("listener.max_concurrent_streams", "must be at least 1"));
-        }
-        if self.listener.max_request_body_bytes == Some(0) {
-            return Err(self.invalid(
-                "listener.max_request_body_bytes",
-                "must be at least 1; remove the key for no limit",
-            ));
-        }
-        for (key, d) in [
-            (
-                "listener.handshake_timeout",
-                self.listener.handshake_timeout,
-            ),
-            (
-                "listener.header_read_timeout",
-                self.listener.header_read_timeout,
-            ),
-            ("listener.idle_timeout", self.listener.idle_timeout),
-            ("upstream.connect_timeout", self.upstream.connect_timeout),
-            ("upstream.response_timeout", self.upstream.response_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(self.invalid(key, "must be greater than zero, e.g. \"10s\""));
-            }
-        }
-        if self.client_auth.require_crl && self.client_auth.crls.is_empty() {
-            // Fail closed at start-up rather than silently accepting: with no CRL at all,
-            // rustls would skip revocation entirely and `require_crl` would promise a check
-            // that never happens.
-            return Err(self.invalid(
-                "client_auth.require_crl",
-                "is true but client_auth.crls is empty; add the CRL of every client CA, or set require_crl = false",
-            ));
-        }
-        if matches!(self.runtime.worker_threads, Some(0)) {
-            return Err(self.invalid("runtime.worker_threads", "must be at least 1"));
-        }
-        if matches!(self.reload.watch_interval, Some(d) if d < Duration::from_millis(10)) {
-            return Err(self.invalid("reload.watch_interval", "must be at least 10ms"));
-        }
-        if self.forward.client_cert_headers.is_empty() {
-            return Err(self.invalid(
-                "forward.client_cert_headers",
-                "must name at least one of \"xfcc\", \"alb\", \"rfc9440\"; the upstream needs the verified identity",
-            ));
-        }
-        crate::tls::allow::AllowList::compile(&self.client_auth.allow)
-            .map_err(|(key, m)| self.invalid(&format!("client_auth.allow.{key}"), m))?;
-        Ok(())
-    }
-
-    /// The TLS keys of `[upstream]` apply to `https://` only, and fail closed: an https
-    /// upstream without `ca` would otherwise have to trust something implicit.
-    fn validate_upstream_tls(&self, https: bool) -> Result<(), ConfigError> {
-        let u = &self.upstream;
-        if !https {
-            for (key, set) in [
-                ("upstream.ca", u.ca.is_some()),
-                (
-                    "upstream.client_certificate",
-                    u.client_certificate.is_some(),
-                ),
-                ("upstream.client_key", u.client_key.is_some()),
-                ("upstream.server_name", u.server_name.is_some()),
-            ] {
-                if set {
-                    return Err(self.invalid(
-                        key,
-                        "only applies to an https:// upstream.url; remove it or use https://",
-                    ));
-                }
-            }
-            return Ok(());
-        }
-        if u.ca.is_none() {
-            return Err(self.invalid(
-                "upstream.ca",
-                "is required for an https:// upstream: the PEM file of the CA(s) that issued the upstream's certificate",
-            ));
-        }
-        if u.client_certificate.is_some() != u.client_key.is_some() {
-            return Err(self.invalid(
-                if u.client_certificate.is_some() {
-                    "upstream.client_key"
-                } else {
-                    "upstream.client_certificate"
-                },
-                "upstream.client_certificate and upstream.client_key must be set together",
-            ));
-        }
-        if let Some(name) = &u.server_name {
-            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
-                return Err(self.invalid(
-                    "upstream.server_name",
-                    format!("{name:?} is not a DNS name or IP address"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every file the config names, for change detection by the reloader.
+    /// Every file the config names, for change detection by the reloader. The config file
+    /// itself comes first.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![
             self.source.clone(),
@@ -581,16 +394,7 @@ impl Config {
             self.client_auth.truststore.clone(),
         ];
         files.extend(self.client_auth.crls.iter().cloned());
-        files.extend(
-            [
-                &self.upstream.ca,
-                &self.upstream.client_certificate,
-                &self.upstream.client_key,
-            ]
-            .into_iter()
-            .flatten()
-            .cloned(),
-        );
+        files.extend(self.upstream.files());
         files
     }
 }
@@ -658,7 +462,7 @@ url = "http://127.0.0.1:8080"
 
     #[test]
     fn annotated_example_config_parses() {
-        let text = include_str!("../config/mtls-shield.toml");
+        let text = include_str!("../../config/mtls-shield.toml");
         let c = Config::from_toml(text, Path::new("config/mtls-shield.toml")).unwrap();
         assert_eq!(
             c.listener.certificate,

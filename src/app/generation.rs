@@ -1,0 +1,66 @@
+//! [`Generation`]: one complete, validated state built from one config: the config itself,
+//! the TLS state and the upstream client, with the [`Frontend`] the data path uses.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::proxy::connector::Material;
+use crate::proxy::frontend::Frontend;
+use crate::proxy::upstream::Upstream;
+use crate::tls::load::LoadError;
+use crate::tls::TlsState;
+use crate::x509::Inventory;
+
+/// Everything a reload replaces at once. Connections keep the frontend they started on.
+#[derive(Debug)]
+pub(crate) struct Generation {
+    /// Counts reloads; 1 at start-up.
+    pub(crate) id: u64,
+    /// The config it was built from.
+    pub(crate) config: Arc<Config>,
+    /// What the data path uses.
+    pub(crate) frontend: Arc<Frontend>,
+}
+
+/// Why a generation could not be built: one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    /// A file named by the config.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+impl Generation {
+    /// Loads every file the config names and builds the state. `previous` lends its upstream
+    /// pool when the upstream settings and TLS files did not change, so a certificate reload
+    /// does not drop warm connections.
+    pub(crate) fn build(
+        config: Config,
+        id: u64,
+        previous: Option<&Generation>,
+    ) -> Result<Self, BuildError> {
+        let tls = Arc::new(TlsState::build(&config)?);
+        let material = Material::read(&config.upstream)?;
+        let upstream = match previous {
+            Some(p)
+                if p.frontend
+                    .upstream
+                    .reusable_for(&config.upstream, &material) =>
+            {
+                p.frontend.upstream.clone()
+            }
+            _ => Arc::new(Upstream::new(&config.upstream, material)?),
+        };
+        let frontend = Arc::new(Frontend::new(id, &config, tls, upstream));
+        Ok(Self {
+            id,
+            config: Arc::new(config),
+            frontend,
+        })
+    }
+
+    /// What its TLS state trusts and serves.
+    pub(crate) fn inventory(&self) -> &Inventory {
+        &self.frontend.tls.inventory
+    }
+}

@@ -1,0 +1,278 @@
+//! The config file as TOML spells it, and its conversion into the checked types of
+//! [`super`]. Unknown keys are refused here (`deny_unknown_fields`); defaults come from
+//! [`super::defaults`]; every refusal names the file and the dotted key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    defaults, AdminConfig, AllowConfig, AllowList, ClientAuthConfig, Config, ConfigError,
+    ForwardConfig, ListenerConfig, LogConfig, ReloadConfig, RuntimeConfig, UpstreamClientCert,
+    UpstreamConfig, UpstreamTarget, UpstreamTls,
+};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    listener: ListenerConfig,
+    client_auth: RawClientAuth,
+    upstream: RawUpstream,
+    #[serde(default)]
+    forward: ForwardConfig,
+    #[serde(default)]
+    admin: Option<AdminConfig>,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    reload: ReloadConfig,
+    #[serde(default)]
+    runtime: RuntimeConfig,
+}
+
+/// `[client_auth]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientAuth {
+    truststore: PathBuf,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+    #[serde(default)]
+    require_crl: bool,
+    #[serde(default = "defaults::verified_chain_cache")]
+    verified_chain_cache: usize,
+    #[serde(default)]
+    allow: AllowConfig,
+}
+
+/// `[upstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
+    response_timeout: Duration,
+    #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
+    pool_idle_timeout: Duration,
+    #[serde(default = "defaults::pool_max_idle")]
+    pool_max_idle: usize,
+    #[serde(default = "defaults::upstream_ca")]
+    ca: Option<PathBuf>,
+    #[serde(default = "defaults::upstream_client_certificate")]
+    client_certificate: Option<PathBuf>,
+    #[serde(default = "defaults::upstream_client_key")]
+    client_key: Option<PathBuf>,
+    #[serde(default = "defaults::upstream_server_name")]
+    server_name: Option<String>,
+}
+
+/// Where a refusal is reported: the config file, and relative paths' base.
+struct Ctx<'a> {
+    source: &'a Path,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.to_owned(),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, p: PathBuf) -> PathBuf {
+        if p.is_relative() {
+            self.base.join(p)
+        } else {
+            p
+        }
+    }
+}
+
+impl RawConfig {
+    /// Checks every value and builds the typed config. `source` is the config file; relative
+    /// paths resolve against `base`.
+    pub(super) fn into_config(self, source: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let ctx = Ctx { source, base };
+        let mut listener = self.listener;
+        listener.certificate = ctx.resolve(listener.certificate);
+        listener.private_key = ctx.resolve(listener.private_key);
+        check_listener(&ctx, &listener)?;
+        let client_auth = self.client_auth.into_typed(&ctx)?;
+        let upstream = self.upstream.into_typed(&ctx, "upstream")?;
+        if matches!(self.runtime.worker_threads, Some(0)) {
+            return Err(ctx.invalid("runtime.worker_threads", "must be at least 1"));
+        }
+        if matches!(self.reload.watch_interval, Some(d) if d < Duration::from_millis(10)) {
+            return Err(ctx.invalid("reload.watch_interval", "must be at least 10ms"));
+        }
+        if self.forward.client_cert_headers.is_empty() {
+            return Err(ctx.invalid(
+                "forward.client_cert_headers",
+                "must name at least one of \"xfcc\", \"alb\", \"rfc9440\"; the upstream needs the verified identity",
+            ));
+        }
+        Ok(Config {
+            listener,
+            client_auth,
+            upstream,
+            forward: self.forward,
+            admin: self.admin,
+            log: self.log,
+            reload: self.reload,
+            runtime: self.runtime,
+            base_dir: base.to_owned(),
+            source: source.to_owned(),
+        })
+    }
+}
+
+fn check_listener(ctx: &Ctx<'_>, l: &ListenerConfig) -> Result<(), ConfigError> {
+    if l.max_connections == 0 {
+        return Err(ctx.invalid("listener.max_connections", "must be at least 1"));
+    }
+    if l.max_header_bytes < 1024 {
+        return Err(ctx.invalid("listener.max_header_bytes", "must be at least 1024"));
+    }
+    if l.max_concurrent_streams == 0 {
+        return Err(ctx.invalid("listener.max_concurrent_streams", "must be at least 1"));
+    }
+    if l.max_request_body_bytes == Some(0) {
+        return Err(ctx.invalid(
+            "listener.max_request_body_bytes",
+            "must be at least 1; remove the key for no limit",
+        ));
+    }
+    for (key, d) in [
+        ("listener.handshake_timeout", l.handshake_timeout),
+        ("listener.header_read_timeout", l.header_read_timeout),
+        ("listener.idle_timeout", l.idle_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(ctx.invalid(key, "must be greater than zero, e.g. \"10s\""));
+        }
+    }
+    Ok(())
+}
+
+impl RawClientAuth {
+    fn into_typed(self, ctx: &Ctx<'_>) -> Result<ClientAuthConfig, ConfigError> {
+        if self.require_crl && self.crls.is_empty() {
+            // Fail closed at start-up rather than silently accepting: with no CRL at all,
+            // there would be no revocation check, and `require_crl` would promise one that
+            // never happens.
+            return Err(ctx.invalid(
+                "client_auth.require_crl",
+                "is true but client_auth.crls is empty; add the CRL of every client CA, or set require_crl = false",
+            ));
+        }
+        let allow = AllowList::compile(&self.allow)
+            .map_err(|e| ctx.invalid(&format!("client_auth.allow.{}", e.key), e.message))?;
+        Ok(ClientAuthConfig {
+            truststore: ctx.resolve(self.truststore),
+            crls: self.crls.into_iter().map(|p| ctx.resolve(p)).collect(),
+            require_crl: self.require_crl,
+            verified_chain_cache: self.verified_chain_cache,
+            allow,
+        })
+    }
+}
+
+impl RawUpstream {
+    /// The typed upstream of the table at `table` (e.g. `upstream`).
+    fn into_typed(self, ctx: &Ctx<'_>, table: &str) -> Result<UpstreamConfig, ConfigError> {
+        let key = |k: &str| format!("{table}.{k}");
+        let url = UpstreamTarget::parse(&self.url)
+            .map_err(|e| ctx.invalid(&key("url"), e.to_string()))?;
+        for (k, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ctx.invalid(&key(k), "must be greater than zero, e.g. \"10s\""));
+            }
+        }
+        let tls = self.tls(ctx, table, &url)?;
+        Ok(UpstreamConfig {
+            url,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            pool_idle_timeout: self.pool_idle_timeout,
+            pool_max_idle: self.pool_max_idle,
+            tls,
+        })
+    }
+
+    /// The TLS keys apply to `https://` only, and fail closed: an https upstream without `ca`
+    /// would otherwise have to trust something implicit.
+    fn tls(
+        &self,
+        ctx: &Ctx<'_>,
+        table: &str,
+        url: &UpstreamTarget,
+    ) -> Result<Option<UpstreamTls>, ConfigError> {
+        let key = |k: &str| format!("{table}.{k}");
+        if !url.is_tls() {
+            for (k, set) in [
+                ("ca", self.ca.is_some()),
+                ("client_certificate", self.client_certificate.is_some()),
+                ("client_key", self.client_key.is_some()),
+                ("server_name", self.server_name.is_some()),
+            ] {
+                if set {
+                    return Err(ctx.invalid(
+                        &key(k),
+                        "only applies to an https:// upstream.url; remove it or use https://",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let Some(ca) = &self.ca else {
+            return Err(ctx.invalid(
+                &key("ca"),
+                "is required for an https:// upstream: the PEM file of the CA(s) that issued the upstream's certificate",
+            ));
+        };
+        let client = match (&self.client_certificate, &self.client_key) {
+            (Some(certificate), Some(k)) => Some(UpstreamClientCert {
+                certificate: ctx.resolve(certificate.clone()),
+                key: ctx.resolve(k.clone()),
+            }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ctx.invalid(
+                    &key(if self.client_certificate.is_some() {
+                        "client_key"
+                    } else {
+                        "client_certificate"
+                    }),
+                    "upstream.client_certificate and upstream.client_key must be set together",
+                ))
+            }
+        };
+        let server_name = match (&self.server_name, url.host()) {
+            (Some(name), _) => name.clone(),
+            (None, Some(host)) => host.to_owned(),
+            (None, None) => {
+                return Err(ctx.invalid(&key("server_name"), "is required for this upstream"))
+            }
+        };
+        if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            return Err(ctx.invalid(
+                &key("server_name"),
+                format!("{server_name:?} is not a DNS name or IP address"),
+            ));
+        }
+        Ok(Some(UpstreamTls {
+            ca: ctx.resolve(ca.clone()),
+            client,
+            server_name,
+        }))
+    }
+}

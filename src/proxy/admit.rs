@@ -1,0 +1,258 @@
+//! The first stage of a connection: admission. A PROXY header when configured, a look at the
+//! first byte, the TLS handshake (inside which the verifier decides), and the re-check of a
+//! resumed session. It ends in an [`Admitted`] connection or a [`Refusal`], which is logged and
+//! counted in one place, [`Refusal::record`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::HandshakeKind;
+use rustls_pki_types::UnixTime;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+
+use super::activity::{Activity, Tracked};
+use super::frontend::Frontend;
+use super::proxy_protocol::{self, AcceptError, Rewind};
+use crate::identity::{capped_for_log, ClientIdentity};
+use crate::metrics::Metrics;
+use crate::tls::verifier::{with_notes, Accepted, HandshakeNotes};
+use crate::tls::Reason;
+
+/// The client's TCP stream after any PROXY header (bytes read past it are put back).
+pub(crate) type ClientStream = Rewind<TcpStream>;
+
+/// A connection whose client certificate was accepted.
+pub(crate) struct Admitted {
+    /// The TLS stream, its TCP socket tracked for the idle and header timeouts.
+    pub(crate) tls: TlsStream<Tracked<ClientStream>>,
+    /// The client: the TCP peer, or the address a PROXY header gave.
+    pub(crate) peer: SocketAddr,
+    /// The verifier's acceptance: the identity, and until when it holds.
+    pub(crate) accepted: Arc<Accepted>,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub(crate) tls_version: Option<&'static str>,
+    /// ALPN chose h2.
+    pub(crate) is_h2: bool,
+}
+
+/// A refused connection: one connection-log line and one count, written by [`Refusal::record`].
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// The client.
+    pub(crate) peer: SocketAddr,
+    /// The stable reason code.
+    pub(crate) reason: Reason,
+    /// The TLS version our ServerHello chose, when one was sent.
+    pub(crate) tls_version: Option<&'static str>,
+    /// The certificate presented, when there was one and it could be parsed.
+    pub(crate) certificate: Option<Arc<ClientIdentity>>,
+    /// What happened, in words.
+    pub(crate) detail: String,
+}
+
+impl Refusal {
+    fn new(peer: SocketAddr, reason: Reason, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            peer,
+            reason,
+            tls_version: None,
+            certificate: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// Counts the refusal and writes its connection-log line (target
+    /// `mtls_shield::connection`, WARN).
+    pub(crate) fn record(&self, metrics: &Metrics) {
+        metrics.handshake(Some(self.reason));
+        let cert = self.certificate.as_deref();
+        let subject = cert.map_or("-".into(), |c| capped_for_log(&c.subject));
+        let issuer = cert.map_or("-".into(), |c| capped_for_log(&c.issuer));
+        tracing::warn!(
+            target: "mtls_shield::connection",
+            peer = %self.peer,
+            reason = self.reason.as_str(),
+            tls_version = self.tls_version.unwrap_or("-"),
+            subject = subject.as_ref(),
+            issuer = issuer.as_ref(),
+            serial = cert.map_or("-", |c| c.serial_hex.as_str()),
+            fingerprint = %cert.map_or_else(|| "-".to_owned(), |c| c.fingerprint_hex()),
+            detail = self.detail.as_str(),
+            "handshake rejected"
+        );
+    }
+}
+
+/// Admits a connection, or refuses it. `Ok(None)`: the peer closed without sending a byte
+/// (TCP health checks and port probes); that is not a handshake, so it is neither counted nor
+/// logged above debug.
+pub(crate) async fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    frontend: &Frontend,
+    activity: &Arc<Activity>,
+) -> Result<Option<Admitted>, Refusal> {
+    // The PROXY header (when configured) and the handshake share one deadline.
+    let deadline = Instant::now() + frontend.listener.handshake_timeout;
+    let Some((stream, peer)) = proxy_header(stream, peer, frontend, deadline).await? else {
+        return Ok(None);
+    };
+    let Some((tls, notes)) = handshake(stream, peer, frontend, activity, deadline).await? else {
+        return Ok(None);
+    };
+    activity.handshake_done();
+    let (_, conn) = tls.get_ref();
+    let tls_version = conn.protocol_version().map(|v| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        _ => "TLSv1.2",
+    });
+    let is_h2 = conn.alpn_protocol() == Some(b"h2");
+    let accepted = match (notes.accepted, conn.handshake_kind()) {
+        (Some(a), Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest)) => a,
+        _ => recheck_resumed(conn, peer, frontend, tls_version)?,
+    };
+    Ok(Some(Admitted {
+        tls,
+        peer,
+        accepted,
+        tls_version,
+        is_h2,
+    }))
+}
+
+/// A PROXY protocol header from a load balancer comes before TLS and names the real client,
+/// which replaces the TCP peer from here on. (A no-op when `proxy_protocol = "off"`.)
+async fn proxy_header(
+    stream: TcpStream,
+    peer: SocketAddr,
+    frontend: &Frontend,
+    deadline: Instant,
+) -> Result<Option<(ClientStream, SocketAddr)>, Refusal> {
+    let mode = frontend.listener.proxy_protocol;
+    match tokio::time::timeout_at(deadline, proxy_protocol::accept(stream, peer, mode)).await {
+        Ok(Ok(accepted)) => Ok(Some(accepted)),
+        Ok(Err(AcceptError::Empty)) => {
+            tracing::debug!(peer = %peer, "connection closed before any data");
+            Ok(None)
+        }
+        Ok(Err(AcceptError::NotTls)) => Err(Refusal::new(
+            peer,
+            Reason::NotTls,
+            "first bytes are neither a PROXY protocol header nor a TLS handshake record",
+        )),
+        // Security: a missing or malformed header is refused before TLS. The stable reason
+        // codes have none for the PROXY protocol, so it counts as `other` and the detail says
+        // what was wrong.
+        Ok(Err(e)) => Err(Refusal::new(peer, Reason::Other, e.to_string())),
+        Err(_) => Err(Refusal::new(
+            peer,
+            Reason::HandshakeTimeout,
+            "PROXY protocol header did not arrive in time",
+        )),
+    }
+}
+
+/// How a handshake attempt ended before it produced a stream.
+enum Stopped {
+    /// The peer closed without a byte.
+    Quiet,
+    /// Refused: the reason, the TLS version our ServerHello chose, and rustls's words.
+    Refused(Reason, Option<&'static str>, String),
+}
+
+/// The TLS handshake, with a deadline. The verifier decides inside it, and leaves its notes.
+async fn handshake(
+    stream: ClientStream,
+    peer: SocketAddr,
+    frontend: &Frontend,
+    activity: &Arc<Activity>,
+    deadline: Instant,
+) -> Result<Option<(TlsStream<Tracked<ClientStream>>, HandshakeNotes)>, Refusal> {
+    // Peek before rustls sees anything: a first byte that is not a TLS handshake record
+    // (plain HTTP, a scanner) is `not_tls`, and it gets nothing back at all.
+    let attempt = async {
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(0) => return Err(Stopped::Quiet),
+            Ok(_) if first[0] != 0x16 => {
+                return Err(Stopped::Refused(
+                    Reason::NotTls,
+                    None,
+                    "first byte is not a TLS handshake record".to_owned(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Stopped::Refused(Reason::Other, None, e.to_string())),
+        }
+        frontend
+            .acceptor
+            .accept(Tracked::new(stream, activity.clone()))
+            .into_fallible()
+            .await
+            .map_err(|(e, io)| {
+                Stopped::Refused(Reason::from_io(&e), io.tls_version(), e.to_string())
+            })
+    };
+    let (outcome, notes) = with_notes(tokio::time::timeout_at(deadline, attempt)).await;
+    let refused = |reason, tls_version, detail: String| Refusal {
+        peer,
+        reason,
+        tls_version,
+        certificate: notes.identity.clone(),
+        detail,
+    };
+    match outcome {
+        Ok(Ok(tls)) => Ok(Some((tls, notes))),
+        Ok(Err(Stopped::Quiet)) => {
+            tracing::debug!(peer = %peer, "connection closed before any data");
+            Ok(None)
+        }
+        // The verifier's own classification and words win: it saw the certificate.
+        Ok(Err(Stopped::Refused(reason, version, tls_detail))) => Err(refused(
+            notes.rejected.unwrap_or(reason),
+            version,
+            notes.detail.clone().unwrap_or(tls_detail),
+        )),
+        Err(_elapsed) => Err(refused(
+            Reason::HandshakeTimeout,
+            None,
+            "handshake did not finish in time".to_owned(),
+        )),
+    }
+}
+
+/// Security: a resumed session skips the verifier entirely. Re-run the full check on the
+/// chain stored with the session, at the current time, so expiry and the allow-list are never
+/// skipped. (Trust changes already cannot resume: each trust state has its own session store
+/// and ticket keys.)
+fn recheck_resumed(
+    conn: &rustls::ServerConnection,
+    peer: SocketAddr,
+    frontend: &Frontend,
+    tls_version: Option<&'static str>,
+) -> Result<Arc<Accepted>, Refusal> {
+    let chain = conn.peer_certificates().unwrap_or_default();
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(Refusal {
+            tls_version,
+            ..Refusal::new(
+                peer,
+                Reason::NoCertificate,
+                "resumed session without a client certificate",
+            )
+        });
+    };
+    frontend
+        .tls
+        .verifier
+        .check(leaf, intermediates, UnixTime::now())
+        .map_err(|r| Refusal {
+            peer,
+            reason: r.reason,
+            tls_version,
+            certificate: r.identity,
+            detail: format!("resumed session failed re-verification: {}", r.detail),
+        })
+}

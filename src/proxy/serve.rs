@@ -1,0 +1,123 @@
+//! The second stage of a connection: serving an admitted one. hyper-util's auto server
+//! (HTTP/1.1 and h2) runs the per-request handler, and a watchdog enforces the idle and
+//! header-read timeouts, the rapid-reset guard and graceful draining.
+
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use super::activity::{Activity, Verdict};
+use super::admit::Admitted;
+use super::forward::{self, ConnContext, Slot};
+use super::frontend::Frontend;
+use super::headers::ForwardedPeer;
+use crate::identity::{capped_for_log, ClientIdentity};
+use crate::metrics::Metrics;
+
+/// Serves `admitted` until it closes, times out, misbehaves, or the drain signal ends it.
+pub(crate) async fn serve(
+    admitted: Admitted,
+    frontend: Arc<Frontend>,
+    metrics: Arc<Metrics>,
+    activity: Arc<Activity>,
+    slot: Slot,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Admitted {
+        tls,
+        peer,
+        accepted,
+        tls_version,
+        is_h2,
+    } = admitted;
+    tracing::debug!(peer = %peer, tls_version = tls_version.unwrap_or("-"), client = capped_for_log(&accepted.identity.subject).as_ref(), h2 = is_h2, "handshake accepted");
+    let ctx = context(
+        &frontend,
+        peer,
+        &accepted.identity,
+        &activity,
+        metrics,
+        slot,
+    );
+    let service = service_fn(move |req| forward::handle(ctx.clone(), req));
+    let conn = frontend
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+
+    let idle_timeout = frontend.listener.idle_timeout;
+    let header_timeout = (!is_h2).then_some(frontend.listener.header_read_timeout);
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        let wait = match activity.check(idle_timeout, header_timeout) {
+            Verdict::Wait(d) => d,
+            Verdict::Idle if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                idle_timeout
+            }
+            Verdict::Idle => idle_timeout,
+            Verdict::HeaderTimeout => {
+                tracing::info!(peer = %peer, "request header not received in time; closing");
+                return;
+            }
+            Verdict::Abusive => {
+                // Security: rapid reset (CVE-2023-44487) paced to dodge h2's own guard;
+                // dropping the connection cancels everything it started upstream.
+                tracing::warn!(peer = %peer, "client cancelled too many requests (h2 rapid reset); closing");
+                return;
+            }
+        };
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = draining(&mut shutdown), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = activity.woken() => {}
+        }
+    }
+}
+
+/// What every request of the connection shares, built once.
+fn context(
+    frontend: &Frontend,
+    peer: std::net::SocketAddr,
+    identity: &Arc<ClientIdentity>,
+    activity: &Arc<Activity>,
+    metrics: Arc<Metrics>,
+    slot: Slot,
+) -> Arc<ConnContext> {
+    Arc::new(ConnContext {
+        peer,
+        forwarded_peer: ForwardedPeer::new(peer.ip()),
+        identity_headers: identity.headers(&frontend.forward),
+        identity: identity.clone(),
+        activity: activity.clone(),
+        upstream: frontend.upstream.clone(),
+        metrics,
+        // Skip the per-request access record (a path copy and a byte counter) when nothing
+        // would print it, e.g. `log.level = "warn"`.
+        access_log: frontend.access_log
+            && tracing::enabled!(target: "mtls_shield::access", tracing::Level::INFO),
+        max_request_body: frontend.listener.max_request_body_bytes,
+        slot,
+    })
+}
+
+/// Resolves once draining has started.
+pub(super) async fn draining(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here rather than across an await.
+    let _ = rx.wait_for(|d| *d).await;
+}
