@@ -57,6 +57,8 @@ async fn answer(
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if !server.is_listening() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not listening yet\n")
+            } else if let Some(why) = server.not_ready_reason() {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
             } else if !server.current().upstream.probe().await {
                 text(StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable\n")
             } else {

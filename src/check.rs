@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::app::Generation;
 use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
 use crate::tls::load::{self, LoadError};
-use crate::tls::state;
+use crate::tls::state::{self, Extra};
 use crate::x509::{cert_info, rfc3339_z, CertInfo, CrlInfo, CrlSignature};
 
 /// A certificate that expires within this many days gets a warning (API Gateway's threshold).
@@ -82,6 +82,19 @@ pub(crate) struct Report {
     pub(crate) allow: Option<AllowConfig>,
     /// `[upstream]`.
     pub(crate) upstream: Option<UpstreamConfig>,
+    /// Each `client_auth.crl_urls` entry, fetched once.
+    pub(crate) crl_urls: Vec<CrlUrlReport>,
+}
+
+/// One CRL URL, fetched once by `check`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CrlUrlReport {
+    /// The URL.
+    pub(crate) url: String,
+    /// The CRL it served, when it served a usable one.
+    pub(crate) crl: Option<CrlInfo>,
+    /// Why it did not.
+    pub(crate) problem: Option<String>,
 }
 
 impl Report {
@@ -99,6 +112,7 @@ impl Report {
             crls: Vec::new(),
             allow: None,
             upstream: None,
+            crl_urls: Vec::new(),
         }
     }
 
@@ -143,7 +157,7 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
             Vec::new()
         }
     };
-    let algs = state::provider().signature_verification_algorithms;
+    let algs = crate::tls::provider().signature_verification_algorithms;
     let mut loaded_crls = Vec::new();
     for crl_path in &config.client_auth.crls {
         match state::load_crl_file(crl_path, &loaded_anchors, &algs) {
@@ -159,7 +173,34 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
 
     // Pass 2: the verdict, from the very code `run` starts with (generation 1, no previous).
     // It also covers what pass 1 does not look at (the verifier build, the upstream client).
-    let built = Generation::build(config.clone(), 1, None);
+    // The CRL URLs, fetched once each (and the cache dir, as `run` reads it at start-up).
+    let extra = match crate::app::crl::fetch_offline(&config) {
+        Ok((fetched, outcomes)) => {
+            for (url, outcome) in outcomes {
+                let (crl, problem) = match outcome {
+                    Ok(info) => (Some(info), None),
+                    Err(e) => {
+                        report.warn(
+                            "crl_url_unusable",
+                            Path::new(&url),
+                            format!("{e}; `run` starts anyway, but /readyz stays 503 until this URL (or the cache dir) delivers a usable CRL"),
+                        );
+                        (None, Some(e))
+                    }
+                };
+                report.crl_urls.push(CrlUrlReport { url, crl, problem });
+            }
+            Extra {
+                fetched,
+                distribution_points: None,
+            }
+        }
+        Err(e) => {
+            report.error(e);
+            Extra::default()
+        }
+    };
+    let built = Generation::build(config.clone(), 1, None, &extra);
     let (server_info, anchors, crls) = match &built {
         // When everything loads, report what `run` would actually serve.
         Ok(generation) => {
@@ -220,7 +261,7 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
 /// certificate file and the key file separately.
 fn check_server(config: &Config, report: &mut Report) -> Option<CertInfo> {
     let l = &config.listener;
-    let provider = state::provider();
+    let provider = crate::tls::provider();
     match load::server_identity(&l.certificate, &l.private_key, &provider) {
         Ok(certified) => {
             if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) =
@@ -485,6 +526,8 @@ pub(crate) fn text(r: &Report) -> String {
                     CrlSignature::Verified => "verified with the truststore CA",
                     CrlSignature::IssuerNotInTruststore =>
                         "not checked at load (issuer not in the truststore)",
+                    CrlSignature::VerifiedWithIntermediate =>
+                        "verified with the intermediate CA that named its distribution point",
                 },
                 if c.in_use {
                     ""
@@ -510,6 +553,29 @@ pub(crate) fn text(r: &Report) -> String {
                 if !values.is_empty() {
                     let _ = writeln!(o, "  {key}: {}", values.join(", "));
                 }
+            }
+        }
+    }
+    for u in &r.crl_urls {
+        match (&u.crl, &u.problem) {
+            (Some(c), _) => {
+                let _ = writeln!(
+                    o,
+                    "CRL URL {}: issuer {}, number {}, next update {}, {} revoked",
+                    u.url,
+                    c.issuer,
+                    c.number.as_deref().unwrap_or("-"),
+                    c.next_update.map_or_else(|| "-".to_owned(), rfc3339_z),
+                    c.revoked
+                );
+            }
+            (None, p) => {
+                let _ = writeln!(
+                    o,
+                    "CRL URL {}: {}",
+                    u.url,
+                    p.as_deref().unwrap_or("unusable")
+                );
             }
         }
     }

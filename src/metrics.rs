@@ -134,6 +134,38 @@ struct ReloadLabels {
     result: ReloadOutcome,
 }
 
+/// How a CRL fetch ended: the `result` label of `mtls_shield_crl_fetch_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum CrlFetchResult {
+    /// A new CRL arrived and is in force.
+    updated,
+    /// 304: the CRL did not change.
+    not_modified,
+    /// The fetch failed, or what it brought was refused.
+    failure,
+}
+
+/// Labels of `mtls_shield_crl_fetch_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CrlFetchLabels {
+    url: TextLabel,
+    result: CrlFetchResult,
+}
+
+/// Labels of `mtls_shield_crl_last_success_timestamp_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UrlLabels {
+    url: TextLabel,
+}
+
+/// Labels of `mtls_shield_connections_closed_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    /// The reason code of the judgement that refused the connection's chain.
+    reason: ReasonLabel,
+}
+
 /// Labels of `mtls_shield_build_info`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VersionLabels {
@@ -163,6 +195,12 @@ pub(crate) struct Metrics {
     pub(crate) crl_next_update: Family<IssuerLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// `mtls_shield_reloads_total`
     reloads: Family<ReloadLabels, Counter>,
+    /// `mtls_shield_connections_closed_total`
+    connections_closed: Family<ClosedLabels, Counter>,
+    /// `mtls_shield_crl_fetch_total`
+    crl_fetches: Family<CrlFetchLabels, Counter>,
+    /// `mtls_shield_crl_last_success_timestamp_seconds`
+    crl_last_success: Family<UrlLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// `mtls_shield_build_info`
     pub(crate) build_info: Family<VersionLabels, Gauge>,
     /// The certificate and CRL series the last inventory set, so the next one can remove
@@ -201,6 +239,9 @@ impl Metrics {
             cert_expiry: Family::default(),
             crl_next_update: Family::default(),
             reloads: Family::default(),
+            connections_closed: Family::default(),
+            crl_fetches: Family::default(),
+            crl_last_success: Family::default(),
             build_info: Family::default(),
             inventory_series: Mutex::default(),
             requests_by_class: Default::default(),
@@ -246,6 +287,21 @@ impl Metrics {
             "Configuration reloads by result",
             m.reloads.clone(),
         );
+        registry.register(
+            "connections_closed",
+            "Open connections closed because a later judgement (a new trust state, an expiry, a stale CRL) refused their chain",
+            m.connections_closed.clone(),
+        );
+        registry.register(
+            "crl_fetch",
+            "CRL fetches by URL and result",
+            m.crl_fetches.clone(),
+        );
+        registry.register(
+            "crl_last_success_timestamp_seconds",
+            "When a CRL URL last answered with a usable CRL (or a 304), Unix seconds",
+            m.crl_last_success.clone(),
+        );
         registry.register("build_info", "Build information", m.build_info.clone());
         m.build_info
             .get_or_create(&VersionLabels {
@@ -269,6 +325,9 @@ impl Metrics {
         for reason in Reason::ALL {
             let _ = m.handshakes.get_or_create(&HandshakeLabels {
                 result: HandshakeResult::rejected,
+                reason: ReasonLabel(Some(reason)),
+            });
+            let _ = m.connections_closed.get_or_create(&ClosedLabels {
                 reason: ReasonLabel(Some(reason)),
             });
         }
@@ -306,6 +365,48 @@ impl Metrics {
                 reason: ReasonLabel(reason),
             })
             .inc();
+    }
+
+    /// Counts an open connection closed because a later judgement refused its chain.
+    pub(crate) fn connection_closed(&self, reason: Reason) {
+        self.connections_closed
+            .get_or_create(&ClosedLabels {
+                reason: ReasonLabel(Some(reason)),
+            })
+            .inc();
+    }
+
+    /// Creates the fetch series of a CRL URL at 0, so the first failure shows as an increase.
+    pub(crate) fn crl_fetch_series(&self, url: &str) {
+        for result in [
+            CrlFetchResult::updated,
+            CrlFetchResult::not_modified,
+            CrlFetchResult::failure,
+        ] {
+            let _ = self.crl_fetches.get_or_create(&CrlFetchLabels {
+                url: TextLabel(url.to_owned()),
+                result,
+            });
+        }
+    }
+
+    /// Counts a CRL fetch.
+    pub(crate) fn crl_fetch(&self, url: &str, result: CrlFetchResult) {
+        self.crl_fetches
+            .get_or_create(&CrlFetchLabels {
+                url: TextLabel(url.to_owned()),
+                result,
+            })
+            .inc();
+    }
+
+    /// Records a CRL URL's last success.
+    pub(crate) fn crl_success(&self, url: &str, unix: i64) {
+        self.crl_last_success
+            .get_or_create(&UrlLabels {
+                url: TextLabel(url.to_owned()),
+            })
+            .set(unix);
     }
 
     /// Counts a reload.

@@ -15,6 +15,7 @@ use rustls_pki_types::UnixTime;
 
 use crate::config::Config;
 use crate::identity::ClientIdentity;
+use crate::tls::state::Extra;
 use crate::tls::{load, TlsState};
 use crate::x509::rfc3339_z;
 
@@ -66,8 +67,27 @@ pub(crate) fn run(
     let secs = u64::try_from(when)
         .map_err(|_| anyhow::anyhow!("--at: times before 1970 are not supported"))?;
     let config = Config::load(config_path)?;
-    // Built exactly as `run` builds it: same truststore, CRLs, allow-list and policy.
-    let state = TlsState::build(&config)?;
+    // Built exactly as `run` builds it: same truststore, CRL files, allow-list and policy, and
+    // the CRLs of `client_auth.crl_urls` as a running instance would have them (its cache dir,
+    // then one fetch of each URL).
+    let (fetched, outcomes) = crate::app::crl::fetch_offline(&config)?;
+    for (url, outcome) in &outcomes {
+        match outcome {
+            Ok(info) => println!(
+                "CRL {url}: number {}, next update {}",
+                info.number.as_deref().unwrap_or("-"),
+                info.next_update.map_or_else(|| "-".to_owned(), rfc3339_z)
+            ),
+            Err(e) => println!("CRL {url}: {e} (the cached CRL, if any, is used)"),
+        }
+    }
+    let state = TlsState::build_with(
+        &config,
+        &Extra {
+            fetched,
+            distribution_points: None,
+        },
+    )?;
 
     // A file may hold the leaf followed by its intermediates, as a client would send them.
     let mut presented = load::certificates(cert, "client certificate")?;

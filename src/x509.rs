@@ -46,6 +46,9 @@ pub(crate) enum CrlSignature {
     /// Its issuer is not in the truststore (an intermediate CA's CRL): the signature is checked
     /// at each handshake against the intermediate the client presents.
     IssuerNotInTruststore,
+    /// Fetched from a distribution point and verified with the key of the intermediate CA
+    /// (of a chain that verified) that named it.
+    VerifiedWithIntermediate,
 }
 
 /// A CRL's facts for reports and metrics.
@@ -120,6 +123,29 @@ fn ip_of(bytes: &[u8]) -> Option<std::net::IpAddr> {
         16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
         _ => None,
     }
+}
+
+/// The `http://` and `https://` URLs of a certificate's CRL distribution points. Points with
+/// a cRLIssuer (indirect CRLs, which webpki does not support) are left out.
+pub(crate) fn crl_distribution_urls(c: &X509Certificate<'_>) -> Vec<String> {
+    let mut urls = Vec::new();
+    for ext in c.extensions() {
+        let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() else {
+            continue;
+        };
+        for p in points.iter().filter(|p| p.crl_issuer.is_none()) {
+            if let Some(DistributionPointName::FullName(names)) = &p.distribution_point {
+                for n in names {
+                    if let GeneralName::URI(u) = n {
+                        if u.starts_with("http://") || u.starts_with("https://") {
+                            urls.push((*u).to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    urls
 }
 
 /// The keyUsage extension of a certificate, as far as path checks care. An absent extension

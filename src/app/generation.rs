@@ -8,6 +8,7 @@ use crate::proxy::connector::Material;
 use crate::proxy::frontend::Frontend;
 use crate::proxy::upstream::Upstream;
 use crate::tls::load::LoadError;
+use crate::tls::state::Extra;
 use crate::tls::TlsState;
 use crate::x509::Inventory;
 
@@ -38,8 +39,9 @@ impl Generation {
         config: Config,
         id: u64,
         previous: Option<&Generation>,
+        extra: &Extra,
     ) -> Result<Self, BuildError> {
-        let tls = Arc::new(TlsState::build(&config)?);
+        let tls = Arc::new(TlsState::build_with(&config, extra)?);
         let material = Material::read(&config.upstream)?;
         let upstream = match previous {
             Some(p)

@@ -1,70 +1,30 @@
-//! The running program: the current [`Generation`], swapped whole by the [`reload`]er; the
-//! start of the listeners (the mTLS one and the admin one); and the signals (SIGHUP reloads,
-//! SIGTERM/SIGINT drain).
+//! The running program: the generation in service (`App`, in `shared`), swapped whole by the
+//! reloader (`reload`); the CRLs fetched from URLs (`crl`, over `fetch`); the start of the
+//! listeners (the mTLS one and the admin one); and the signals (SIGHUP reloads, SIGTERM/SIGINT
+//! drain).
 
+pub(crate) mod crl;
+pub(crate) mod fetch;
 pub(crate) mod generation;
 pub(crate) mod reload;
+pub(crate) mod shared;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::server::{self, Server};
+use crate::proxy::server::{self, NotReady};
+use crate::tls::crl::{DistributionPoint, DistributionPoints, MAX_DISTRIBUTION_POINTS};
+use crate::tls::state::load_anchors;
+use crl::{AnchorsSource, CrlFetch};
 pub(crate) use generation::{BuildError, Generation};
 pub(crate) use reload::Reloader;
-
-/// The current generation and the data plane it feeds.
-#[derive(Debug)]
-pub(crate) struct App {
-    generation: ArcSwap<Generation>,
-    server: Arc<Server>,
-    metrics: Arc<Metrics>,
-}
-
-impl App {
-    /// Wraps the first generation.
-    pub(crate) fn new(first: Generation, metrics: Arc<Metrics>) -> Arc<Self> {
-        metrics.set_inventory(first.inventory());
-        let server = Server::new(
-            first.frontend.clone(),
-            metrics.clone(),
-            first.config.listener.max_connections,
-        );
-        Arc::new(Self {
-            generation: ArcSwap::from_pointee(first),
-            server,
-            metrics,
-        })
-    }
-
-    /// The generation in service.
-    pub(crate) fn current(&self) -> Arc<Generation> {
-        self.generation.load_full()
-    }
-
-    /// Puts `next` in service: new connections use its frontend from now on.
-    pub(crate) fn swap(&self, next: Generation) {
-        self.metrics.set_inventory(next.inventory());
-        let frontend = next.frontend.clone();
-        self.generation.store(Arc::new(next));
-        self.server.install(frontend);
-    }
-
-    /// The data plane.
-    pub(crate) fn server(&self) -> &Arc<Server> {
-        &self.server
-    }
-
-    /// The metrics.
-    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-}
+use shared::extra;
+pub(crate) use shared::App;
 
 /// Why the program could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +68,26 @@ pub(crate) async fn start(
     let address = cfg.listener.address;
     let admin_address = cfg.admin.as_ref().map(|a| a.address);
     let watch_interval = cfg.reload.watch_interval;
-    let app = App::new(Generation::build(cfg, 1, None)?, metrics);
+    let fetch_cfg = cfg.client_auth.crl_fetch.clone();
+    let crl = if fetch_cfg.is_active() {
+        // The cached CRLs are checked against the truststore before the first state is built
+        // with them.
+        let anchors = load_anchors(&cfg.client_auth.truststore).map_err(BuildError::from)?;
+        Some(CrlFetch::new(&fetch_cfg, &anchors, metrics.clone()).map_err(BuildError::from)?)
+    } else {
+        None
+    };
+    let (dp_tx, dp_rx) = tokio::sync::mpsc::channel(MAX_DISTRIBUTION_POINTS);
+    let distribution_points = fetch_cfg
+        .from_distribution_points
+        .then(|| DistributionPoints::new(dp_tx));
+    let first = Generation::build(
+        cfg,
+        1,
+        None,
+        &extra(crl.as_deref(), distribution_points.as_ref()),
+    )?;
+    let app = App::new(first, metrics, crl.clone(), distribution_points);
 
     let bind_error = |key, address| {
         move |reason| StartError::Bind {
@@ -141,6 +120,9 @@ pub(crate) async fn start(
     if let (Some(r), Some(every)) = (&reloader, watch_interval) {
         tokio::spawn(r.clone().watch(every));
     }
+    if let Some(crl) = &crl {
+        start_crl_fetch(&app, crl, reloader.clone(), dp_rx);
+    }
     let accept = tokio::spawn(server::serve(listener, app.server().clone()));
     Ok(Running {
         address: bound,
@@ -149,6 +131,56 @@ pub(crate) async fn start(
         reloader,
         accept,
     })
+}
+
+/// Starts the CRL fetch tasks: readiness waits for every configured URL, each new CRL is put in
+/// force by a reload, and distribution points found in verified chains are fetched too.
+fn start_crl_fetch(
+    app: &Arc<App>,
+    crl: &Arc<CrlFetch>,
+    reloader: Option<Arc<Reloader>>,
+    mut distribution_points: tokio::sync::mpsc::Receiver<DistributionPoint>,
+) {
+    let weak = Arc::downgrade(app);
+    let anchors: AnchorsSource = Arc::new(move || {
+        weak.upgrade()
+            .map(|a| a.current().frontend.tls.anchors.clone())
+            .unwrap_or_default()
+    });
+    let waiting = crl.clone();
+    app.server().set_not_ready(NotReady(Arc::new(move || {
+        let urls = waiting.waiting(crate::proxy::trust::unix_now());
+        (!urls.is_empty()).then(|| {
+            format!(
+                "waiting for a first usable CRL from {} (client_auth.crl_urls)",
+                urls.join(", ")
+            )
+        })
+    })));
+    crl.spawn(app.server().clone(), anchors.clone());
+    let fetch = crl.clone();
+    let server = app.server().clone();
+    tokio::spawn(async move {
+        while let Some(dp) = distribution_points.recv().await {
+            fetch.add_distribution_point(dp, server.clone(), anchors.clone());
+        }
+    });
+    let crl = crl.clone();
+    tokio::spawn(async move {
+        loop {
+            crl.changed().await;
+            match &reloader {
+                // The same build-validate-swap as any reload: the new CRL reaches the open
+                // connections through it.
+                Some(r) => {
+                    let _ = r.reload("CRL update").await;
+                }
+                None => {
+                    tracing::warn!("a new CRL arrived but there is no config file to rebuild from")
+                }
+            }
+        }
+    });
 }
 
 impl Running {

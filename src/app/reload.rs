@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::generation::{BuildError, Generation};
-use super::App;
+use super::shared::App;
 use crate::config::{Config, ConfigError};
 use crate::metrics::ReloadOutcome;
+use crate::tls::state::Extra;
 use crate::x509::{rfc3339_z, CertInfo, Inventory};
 
 /// Why a reload did not happen; the last good generation stays in service.
@@ -79,8 +80,10 @@ impl Reloader {
         let path = self.config_path.clone();
         let prev = current.clone();
         let running_files = seen.files.clone();
+        let extra = self.app.extra();
         let attempt =
-            tokio::task::spawn_blocking(move || attempt(&path, &running_files, &prev)).await;
+            tokio::task::spawn_blocking(move || attempt(&path, &running_files, &prev, &extra))
+                .await;
         let built = match attempt {
             Ok(a) => {
                 // Record what this attempt read, even when it failed: the poller then does not
@@ -108,7 +111,7 @@ impl Reloader {
                     &next.config,
                 );
                 let id = next.id;
-                self.app.swap(next);
+                let _ = self.app.swap(next);
                 metrics.reload(ReloadOutcome::success);
                 tracing::info!(cause, generation = id, "reload complete");
                 Ok(id)
@@ -168,7 +171,7 @@ struct Attempt {
 /// build, and the config file by the very bytes that were parsed: a file that changes while
 /// it is being read then differs from the recorded digest, and the poller reloads again
 /// (digesting after reading could record the new content after reading the old, and miss it).
-fn attempt(path: &Path, running_files: &[PathBuf], prev: &Generation) -> Attempt {
+fn attempt(path: &Path, running_files: &[PathBuf], prev: &Generation, extra: &Extra) -> Attempt {
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let bytes = std::fs::read(path);
     update_digest(
@@ -194,9 +197,9 @@ fn attempt(path: &Path, running_files: &[PathBuf], prev: &Generation) -> Attempt
             std::fs::read(f).as_deref().map_err(|e| e.kind()),
         );
     }
-    let result = config
-        .map_err(ReloadError::from)
-        .and_then(|c| Generation::build(c, prev.id + 1, Some(prev)).map_err(ReloadError::from));
+    let result = config.map_err(ReloadError::from).and_then(|c| {
+        Generation::build(c, prev.id + 1, Some(prev), extra).map_err(ReloadError::from)
+    });
     Attempt {
         result,
         files,

@@ -160,6 +160,35 @@ pub struct ClientAuthConfig {
     pub verified_chain_cache: usize,
     /// Identity allow-list; empty means any certificate that verifies.
     pub allow: AllowList,
+    /// CRLs the shield fetches itself.
+    pub crl_fetch: CrlFetchConfig,
+}
+
+/// The CRLs fetched from URLs (`client_auth.crl_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlFetchConfig {
+    /// `http://` or `https://` URLs of CRLs (DER or PEM), fetched in the background.
+    pub urls: Vec<String>,
+    /// At most this long between two fetches of one URL.
+    pub refresh: Duration,
+    /// One fetch (connect, redirects, the whole body) takes at most this long.
+    pub timeout: Duration,
+    /// A CRL larger than this is refused.
+    pub max_bytes: u64,
+    /// The last good CRL of each URL is kept here, so a restart can use it while the URL is
+    /// unreachable.
+    pub cache_dir: Option<PathBuf>,
+    /// PEM bundle trusted for `https://` CRL URLs instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Also fetch the http(s) CRL distribution points of chains that verified.
+    pub from_distribution_points: bool,
+}
+
+impl CrlFetchConfig {
+    /// True when there is anything to fetch.
+    pub fn is_active(&self) -> bool {
+        !self.urls.is_empty() || self.from_distribution_points
+    }
 }
 
 /// The identity header families the proxy can send upstream.
@@ -301,6 +330,20 @@ pub mod defaults {
     pub fn verified_chain_cache() -> usize {
         1024
     }
+    /// `client_auth.crl_refresh`: CRLs are usually published daily or more often; an hour
+    /// bounds how long a new revocation waits for the shield to see it.
+    pub fn crl_refresh() -> Duration {
+        Duration::from_secs(3600)
+    }
+    /// `client_auth.crl_fetch_timeout`
+    pub fn crl_fetch_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    /// `client_auth.crl_max_bytes`: far above any real CRL a client CA publishes, far below
+    /// what would hurt the process.
+    pub fn crl_max_bytes() -> u64 {
+        32 * 1024 * 1024
+    }
     /// `listener.proxy_protocol`: off (clients connect directly).
     pub fn proxy_protocol() -> super::ProxyProtocol {
         super::ProxyProtocol::Off
@@ -394,6 +437,7 @@ impl Config {
             self.client_auth.truststore.clone(),
         ];
         files.extend(self.client_auth.crls.iter().cloned());
+        files.extend(self.client_auth.crl_fetch.ca.iter().cloned());
         files.extend(self.upstream.files());
         files
     }

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     defaults, AdminConfig, AllowConfig, AllowList, ClientAuthConfig, Config, ConfigError,
-    ForwardConfig, ListenerConfig, LogConfig, ReloadConfig, RuntimeConfig, UpstreamClientCert,
-    UpstreamConfig, UpstreamTarget, UpstreamTls,
+    CrlFetchConfig, ForwardConfig, ListenerConfig, LogConfig, ReloadConfig, RuntimeConfig,
+    UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls,
 };
 
 /// The whole file.
@@ -45,6 +45,20 @@ struct RawClientAuth {
     verified_chain_cache: usize,
     #[serde(default)]
     allow: AllowConfig,
+    #[serde(default)]
+    crl_urls: Vec<String>,
+    #[serde(default = "defaults::crl_refresh", with = "humantime_serde")]
+    crl_refresh: Duration,
+    #[serde(default = "defaults::crl_fetch_timeout", with = "humantime_serde")]
+    crl_fetch_timeout: Duration,
+    #[serde(default = "defaults::crl_max_bytes")]
+    crl_max_bytes: u64,
+    #[serde(default)]
+    crl_cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    crl_ca: Option<PathBuf>,
+    #[serde(default)]
+    crl_from_distribution_points: bool,
 }
 
 /// `[upstream]`
@@ -162,7 +176,11 @@ fn check_listener(ctx: &Ctx<'_>, l: &ListenerConfig) -> Result<(), ConfigError> 
 
 impl RawClientAuth {
     fn into_typed(self, ctx: &Ctx<'_>) -> Result<ClientAuthConfig, ConfigError> {
-        if self.require_crl && self.crls.is_empty() {
+        if self.require_crl
+            && self.crls.is_empty()
+            && self.crl_urls.is_empty()
+            && !self.crl_from_distribution_points
+        {
             // Fail closed at start-up rather than silently accepting: with no CRL at all,
             // there would be no revocation check, and `require_crl` would promise one that
             // never happens.
@@ -171,6 +189,7 @@ impl RawClientAuth {
                 "is true but client_auth.crls is empty; add the CRL of every client CA, or set require_crl = false",
             ));
         }
+        let crl_fetch = self.crl_fetch(ctx)?;
         let allow = AllowList::compile(&self.allow)
             .map_err(|e| ctx.invalid(&format!("client_auth.allow.{}", e.key), e.message))?;
         Ok(ClientAuthConfig {
@@ -179,6 +198,49 @@ impl RawClientAuth {
             require_crl: self.require_crl,
             verified_chain_cache: self.verified_chain_cache,
             allow,
+            crl_fetch,
+        })
+    }
+
+    fn crl_fetch(&self, ctx: &Ctx<'_>) -> Result<CrlFetchConfig, ConfigError> {
+        for (i, url) in self.crl_urls.iter().enumerate() {
+            let key = format!("client_auth.crl_urls[{i}]");
+            let uri: http::Uri = url.parse().map_err(|e| {
+                ctx.invalid(
+                    &key,
+                    format!("{url:?} is not a URL ({e}); expected http://host/path.crl"),
+                )
+            })?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(ctx.invalid(
+                    &key,
+                    format!("{url:?}: a CRL URL must be http:// or https:// with a host"),
+                ));
+            }
+            if self.crl_urls[..i].contains(url) {
+                return Err(ctx.invalid(&key, format!("{url:?} is listed twice")));
+            }
+        }
+        if self.crl_refresh < Duration::from_secs(1) {
+            return Err(ctx.invalid("client_auth.crl_refresh", "must be at least 1s"));
+        }
+        if self.crl_fetch_timeout.is_zero() {
+            return Err(ctx.invalid(
+                "client_auth.crl_fetch_timeout",
+                "must be greater than zero, e.g. \"10s\"",
+            ));
+        }
+        if self.crl_max_bytes < 1024 {
+            return Err(ctx.invalid("client_auth.crl_max_bytes", "must be at least 1024"));
+        }
+        Ok(CrlFetchConfig {
+            urls: self.crl_urls.clone(),
+            refresh: self.crl_refresh,
+            timeout: self.crl_fetch_timeout,
+            max_bytes: self.crl_max_bytes,
+            cache_dir: self.crl_cache_dir.clone().map(|p| ctx.resolve(p)),
+            ca: self.crl_ca.clone().map(|p| ctx.resolve(p)),
+            from_distribution_points: self.crl_from_distribution_points,
         })
     }
 }

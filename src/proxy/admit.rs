@@ -3,6 +3,7 @@
 //! resumed session. It ends in an [`Admitted`] connection or a [`Refusal`], which is logged and
 //! counted in one place, [`Refusal::record`].
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -67,9 +68,8 @@ impl Refusal {
     /// `mtls_shield::connection`, WARN).
     pub(crate) fn record(&self, metrics: &Metrics) {
         metrics.handshake(Some(self.reason));
-        let cert = self.certificate.as_deref();
-        let subject = cert.map_or("-".into(), |c| capped_for_log(&c.subject));
-        let issuer = cert.map_or("-".into(), |c| capped_for_log(&c.issuer));
+        let (subject, issuer, serial, fingerprint) =
+            certificate_fields(self.certificate.as_deref());
         tracing::warn!(
             target: "mtls_shield::connection",
             peer = %self.peer,
@@ -77,11 +77,27 @@ impl Refusal {
             tls_version = self.tls_version.unwrap_or("-"),
             subject = subject.as_ref(),
             issuer = issuer.as_ref(),
-            serial = cert.map_or("-", |c| c.serial_hex.as_str()),
-            fingerprint = %cert.map_or_else(|| "-".to_owned(), |c| c.fingerprint_hex()),
+            serial = serial.as_str(),
+            fingerprint = %fingerprint,
             detail = self.detail.as_str(),
             "handshake rejected"
         );
+    }
+}
+
+/// The certificate fields of a connection-log line (subject and issuer capped), `-` for each
+/// when no certificate was parsed.
+pub(crate) fn certificate_fields(
+    cert: Option<&ClientIdentity>,
+) -> (Cow<'_, str>, Cow<'_, str>, String, String) {
+    match cert {
+        Some(c) => (
+            capped_for_log(&c.subject),
+            capped_for_log(&c.issuer),
+            c.serial_hex.clone(),
+            c.fingerprint_hex(),
+        ),
+        None => ("-".into(), "-".into(), "-".to_owned(), "-".to_owned()),
     }
 }
 

@@ -2,7 +2,6 @@
 //! upstream, streaming the answer back, upgrades, and the few answers the proxy writes
 //! itself (405, 413, 400, 502, 504), all through [`local`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::activity::Activity;
 use super::body::{AccessRecord, BodyState, Finish, RequestBody, ResponseBody};
 use super::headers;
+use super::trust::ConnTrust;
 use super::upstream::{Upstream, UpstreamFailure};
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
@@ -45,6 +45,11 @@ pub(crate) struct ConnContext {
     /// The connection's `max_connections` slot; an upgraded tunnel holds it for as long as
     /// it runs, so tunnels count against the limit (and are waited for when draining).
     pub(crate) slot: Slot,
+    /// The connection's standing with the current trust state, checked before each request.
+    pub(crate) trust: Arc<ConnTrust>,
+    /// `listener.shutdown_timeout`: how long an upgraded tunnel may outlive the trust of its
+    /// connection.
+    pub(crate) shutdown_timeout: Duration,
 }
 
 /// Whatever keeps a connection's `max_connections` permit and active-connection count.
@@ -64,11 +69,25 @@ fn is_upgrade_request<B>(req: &Request<B>) -> bool {
             })
 }
 
+/// A request that arrived on a connection whose chain a later judgement refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the connection's client certificate is no longer trusted ({0}); closing without an answer"
+)]
+pub(crate) struct Untrusted(&'static str);
+
 /// Handles one request: rewrite, forward, stream back, or answer 405/413/400/502/504 itself.
+///
+/// Security: the request is never forwarded on a connection whose chain the current trust
+/// state refuses. It gets no HTTP answer at all, as a refused handshake gets none: the error
+/// makes hyper close an HTTP/1.1 connection without writing, and reset the h2 stream.
 pub(crate) async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Untrusted> {
+    if let Err(closed) = ctx.trust.admit_request() {
+        return Err(Untrusted(closed.reason.as_str()));
+    }
     ctx.activity.request_started();
     let mut pending = Pending(Some(ctx.activity.clone()));
     let response = respond(&ctx, req).await;
@@ -192,7 +211,13 @@ fn relay(
     if switching {
         if let Some(client_side) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_side, upstream_side, ctx.slot.clone()));
+            tokio::spawn(tunnel(
+                client_side,
+                upstream_side,
+                ctx.slot.clone(),
+                ctx.trust.clone(),
+                ctx.shutdown_timeout,
+            ));
         }
     }
     headers::rewrite_response(resp.headers_mut(), switching && upgrade);
@@ -309,19 +334,33 @@ impl Books {
     }
 }
 
-/// Copies bytes both ways between an upgraded client and upstream until either side closes.
+/// Copies bytes both ways between an upgraded client and upstream until either side closes,
+/// or until `shutdown_timeout` after the connection's chain stops being trusted.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     _slot: Slot,
+    trust: Arc<ConnTrust>,
+    shutdown_timeout: Duration,
 ) {
     let (client, upstream) = tokio::join!(client, upstream);
     match (client, upstream) {
         (Ok(c), Ok(u)) => {
             let mut c = TokioIo::new(c);
             let mut u = TokioIo::new(u);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            let untrusted = async {
+                trust.closed().await;
+                tokio::time::sleep(shutdown_timeout).await;
+            };
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                _ = untrusted => {
+                    tracing::info!("upgraded connection closed: its client certificate is no longer trusted");
+                }
             }
         }
         (c, u) => tracing::debug!(

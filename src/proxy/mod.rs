@@ -17,4 +17,5 @@ pub mod headers;
 pub mod proxy_protocol;
 pub(crate) mod serve;
 pub(crate) mod server;
+pub(crate) mod trust;
 pub(crate) mod upstream;

@@ -3,6 +3,7 @@
 //! header-read timeouts, the rapid-reset guard and graceful draining.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -13,18 +14,27 @@ use super::admit::Admitted;
 use super::forward::{self, ConnContext, Slot};
 use super::frontend::Frontend;
 use super::headers::ForwardedPeer;
+use super::trust::{unix_now, ConnTrust};
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
 
-/// Serves `admitted` until it closes, times out, misbehaves, or the drain signal ends it.
-pub(crate) async fn serve(
-    admitted: Admitted,
-    frontend: Arc<Frontend>,
-    metrics: Arc<Metrics>,
-    activity: Arc<Activity>,
-    slot: Slot,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// What a connection is served with besides its stream and frontend.
+pub(crate) struct Around {
+    /// Metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Its activity, for the idle and header-read timeouts.
+    pub(crate) activity: Arc<Activity>,
+    /// Its `max_connections` slot.
+    pub(crate) slot: Slot,
+    /// Its standing with the current trust state.
+    pub(crate) trust: Arc<ConnTrust>,
+    /// The drain signal.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Serves `admitted` until it closes, times out, misbehaves, loses the trust it was admitted
+/// with, or the drain signal ends it.
+pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: Around) {
     let Admitted {
         tls,
         peer,
@@ -32,6 +42,13 @@ pub(crate) async fn serve(
         tls_version,
         is_h2,
     } = admitted;
+    let Around {
+        metrics,
+        activity,
+        slot,
+        trust,
+        mut shutdown,
+    } = around;
     tracing::debug!(peer = %peer, tls_version = tls_version.unwrap_or("-"), client = capped_for_log(&accepted.identity.subject).as_ref(), h2 = is_h2, "handshake accepted");
     let ctx = context(
         &frontend,
@@ -40,6 +57,7 @@ pub(crate) async fn serve(
         &activity,
         metrics,
         slot,
+        &trust,
     );
     let service = service_fn(move |req| forward::handle(ctx.clone(), req));
     let conn = frontend
@@ -53,6 +71,8 @@ pub(crate) async fn serve(
     if closing {
         conn.as_mut().graceful_shutdown();
     }
+    // Set once a judgement refused the connection: in-flight requests get until then.
+    let mut untrusted_until: Option<tokio::time::Instant> = None;
     loop {
         let wait = match activity.check(idle_timeout, header_timeout) {
             Verdict::Wait(d) => d,
@@ -73,6 +93,16 @@ pub(crate) async fn serve(
                 return;
             }
         };
+        if untrusted_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            tracing::info!(peer = %peer, "requests still in flight on an untrusted connection after listener.shutdown_timeout; closing");
+            return;
+        }
+        // Wake when the acceptance runs out by itself (an expiry, a CRL's nextUpdate), so an
+        // idle connection is judged then, not at its next request.
+        let now = unix_now();
+        let wait = wait.min(Duration::from_secs(
+            u64::try_from(trust.seconds_left(now)).unwrap_or(0).max(1),
+        ));
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -84,7 +114,20 @@ pub(crate) async fn serve(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(wait) => {}
+            _ = trust.closed(), if untrusted_until.is_none() => {
+                // Security: requests already forwarded finish (HTTP/1.1 answers them with
+                // `Connection: close`, h2 gets GOAWAY), new ones are refused by the handler,
+                // and whatever is still running after shutdown_timeout is dropped.
+                untrusted_until =
+                    Some(tokio::time::Instant::now() + frontend.listener.shutdown_timeout);
+                if !closing {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep(wait) => {
+                let _ = trust.judge_if_stale();
+            }
             _ = activity.woken() => {}
         }
     }
@@ -98,6 +141,7 @@ fn context(
     activity: &Arc<Activity>,
     metrics: Arc<Metrics>,
     slot: Slot,
+    trust: &Arc<ConnTrust>,
 ) -> Arc<ConnContext> {
     Arc::new(ConnContext {
         peer,
@@ -113,6 +157,8 @@ fn context(
             && tracing::enabled!(target: "mtls_shield::access", tracing::Level::INFO),
         max_request_body: frontend.listener.max_request_body_bytes,
         slot,
+        trust: trust.clone(),
+        shutdown_timeout: frontend.listener.shutdown_timeout,
     })
 }
 

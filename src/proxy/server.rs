@@ -16,19 +16,35 @@ use super::activity::Activity;
 use super::admit::admit;
 use super::forward::Slot;
 use super::frontend::Frontend;
-use super::serve::{draining, serve as serve_connection};
+use super::serve::{draining, serve as serve_connection, Around};
+use super::trust::{Judged, LiveTrust};
 use crate::metrics::Metrics;
 
 /// State shared by the accept loop, every connection, the admin listener and the reloader.
 #[derive(Debug)]
 pub(crate) struct Server {
     current: ArcSwap<Frontend>,
+    /// The trust state every open connection is held to, and the open connections.
+    trust: Arc<LiveTrust>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
     listening: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     connections: Arc<Semaphore>,
     max_connections: usize,
+    /// Why the program is not ready yet besides the listener and the upstream (e.g. a CRL URL
+    /// that has not delivered), asked by `/readyz`.
+    not_ready: std::sync::RwLock<Option<NotReady>>,
+}
+
+/// A readiness condition the app adds: `Some(why)` while not ready.
+#[derive(Clone)]
+pub(crate) struct NotReady(pub(crate) Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NotReady")
+    }
 }
 
 impl Server {
@@ -40,6 +56,11 @@ impl Server {
         max_connections: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
+            trust: Arc::new(LiveTrust::new(
+                first.tls.verifier.clone(),
+                first.generation,
+                metrics.clone(),
+            )),
             current: ArcSwap::new(first),
             metrics,
             draining: AtomicBool::new(false),
@@ -47,6 +68,7 @@ impl Server {
             shutdown_tx: watch::channel(false).0,
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            not_ready: std::sync::RwLock::new(None),
         })
     }
 
@@ -55,10 +77,14 @@ impl Server {
         self.current.load_full()
     }
 
-    /// Makes `next` the frontend of every connection accepted from now on; connections
-    /// already open keep theirs.
-    pub(crate) fn install(&self, next: Arc<Frontend>) {
+    /// Makes `next` the frontend of every connection accepted from now on, and judges every
+    /// open connection against its trust state. Connections that still pass keep their own
+    /// frontend; the others are closed (see `proxy::trust`).
+    pub(crate) fn install(&self, next: Arc<Frontend>) -> Judged {
+        let verifier = next.tls.verifier.clone();
+        let generation = next.generation;
         self.current.store(next);
+        self.trust.install(verifier, generation)
     }
 
     /// The metrics every connection counts into.
@@ -75,6 +101,19 @@ impl Server {
     /// True once draining has started: readiness turns 503.
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Adds a readiness condition.
+    pub(crate) fn set_not_ready(&self, check: NotReady) {
+        if let Ok(mut n) = self.not_ready.write() {
+            *n = Some(check);
+        }
+    }
+
+    /// Why the program is not ready, by the app's own condition.
+    pub(crate) fn not_ready_reason(&self) -> Option<String> {
+        let check = self.not_ready.read().ok()?.clone()?;
+        (check.0)()
     }
 
     /// True once the listener is bound and accepting.
@@ -166,16 +205,21 @@ async fn connection(
     match admit(stream, peer, &frontend, &activity).await {
         Ok(Some(admitted)) => {
             metrics.handshake(None);
-            let shutdown = server.shutdown_tx.subscribe();
-            serve_connection(
-                admitted,
-                frontend,
-                metrics.clone(),
+            // Registered for as long as it is served, so every later trust state judges it.
+            let registered = server.trust.register(
+                admitted.peer,
+                admitted.accepted.clone(),
+                frontend.generation,
+            );
+            let around = Around {
+                metrics: metrics.clone(),
                 activity,
                 slot,
-                shutdown,
-            )
-            .await;
+                trust: registered.trust().clone(),
+                shutdown: server.shutdown_tx.subscribe(),
+            };
+            serve_connection(admitted, frontend, around).await;
+            drop(registered);
         }
         Ok(None) => {}
         Err(refusal) => refusal.record(metrics),

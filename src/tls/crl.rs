@@ -16,7 +16,9 @@
 //! - of several CRLs of one issuer, the newest is used (highest cRLNumber, then latest
 //!   thisUpdate) and the others are reported as superseded, whatever their order.
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
@@ -141,6 +143,43 @@ impl Crl {
             > (other.number.as_ref(), other.info.this_update)
     }
 
+    /// The cRLNumber, when present.
+    pub(crate) fn number(&self) -> Option<&BigUint> {
+        self.number.as_ref()
+    }
+
+    /// Checks the signature against `issuer`, an intermediate CA certificate from a chain
+    /// that verified (the CRL of a distribution point it named).
+    pub(crate) fn verify_with_issuer(&mut self, issuer: &CertificateDer<'_>) -> Result<(), String> {
+        let (_, cert) = X509Certificate::from_der(issuer.as_ref())
+            .map_err(|e| format!("the issuing CA certificate cannot be parsed: {e}"))?;
+        if cert.subject().as_raw() != self.issuer_der.as_slice() {
+            return Err(format!(
+                "it is issued by {}, not by the CA whose certificate named it ({})",
+                self.info.issuer,
+                rfc2253(cert.subject())
+            ));
+        }
+        let Some(signed) = signed_parts(self.der.as_ref()) else {
+            return Err("cannot read the CRL's signature".to_owned());
+        };
+        let algs = super::provider::provider().signature_verification_algorithms;
+        if !verify_signed(&algs, cert.public_key().raw, &signed) {
+            return Err(format!(
+                "its signature does not verify with the key of {}",
+                self.info.issuer
+            ));
+        }
+        if !crate::x509::KeyUsageBits::of(&cert).allows_crl_sign() {
+            return Err(format!(
+                "{}'s keyUsage does not allow cRLSign",
+                self.info.issuer
+            ));
+        }
+        self.info.signature = CrlSignature::VerifiedWithIntermediate;
+        Ok(())
+    }
+
     /// The issuer Name, DER.
     pub(crate) fn issuer_der(&self) -> &[u8] {
         &self.issuer_der
@@ -149,6 +188,54 @@ impl Crl {
     /// Whether `other` has the same issuer Name.
     pub(crate) fn same_issuer(&self, other: &Crl) -> bool {
         self.issuer_der == other.issuer_der
+    }
+}
+
+/// A CRL distribution point found in a chain that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DistributionPoint {
+    /// The `http://` or `https://` URL of the CRL.
+    pub(crate) url: String,
+    /// The certificate of the CA that signs that CRL when it is an intermediate of the chain;
+    /// `None` when it is a truststore CA.
+    pub(crate) issuer: Option<CertificateDer<'static>>,
+}
+
+/// The most distinct distribution points reported over the life of the process: a client
+/// can present many certificates, each naming URLs, and the fetcher must stay bounded.
+pub(crate) const MAX_DISTRIBUTION_POINTS: usize = 32;
+
+/// Where a verifier reports the distribution points of chains it accepted: a bounded
+/// channel to the fetcher, fed without ever blocking (or touching the network on) the
+/// handshake.
+#[derive(Debug, Clone)]
+pub(crate) struct DistributionPoints {
+    tx: tokio::sync::mpsc::Sender<DistributionPoint>,
+    /// URLs already reported, shared by every generation's verifier.
+    seen: Arc<Mutex<HashSet<String>>>,
+}
+
+impl DistributionPoints {
+    /// A sink feeding `tx`.
+    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<DistributionPoint>) -> Self {
+        Self {
+            tx,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Reports `dp` unless its URL was reported before or the bound is reached.
+    pub(crate) fn report(&self, dp: DistributionPoint) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if seen.len() >= MAX_DISTRIBUTION_POINTS || !seen.insert(dp.url.clone()) {
+            return;
+        }
+        if self.tx.try_send(dp.clone()).is_err() {
+            // The fetcher is busy or gone: forget the URL, so a later handshake reports it.
+            seen.remove(&dp.url);
+        }
     }
 }
 
@@ -251,7 +338,7 @@ mod tests {
     }
 
     fn algs() -> WebPkiSupportedAlgorithms {
-        super::super::state::provider().signature_verification_algorithms
+        super::super::provider::provider().signature_verification_algorithms
     }
 
     const CA_USAGES: [KeyUsagePurpose; 2] =

@@ -7,13 +7,15 @@
 pub mod accepted;
 pub(crate) mod crl;
 pub mod load;
+pub(crate) mod provider;
 pub mod reason;
 pub mod state;
 pub(crate) mod verified_cache;
 pub mod verifier;
 
+pub use provider::provider;
 pub use reason::Reason;
-pub use state::{provider, TlsState};
+pub use state::TlsState;
 
 /// The TLS version chosen by a ServerHello at the start of `record`, read from its cipher
 /// suite (TLS 1.3 suites are 0x13xx). Only ever applied to bytes this server wrote.

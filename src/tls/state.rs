@@ -4,30 +4,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::{
     ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
 };
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use rustls_pki_types::CertificateRevocationListDer;
 
-use super::crl::{self, Anchor, Crl};
+use super::crl::{self, Anchor, Crl, DistributionPoints};
 use super::load::{self, LoadError};
+use super::provider::provider;
 use super::verifier::{ShieldVerifier, Trust};
 use crate::config::Config;
 use crate::x509::{cert_info, CertInfo, CrlInfo, Inventory};
-
-/// The crypto provider for every TLS operation, the one constructor in the program (the
-/// listener, the upstream client, CRL and key checks all take theirs from here).
-///
-/// aws-lc-rs, chosen by measurement: its assembly RSA and P-256 code makes a full mTLS
-/// handshake cheaper than ring's (`cargo bench --bench handshake` compares both in one run;
-/// the figures are in docs/measurements.md). It is also rustls's default, so it gets the most
-/// testing. Its default suites are TLS 1.3 plus TLS 1.2 ECDHE with AEAD only: no CBC, no
-/// static-RSA key exchange, no compression.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
 
 /// Sessions kept per trust state when `listener.session_resumption = true`.
 const SESSION_CACHE_SIZE: usize = 4096;
@@ -41,6 +31,27 @@ pub struct TlsState {
     pub verifier: Arc<ShieldVerifier>,
     /// What was loaded, for metrics, reload logs and `check`.
     pub(crate) inventory: Inventory,
+    /// The truststore, for checking fetched CRLs before they are used.
+    pub(crate) anchors: Vec<Anchor>,
+}
+
+/// A CRL that did not come from a file: fetched from a URL, or from the cache of one.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchedCrl {
+    /// The URL it came from.
+    pub(crate) url: String,
+    /// The CRL.
+    pub(crate) der: CertificateRevocationListDer<'static>,
+}
+
+/// What a trust state takes besides the config's files.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Extra {
+    /// CRLs fetched from URLs, already checked when they arrived.
+    pub(crate) fetched: Vec<FetchedCrl>,
+    /// Where the verifier reports the CRL distribution points of chains that verified, when
+    /// `client_auth.crl_from_distribution_points` is on.
+    pub(crate) distribution_points: Option<DistributionPoints>,
 }
 
 #[derive(Debug)]
@@ -56,6 +67,11 @@ impl TlsState {
     /// Loads every file the config names and builds the server config. Any failure names
     /// the file and leaves nothing half-built.
     pub fn build(config: &Config) -> Result<TlsState, LoadError> {
+        Self::build_with(config, &Extra::default())
+    }
+
+    /// [`TlsState::build`], with fetched CRLs and a distribution-point sink.
+    pub(crate) fn build_with(config: &Config, extra: &Extra) -> Result<TlsState, LoadError> {
         let provider = provider();
         let l = &config.listener;
         let ca = &config.client_auth;
@@ -67,6 +83,17 @@ impl TlsState {
         for path in &ca.crls {
             crls.extend(load_crl_file(path, &anchors, &algs)?);
         }
+        for f in &extra.fetched {
+            // Fetched CRLs were checked when they arrived. One that no longer verifies (its
+            // CA was re-keyed in the truststore since) is left out rather than failing a
+            // reload the operator did not ask for; the fetcher's next CRL replaces it.
+            let checked = Crl::parse(Path::new(&f.url), f.der.clone())
+                .and_then(|mut c| c.verify_signature(&anchors, &algs).map(|()| c));
+            match checked {
+                Ok(c) => crls.push(c),
+                Err(e) => tracing::warn!(url = %f.url, error = %e, "fetched CRL left out"),
+            }
+        }
         let crls = crl::choose(crls);
         let crl_infos: Vec<CrlInfo> = crls.iter().map(|c| c.info.clone()).collect();
         let anchor_infos: Vec<CertInfo> = anchors.iter().map(|a| a.info.clone()).collect();
@@ -74,10 +101,11 @@ impl TlsState {
         // Every reload builds a new verifier with an empty memo: an acceptance never outlives
         // the anchors, CRLs and allow-list it was checked under.
         let trust = Trust {
-            anchors,
+            anchors: anchors.clone(),
             crls,
             require_crl: ca.require_crl,
             algs,
+            distribution_points: extra.distribution_points.clone(),
         };
         let verifier = Arc::new(
             ShieldVerifier::new(trust, ca.allow.clone(), ca.verified_chain_cache)
@@ -120,6 +148,7 @@ impl TlsState {
             server_config: Arc::new(sc),
             verifier,
             inventory,
+            anchors,
         })
     }
 }

@@ -179,7 +179,7 @@ mod tests {
         capacity: usize,
         allowed_cns: &[&str],
     ) -> ShieldVerifier {
-        let algs = crate::tls::state::provider().signature_verification_algorithms;
+        let algs = crate::tls::provider().signature_verification_algorithms;
         let der = root.cert.der().clone();
         let anchors = vec![Anchor {
             info: crate::x509::cert_info(&der).unwrap(),
@@ -212,6 +212,7 @@ mod tests {
             crls: crate::tls::crl::choose(crls),
             require_crl: false,
             algs,
+            distribution_points: None,
         };
         ShieldVerifier::new(trust, allow, capacity).unwrap()
     }

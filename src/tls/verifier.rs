@@ -45,9 +45,9 @@ use webpki::{ExpirationPolicy, UnknownStatusPolicy, VerifiedPath};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 pub use super::accepted::Accepted;
-use super::crl::{self, Anchor, Crl};
+use super::crl::{self, Anchor, Crl, DistributionPoint, DistributionPoints};
+use super::reason::Reason;
 use super::verified_cache::VerifiedChains;
-use super::Reason;
 use crate::config::AllowList;
 use crate::identity::ClientIdentity;
 use crate::x509::{self as facts, KeyUsageBits};
@@ -144,6 +144,8 @@ pub(crate) struct Trust {
     pub(crate) require_crl: bool,
     /// The crypto provider's signature algorithms.
     pub(crate) algs: WebPkiSupportedAlgorithms,
+    /// Where to report the CRL distribution points of accepted chains, when that is on.
+    pub(crate) distribution_points: Option<DistributionPoints>,
 }
 
 /// A trust anchor whose certificate carries a keyUsage without keyCertSign.
@@ -167,6 +169,7 @@ pub struct ShieldVerifier {
     require_crl: bool,
     algs: WebPkiSupportedAlgorithms,
     allow: AllowList,
+    distribution_points: Option<DistributionPoints>,
     /// Chains accepted under this trust state; see [`VerifiedChains`] for why a hit decides
     /// exactly what the full check would.
     accepted: VerifiedChains,
@@ -216,6 +219,7 @@ impl ShieldVerifier {
             require_crl: trust.require_crl,
             algs: trust.algs,
             allow,
+            distribution_points: trust.distribution_points,
             accepted: VerifiedChains::new(memo_capacity),
         })
     }
@@ -287,6 +291,7 @@ impl ShieldVerifier {
         // the window, so a leaf x509-parser cannot read fails closed below, after WebPKI has
         // had its say (its reason is the more useful one for a damaged certificate).
         let window: RefCell<Option<(i64, i64)>> = RefCell::new(None);
+        let found_points: RefCell<Vec<DistributionPoint>> = RefCell::new(Vec::new());
         let ca_refusal: RefCell<Option<String>> = RefCell::new(None);
         let on_path = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
             let Some(leaf) = parsed.as_ref() else {
@@ -295,6 +300,9 @@ impl ShieldVerifier {
             match self.judge_path(path, leaf) {
                 Ok(w) => {
                     *window.borrow_mut() = Some(w);
+                    if self.distribution_points.is_some() {
+                        *found_points.borrow_mut() = distribution_points_of(path, leaf);
+                    }
                     Ok(())
                 }
                 Err(detail) => {
@@ -339,6 +347,13 @@ impl ShieldVerifier {
             .map_err(|(reason, error, detail)| {
                 Rejection::new(reason, error, Some(identity.clone())).with_detail(detail)
             })?;
+        // Only now, with the chain accepted: a refused client must not make the shield fetch
+        // URLs of its choosing.
+        if let Some(sink) = &self.distribution_points {
+            for dp in found_points.take() {
+                sink.report(dp);
+            }
+        }
         Ok(Accepted {
             identity,
             valid_from,
@@ -467,6 +482,34 @@ impl ShieldVerifier {
         }
         Ok(())
     }
+}
+
+/// The CRL distribution points of the certificates on a verified path, each with the
+/// certificate of the CA that signs that CRL (`None` for the trust anchor).
+fn distribution_points_of(
+    path: &VerifiedPath<'_>,
+    leaf: &X509Certificate<'_>,
+) -> Vec<DistributionPoint> {
+    let intermediates: Vec<CertificateDer<'static>> = path
+        .intermediate_certificates()
+        .map(|c| c.der().into_owned())
+        .collect();
+    let mut out = Vec::new();
+    let mut add = |urls: Vec<String>, issuer: Option<&CertificateDer<'static>>| {
+        for url in urls {
+            out.push(DistributionPoint {
+                url,
+                issuer: issuer.cloned(),
+            });
+        }
+    };
+    add(facts::crl_distribution_urls(leaf), intermediates.first());
+    for (i, der) in intermediates.iter().enumerate() {
+        if let Ok((_, c)) = X509Certificate::from_der(der.as_ref()) {
+            add(facts::crl_distribution_urls(&c), intermediates.get(i + 1));
+        }
+    }
+    out
 }
 
 /// The smallest RSA modulus the provider verifies signatures from.
@@ -625,7 +668,8 @@ mod tests {
                 .collect(),
             crls: Vec::new(),
             require_crl: false,
-            algs: super::super::state::provider().signature_verification_algorithms,
+            algs: crate::tls::provider().signature_verification_algorithms,
+            distribution_points: None,
         };
         let allow = AllowList::compile(&AllowConfig::default()).unwrap();
         ShieldVerifier::new(trust, allow, 0).unwrap()
@@ -837,7 +881,7 @@ mod tests {
     fn the_rsa_size_bounds_are_the_providers() {
         // What `leaf_key_usable` states must be what the provider does: it refuses a valid
         // RSA-1024 signature and accepts an RSA-2048 one.
-        let algs = super::super::state::provider().signature_verification_algorithms;
+        let algs = crate::tls::provider().signature_verification_algorithms;
         let pkcs1_sha256 = algs
             .all
             .iter()

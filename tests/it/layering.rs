@@ -198,6 +198,12 @@ fn resolve(
         // `super` is the parent of the module itself, whether it is `foo.rs` or
         // `foo/mod.rs` (the file's module path already drops `mod`).
         "super" => from[..from.len().saturating_sub(1)].to_vec(),
+        "self" => from.to_vec(),
+        // A relative path that starts with a child module (a `pub use child::Item`
+        // re-export in a `mod.rs`) is an import of that child.
+        child if files.contains_key(&[from, &[child.to_owned()]].concat()) => {
+            return Some([from, &[child.to_owned()]].concat());
+        }
         _ => return None,
     };
     segs.remove(0);

@@ -120,7 +120,15 @@ impl Ca {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         p.not_before = now + days(spec.not_before_days);
-        p.not_after = now + days(spec.not_after_days);
+        if !spec.crl_dps.is_empty() {
+            p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: spec.crl_dps.clone(),
+            }];
+        }
+        p.not_after = match spec.not_after_secs {
+            Some(secs) => now + time::Duration::seconds(secs),
+            None => now + days(spec.not_after_days),
+        };
         let serial = next_serial();
         p.serial_number = Some(SerialNumber::from(serial));
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -142,10 +150,26 @@ impl Ca {
         this_update_days: i64,
         next_update_days: i64,
     ) -> String {
+        self.crl_until(
+            serials,
+            number,
+            this_update_days,
+            time::Duration::days(next_update_days),
+        )
+    }
+
+    /// A CRL whose nextUpdate is `next_update` from now (seconds are fine).
+    pub fn crl_until(
+        &self,
+        serials: &[u64],
+        number: u64,
+        this_update_days: i64,
+        next_update: time::Duration,
+    ) -> String {
         let now = OffsetDateTime::now_utc();
         let p = CertificateRevocationListParams {
             this_update: now + days(this_update_days),
-            next_update: now + days(next_update_days),
+            next_update: now + next_update,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: serials
@@ -184,6 +208,10 @@ pub struct Leaf {
     pub eku: Vec<ExtendedKeyUsagePurpose>,
     pub not_before_days: i64,
     pub not_after_days: i64,
+    /// When set, notAfter is this many seconds from now (instead of `not_after_days`).
+    pub not_after_secs: Option<i64>,
+    /// CRL distribution point URLs.
+    pub crl_dps: Vec<String>,
 }
 
 impl Leaf {
@@ -198,6 +226,8 @@ impl Leaf {
             eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
             not_before_days: -1,
             not_after_days: 365,
+            not_after_secs: None,
+            crl_dps: vec![],
         }
     }
 
@@ -212,6 +242,8 @@ impl Leaf {
             eku: vec![ExtendedKeyUsagePurpose::ServerAuth],
             not_before_days: -1,
             not_after_days: 365,
+            not_after_secs: None,
+            crl_dps: vec![],
         }
     }
 
@@ -234,6 +266,16 @@ impl Leaf {
     pub fn valid_days(mut self, not_before: i64, not_after: i64) -> Leaf {
         self.not_before_days = not_before;
         self.not_after_days = not_after;
+        self
+    }
+    /// A CRL distribution point.
+    pub fn crl_dp(mut self, url: &str) -> Leaf {
+        self.crl_dps.push(url.into());
+        self
+    }
+    /// notAfter `secs` seconds from now.
+    pub fn expires_in_secs(mut self, secs: i64) -> Leaf {
+        self.not_after_secs = Some(secs);
         self
     }
 }
@@ -1243,4 +1285,122 @@ pub fn rfc3339_of_openssl_date(date: &str) -> String {
         .output()
         .expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// How a [`CrlServer`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlMode {
+    /// Serves its files, with ETag and 304 for a matching If-None-Match.
+    Serve,
+    /// Answers 503 to everything.
+    Unavailable,
+}
+
+/// Requests a [`CrlServer`] saw: (path, the If-None-Match it carried).
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A CRL server of the test's own: serves files that the test changes, on loopback.
+pub struct CrlServer {
+    pub addr: SocketAddr,
+    files: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    mode: Arc<Mutex<CrlMode>>,
+    /// Requests seen: (path, If-None-Match sent).
+    seen: Seen,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl CrlServer {
+    pub fn start() -> CrlServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let files: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();
+        let mode = Arc::new(Mutex::new(CrlMode::Serve));
+        let seen: Seen = Arc::default();
+        let (f, m, s) = (files.clone(), mode.clone(), seen.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (f, m, s) = (f.clone(), m.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (f, m, s) = (f.clone(), m.clone(), s.clone());
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let inm = req
+                                .headers()
+                                .get("if-none-match")
+                                .map(|v| v.to_str().unwrap_or("").to_owned());
+                            s.lock().unwrap().push((path.clone(), inm.clone()));
+                            let mut resp = Response::new(Full::new(Bytes::new()));
+                            if *m.lock().unwrap() == CrlMode::Unavailable {
+                                *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                return Ok::<_, std::convert::Infallible>(resp);
+                            }
+                            let Some(body) = f.lock().unwrap().get(&path).cloned() else {
+                                *resp.status_mut() = hyper::StatusCode::NOT_FOUND;
+                                return Ok(resp);
+                            };
+                            let etag = format!(
+                                "\"{}\"",
+                                hex::encode(aws_lc_rs::digest::digest(
+                                    &aws_lc_rs::digest::SHA256,
+                                    &body
+                                ))
+                            );
+                            if inm.as_deref() == Some(etag.as_str()) {
+                                *resp.status_mut() = hyper::StatusCode::NOT_MODIFIED;
+                            } else {
+                                *resp.body_mut() = Full::new(Bytes::from(body));
+                            }
+                            resp.headers_mut().insert("etag", etag.parse().unwrap());
+                            Ok(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        CrlServer {
+            addr,
+            files,
+            mode,
+            seen,
+            _rt: rt,
+        }
+    }
+
+    /// Serves `body` at `path` from now on.
+    pub fn put(&self, path: &str, body: impl Into<Vec<u8>>) {
+        self.files.lock().unwrap().insert(path.into(), body.into());
+    }
+
+    pub fn set_mode(&self, mode: CrlMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests for `path` so far.
+    pub fn requests(&self, path: &str) -> Vec<Option<String>> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, inm)| inm.clone())
+            .collect()
+    }
 }

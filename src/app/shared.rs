@@ -1,0 +1,98 @@
+//! [`App`]: the generation in service, swapped whole by a reload, and the data plane it
+//! feeds.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::crl::CrlFetch;
+use super::generation::Generation;
+use crate::metrics::Metrics;
+use crate::proxy::server::Server;
+use crate::proxy::trust::Judged;
+use crate::tls::crl::DistributionPoints;
+use crate::tls::state::Extra;
+
+/// The current generation and the data plane it feeds.
+#[derive(Debug)]
+pub(crate) struct App {
+    generation: ArcSwap<Generation>,
+    server: Arc<Server>,
+    metrics: Arc<Metrics>,
+    /// The CRLs fetched from URLs, when there are any to fetch.
+    crl: Option<Arc<CrlFetch>>,
+    /// Where verifiers report distribution points, when `crl_from_distribution_points` is on.
+    distribution_points: Option<DistributionPoints>,
+}
+
+impl App {
+    /// Wraps the first generation.
+    pub(crate) fn new(
+        first: Generation,
+        metrics: Arc<Metrics>,
+        crl: Option<Arc<CrlFetch>>,
+        distribution_points: Option<DistributionPoints>,
+    ) -> Arc<Self> {
+        metrics.set_inventory(first.inventory());
+        let server = Server::new(
+            first.frontend.clone(),
+            metrics.clone(),
+            first.config.listener.max_connections,
+        );
+        Arc::new(Self {
+            generation: ArcSwap::from_pointee(first),
+            server,
+            metrics,
+            crl,
+            distribution_points,
+        })
+    }
+
+    /// What a trust-state build takes besides the config's files.
+    pub(crate) fn extra(&self) -> Extra {
+        extra(self.crl.as_deref(), self.distribution_points.as_ref())
+    }
+
+    /// The generation in service.
+    pub(crate) fn current(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+
+    /// Puts `next` in service: new connections use its frontend from now on, and every open
+    /// connection is judged against its trust state.
+    pub(crate) fn swap(&self, next: Generation) -> Judged {
+        self.metrics.set_inventory(next.inventory());
+        let frontend = next.frontend.clone();
+        let id = next.id;
+        self.generation.store(Arc::new(next));
+        let judged = self.server.install(frontend);
+        tracing::info!(
+            generation = id,
+            judged = judged.judged,
+            closed = judged.closed,
+            "open connections judged against the new trust state"
+        );
+        judged
+    }
+
+    /// The data plane.
+    pub(crate) fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// The metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+/// What a trust-state build takes besides the config's files.
+pub(crate) fn extra(
+    crl: Option<&CrlFetch>,
+    distribution_points: Option<&DistributionPoints>,
+) -> Extra {
+    Extra {
+        fetched: crl.map(CrlFetch::in_force).unwrap_or_default(),
+        distribution_points: distribution_points.cloned(),
+    }
+}
