@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # bench/compare.sh — mtls-shield vs nginx vs HAProxy as mTLS-verifying reverse proxies,
-# side by side on one machine (issue 6). One command; see bench/README.md.
+# side by side on one machine (issues 6 and 15). One command; see bench/README.md.
 #
-#   bench/compare.sh                 # full run: 3 rounds, 10 s per load phase
+#   bench/compare.sh                 # full run: 5 rounds, 10 s per load phase, 20,000 idle conns
 #   QUICK=1 bench/compare.sh         # smoke run: 1 round, short phases, fewer idle conns
+#   SHIELD_BASE_BIN=/path/to/old/mtls-shield bench/compare.sh   # + a "before" shield build
 #
 # Environment knobs (defaults in brackets, QUICK=1 values after the slash):
-#   ROUNDS [3/1]  DURATION seconds per load phase [10/3]  IDLE_CONNS [2000/300]
-#   DL_COUNT 100 MiB downloads per round [5/1]  HS_CONNS concurrency of the handshake
-#   phase [32]  TARGETS ["mtls-shield nginx haproxy"]  MTLS_SHIELD_BIN (use this binary,
-#   never build)  SKIP_BUILD=1 (use target/release/mtls-shield as it is)
+#   ROUNDS [5/1]  DURATION seconds per load phase [10/3]  IDLE_CONNS [20000/300]
+#   DL_COUNT 100 MiB downloads per round [5/1]  HS_CONNS concurrency of the TLS 1.3
+#   handshake phase [32]  HS12_PROCS client processes of the TLS 1.2 handshake phase [8]
+#   TARGETS ["mtls-shield nginx haproxy", plus mtls-shield-base after mtls-shield when
+#   SHIELD_BASE_BIN is set]  MTLS_SHIELD_BIN (use this binary, never build)
+#   SKIP_BUILD=1 (use target/release/mtls-shield as it is)  SHIELD_BASE_BIN (a second
+#   mtls-shield binary, target "mtls-shield-base", same config, its own port)
 #   PROXY_CPU [1]  LOAD_CPU [0]  BASE_PORT [18080]  RESULTS_DIR [bench/results]
-#   MAX_OTHER_PCT [5] % of a CPU used by processes other than the proxy, the upstream and the
-#   load tool that marks a phase disturbed  RETRY_DISTURBED [1] re-runs of a disturbed load phase  QUIET_WAIT [60] seconds
-#   to wait for an idle machine before each target and each re-run
+#   MAX_OTHER_PCT [5] % of a CPU used by processes other than the proxy, the upstream, the
+#   syslog sink and the load tool that marks a phase disturbed  RETRY_DISTURBED [1] re-runs of
+#   a disturbed load phase  QUIET_WAIT [60] seconds to wait for an idle machine before each
+#   proxy start and each re-run
 #   SHIELD_CLIENT_AUTH_EXTRA [""] TOML lines added to mtls-shield's [client_auth], e.g.
 #   'verified_chain_cache = 0' to measure every handshake verified in full
+#   FD_MARGIN [200] file descriptors a proxy needs beyond IDLE_CONNS (listener, upstream pool,
+#   logs); the hard open-file limit must be at least IDLE_CONNS + FD_MARGIN
 #
 # Every server binds 127.0.0.1 only; every load phase is bounded in time.
 set -euo pipefail
@@ -35,13 +42,23 @@ QUICK="${QUICK:-0}"
 if [[ "$QUICK" == 1 ]]; then
   ROUNDS="${ROUNDS:-1}"; DURATION="${DURATION:-3}"; IDLE_CONNS="${IDLE_CONNS:-300}"; DL_COUNT="${DL_COUNT:-1}"
 else
-  ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-10}"; IDLE_CONNS="${IDLE_CONNS:-2000}"; DL_COUNT="${DL_COUNT:-5}"
+  ROUNDS="${ROUNDS:-5}"; DURATION="${DURATION:-10}"; IDLE_CONNS="${IDLE_CONNS:-20000}"; DL_COUNT="${DL_COUNT:-5}"
 fi
 KA_CONNS=32
 HS_CONNS="${HS_CONNS:-32}"
+HS12_PROCS="${HS12_PROCS:-8}"
 H2_CONNS=4
 H2_STREAMS=25
-TARGET_LIST="${TARGETS:-mtls-shield nginx haproxy}"
+# TLS 1.2 phase: the suite CloudFront negotiates with an origin that has a P-256 certificate.
+HS12_CIPHER=ECDHE-ECDSA-AES128-GCM-SHA256
+if [[ -n "${TARGETS:-}" ]]; then
+  TARGET_LIST="$TARGETS"
+elif [[ -n "${SHIELD_BASE_BIN:-}" ]]; then
+  TARGET_LIST="mtls-shield mtls-shield-base nginx haproxy"
+else
+  TARGET_LIST="mtls-shield nginx haproxy"
+fi
+FD_MARGIN="${FD_MARGIN:-200}"
 MAX_OTHER_PCT="${MAX_OTHER_PCT:-5}"      # % of a CPU used by other processes that marks a phase disturbed
 RETRY_DISTURBED="${RETRY_DISTURBED:-1}"  # re-run a disturbed load phase this many times
 QUIET_WAIT="${QUIET_WAIT:-60}"           # before each target and retry, wait up to this long for an idle machine
@@ -49,12 +66,31 @@ PROXY_CPU="${PROXY_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 BASE_PORT="${BASE_PORT:-18080}"
 PORT_UP=$BASE_PORT
-declare -A PORT=([mtls-shield]=$((BASE_PORT + 363)) [nginx]=$((BASE_PORT + 364)) [haproxy]=$((BASE_PORT + 365)))
+declare -A PORT=([mtls-shield]=$((BASE_PORT + 363)) [nginx]=$((BASE_PORT + 364)) [haproxy]=$((BASE_PORT + 365))
+                 [mtls-shield-base]=$((BASE_PORT + 366)))
+SYSLOG_PORT=$((BASE_PORT + 367))   # HAProxy's access log goes here (UDP, 127.0.0.1)
 BIG_MIB=100
 BODY='{"ok":true,"service":"bench-upstream","note":"small fixed JSON body"}'
 
 log() { printf '[compare %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+is_shield() { [[ "$1" == mtls-shield || "$1" == mtls-shield-base ]]; }
+
+for t in $TARGET_LIST; do
+  [[ -n "${PORT[$t]:-}" ]] || die "unknown target '$t' (known: mtls-shield mtls-shield-base nginx haproxy)"
+done
+[[ " $TARGET_LIST " == *" mtls-shield-base "* && -z "${SHIELD_BASE_BIN:-}" ]] \
+  && die "target mtls-shield-base needs SHIELD_BASE_BIN=/path/to/an/mtls-shield/binary"
+
+# Room for IDLE_CONNS connections: each proxy holds them all in one process (the idle client
+# spreads its side over several processes), plus FD_MARGIN for the listener, the upstream
+# pool and the logs. The proxies inherit this limit. Checked first: a run that cannot hold
+# its idle connections should fail now, not after the installs.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_NEED=$((IDLE_CONNS + FD_MARGIN))
+if (( $(ulimit -n) < FD_NEED )); then
+  die "IDLE_CONNS=$IDLE_CONNS needs an open-file limit of at least $FD_NEED per proxy process, but the hard limit here is $(ulimit -Hn) (soft now $(ulimit -n)). Raise the hard limit (as root with CAP_SYS_RESOURCE: 'ulimit -Hn 65536' in the shell that starts this script, or 'prlimit --nofile=65536:65536 --pid \$\$'; or LimitNOFILE= in a systemd unit), or run with IDLE_CONNS=$(( $(ulimit -Hn) - FD_MARGIN )) or fewer."
+fi
 
 # ------------------------------------------------------------------ process bookkeeping
 STARTED_PIDS=()
@@ -113,6 +149,8 @@ fi
 # ------------------------------------------------------------------ 2. mtls-shield binary
 want_shield=0
 [[ " $TARGET_LIST " == *" mtls-shield "* ]] && want_shield=1
+want_base=0
+[[ " $TARGET_LIST " == *" mtls-shield-base "* ]] && want_base=1
 if [[ -n "${MTLS_SHIELD_BIN:-}" ]]; then
   BIN="$MTLS_SHIELD_BIN"
 else
@@ -125,6 +163,7 @@ else
   fi
 fi
 ((want_shield)) && { [[ -x "$BIN" ]] || die "no mtls-shield binary at $BIN"; }
+((want_base)) && { [[ -x "$SHIELD_BASE_BIN" ]] || die "SHIELD_BASE_BIN=$SHIELD_BASE_BIN is not an executable file"; }
 
 # ------------------------------------------------------------------ 3. CPUs
 if ! taskset -c "$PROXY_CPU" true 2>/dev/null || ! taskset -c "$LOAD_CPU" true 2>/dev/null; then
@@ -133,9 +172,7 @@ if ! taskset -c "$PROXY_CPU" true 2>/dev/null || ! taskset -c "$LOAD_CPU" true 2
 fi
 ON_PROXY=(taskset -c "$PROXY_CPU")
 ON_LOAD=(taskset -c "$LOAD_CPU")
-# Room for IDLE_CONNS client sockets (and the proxies inherit it).
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-(( $(ulimit -n) > IDLE_CONNS * 2 + 200 )) || log "WARNING: fd limit $(ulimit -n) is low for $IDLE_CONNS idle connections"
+FD_LIMIT=$(ulimit -n)
 
 # ------------------------------------------------------------------ 4. work dir + PKI
 rm -rf "$RUN"   # the last run's configs, PKI and logs stay here until the next run
@@ -152,6 +189,11 @@ if ((want_shield)); then
   else
     SRC_STATE="no source newer than the binary"
   fi
+fi
+declare -A SBIN=([mtls-shield]="${BIN:-}")
+if ((want_base)); then
+  cp "$SHIELD_BASE_BIN" "$RUN/mtls-shield-base.bin"
+  SBIN[mtls-shield-base]="$RUN/mtls-shield-base.bin"
 fi
 PKI="$RUN/pki"
 mkdir -p "$PKI"
@@ -193,9 +235,13 @@ EOF
 CURL_TLS=(--cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key")
 
 # ------------------------------------------------------------------ 5. configs
+# Each proxy gets two configs that differ only in logging: NAME.conf with the access log off
+# (every phase but one) and NAME-log.conf with it on at the proxy's usual default (the
+# access-log phase).
 mk_upstream() {
   local d="$RUN/upstream"; mkdir -p "$d/www" "$d/tmp"
   head -c $((BIG_MIB * 1024 * 1024)) /dev/zero > "$d/www/big.bin"
+  head -c 65536 /dev/urandom > "$d/www/64k.bin"
   cat > "$d/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -214,23 +260,30 @@ http {
   server {
     listen 127.0.0.1:$PORT_UP;
     location = /big { alias $d/www/big.bin; default_type application/octet-stream; }
+    location = /64k { alias $d/www/64k.bin; default_type application/octet-stream; }
     location / { default_type application/json; return 200 '$BODY'; }
   }
 }
 EOF
 }
 
-mk_nginx() {
-  local d="$RUN/nginx"; mkdir -p "$d/tmp"
-  cat > "$d/nginx.conf" <<EOF
+NGINX_WORKER_CONNS=$(( IDLE_CONNS + 1024 ))
+(( NGINX_WORKER_CONNS < 8192 )) && NGINX_WORKER_CONNS=8192
+mk_nginx() { # mk_nginx off|log
+  local d="$RUN/nginx" conf="$RUN/nginx/nginx.conf" alog="access_log off;"; mkdir -p "$d/tmp"
+  if [[ "$1" == log ]]; then
+    conf="$d/nginx-log.conf"
+    alog="access_log $d/access.log combined;   # nginx's default: unbuffered, combined format"
+  fi
+  cat > "$conf" <<EOF
 worker_processes 1;
 daemon off;
 pid $d/nginx.pid;
 error_log $d/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
+worker_rlimit_nofile $FD_LIMIT;
+events { worker_connections $NGINX_WORKER_CONNS; }
 http {
-  access_log off;
+  $alog
   client_body_temp_path $d/tmp/client; proxy_temp_path $d/tmp/proxy;
   fastcgi_temp_path $d/tmp/fastcgi; uwsgi_temp_path $d/tmp/uwsgi; scgi_temp_path $d/tmp/scgi;
   upstream app {
@@ -258,7 +311,8 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
+      # Append the peer to an inbound X-Forwarded-For (CloudFront sends one), like the others.
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto https;
       proxy_set_header X-Forwarded-Client-Cert "Hash=\$ssl_client_fingerprint;Subject=\"\$ssl_client_s_dn\"";
       # Stream large bodies like the other two instead of spooling them to disk.
@@ -269,20 +323,32 @@ http {
 EOF
 }
 
-# HAProxy wants about 2 fds per connection and refuses to start if it cannot have them.
-HAPROXY_MAXCONN=$(( ( $(ulimit -n) - 200 ) / 2 ))
-(( HAPROXY_MAXCONN > 20000 )) && HAPROXY_MAXCONN=20000
-mk_haproxy() {
-  local d="$RUN/haproxy"; mkdir -p "$d"
-  cat > "$d/haproxy.cfg" <<EOF
+# HAProxy reserves about 2 fds per connection (client + server side) and refuses to start
+# when maxconn does not fit the fd limit ("strict-limits", on by default). Idle client
+# connections use one fd each, so: maxconn for IDLE_CONNS, ulimit-n = the limit we have,
+# and "no strict-limits" (it then prints an ALERT about maxsock at start, and runs).
+HAPROXY_MAXCONN=$(( IDLE_CONNS + FD_MARGIN ))
+mk_haproxy() { # mk_haproxy off|log
+  local d="$RUN/haproxy" conf="$RUN/haproxy/haproxy.cfg" glog="" dlog=""; mkdir -p "$d"
+  if [[ "$1" == log ]]; then
+    conf="$d/haproxy-log.cfg"
+    glog="  log 127.0.0.1:$SYSLOG_PORT local0"
+    dlog="  log global
+  option httplog"
+  fi
+  cat > "$conf" <<EOF
 global
   nbthread 1
   maxconn $HAPROXY_MAXCONN
+  ulimit-n $FD_LIMIT
+  no strict-limits
   tune.ssl.cachesize 0
   ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets
+$glog
 
 defaults
   mode http
+$dlog
   option http-keep-alive
   timeout connect 5s
   timeout client 300s
@@ -304,20 +370,26 @@ backend app
 EOF
 }
 
-mk_shield() {
-  local d="$RUN/mtls-shield"; mkdir -p "$d"
+SHIELD_MAX_CONNS=$(( IDLE_CONNS + 5000 ))
+(( SHIELD_MAX_CONNS < 25000 )) && SHIELD_MAX_CONNS=25000
+mk_shield() { # mk_shield TARGET off|log   (mtls-shield and mtls-shield-base: same config but the port)
+  local t=$1 d="$RUN/$1" conf="$RUN/$1/shield.toml" level='"warn,mtls_shield::cli=info,mtls_shield::app=info"' alog=false; mkdir -p "$d"
+  if [[ "$2" == log ]]; then
+    conf="$d/shield-log.toml"; level='"info"'; alog=true
+  fi
   cp "$PKI/server.pem" "$PKI/server.key" "$d/"
   cp "$PKI/ca.pem" "$d/truststore.pem"
-  cat > "$d/shield.toml" <<EOF
+  cat > "$conf" <<EOF
 [listener]
-address = "127.0.0.1:${PORT[mtls-shield]}"
+address = "127.0.0.1:${PORT[$t]}"
 certificate = "server.pem"
 private_key = "server.key"
 session_resumption = false
 # Idle connections must survive the RSS phase, like nginx/haproxy above.
 header_read_timeout = "300s"
 idle_timeout = "300s"
-max_connections = 20000
+# The default (10000) is below the idle phase's connection count.
+max_connections = $SHIELD_MAX_CONNS
 
 [client_auth]
 truststore = "truststore.pem"
@@ -327,16 +399,24 @@ ${SHIELD_CLIENT_AUTH_EXTRA:-}
 url = "http://127.0.0.1:$PORT_UP"
 
 [log]
-# warn, but keep the one-line "listening" startup message (info, from the cli module)
-level = "warn,mtls_shield::cli=info"
-access_log = false
+# log off: warn, but keep the one-line "listening" startup message (info, from the app
+# module; the cli module in builds before the layering change). log on: the defaults, info with the access log, on stderr (redirected to a file).
+level = $level
+access_log = $alog
 
 [runtime]
 worker_threads = 1
 EOF
 }
 
-mk_upstream; mk_nginx; mk_haproxy; mk_shield
+mk_upstream
+for t in $TARGET_LIST; do
+  case "$t" in
+    nginx) mk_nginx off; mk_nginx log ;;
+    haproxy) mk_haproxy off; mk_haproxy log ;;
+    mtls-shield|mtls-shield-base) mk_shield "$t" off; mk_shield "$t" log ;;
+  esac
+done
 
 wait_port() { # wait_port PORT SECONDS
   local i
@@ -358,20 +438,52 @@ UP_BASE_RPS="$("${ON_LOAD[@]}" ab -k -q -c "$KA_CONNS" -t 3 -n 10000000 "http://
   | awk '/Requests per second/ {print $4}')"
 log "upstream alone (ab -k -c $KA_CONNS, same CPU as the load tool): ${UP_BASE_RPS:-?} req/s"
 
+# HAProxy logs by syslog only: a UDP sink on 127.0.0.1 (the load CPU) that appends each
+# datagram to a file. Started once; its CPU is left out of "other processes".
+SINK_PID=""
+SINK_LOG="$RUN/haproxy/syslog.log"
+if [[ " $TARGET_LIST " == *" haproxy "* ]]; then
+  : > "$SINK_LOG"
+  "${ON_LOAD[@]}" "$PY" "$LIB" syslog-sink --port "$SYSLOG_PORT" --out "$SINK_LOG" \
+    >"$RUN/haproxy/syslog-sink.out" 2>&1 &
+  SINK_PID=$!; STARTED_PIDS+=("$SINK_PID")
+  for i in $(seq 50); do grep -q ready "$RUN/haproxy/syslog-sink.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q ready "$RUN/haproxy/syslog-sink.out" || die "the syslog sink did not start: $(cat "$RUN/haproxy/syslog-sink.out")"
+  log "syslog sink for HAProxy's access log on udp 127.0.0.1:$SYSLOG_PORT -> $SINK_LOG"
+fi
+
+# CloudFront-shaped request headers for the keep-alive phases (one set per run: oha sends the
+# same headers with every request).
+CF_VIA="1.1 $(openssl rand -hex 16).cloudfront.net (CloudFront)"
+CF_ID="$(openssl rand -base64 40 | tr '+/' '-_')"   # 56 characters, like X-Amz-Cf-Id
+CF_HEADERS=(-H "User-Agent: Amazon CloudFront" -H "Via: $CF_VIA" -H "X-Amz-Cf-Id: $CF_ID"
+  -H "X-Forwarded-For: 203.0.113.7" -H "Accept-Encoding: gzip"
+  -H "CloudFront-Viewer-Country: US" -H "CloudFront-Is-Desktop-Viewer: true"
+  -H "CloudFront-Viewer-Address: 203.0.113.7:443")
+
 # ------------------------------------------------------------------ 7. targets
 declare -A TPID
-start_target() { # start_target NAME -> TPID[NAME]
-  local t=$1 d="$RUN/$1" pid
+declare -A ALOG   # TARGET -> the file its access log goes to in the log-on instance
+start_target() { # start_target NAME [off|log] -> TPID[NAME]
+  local t=$1 mode=${2:-off} d="$RUN/$1" pid err
+  err="$d/stderr.log"
   case "$t" in
-    mtls-shield)
-      : > "$d/stderr.log"
-      "${ON_PROXY[@]}" "$BIN" run --config "$d/shield.toml" >"$d/stdout.log" 2>"$d/stderr.log" &
+    mtls-shield|mtls-shield-base)
+      local conf="$d/shield.toml"
+      # log on: the access log is the shield's stderr (its default log), into a file
+      if [[ "$mode" == log ]]; then conf="$d/shield-log.toml"; err="$d/access.log"; ALOG[$t]="$err"; fi
+      : > "$err"
+      "${ON_PROXY[@]}" "${SBIN[$t]}" run --config "$conf" >"$d/stdout.log" 2>"$err" &
       pid=$! ;;
     nginx)
-      "${ON_PROXY[@]}" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/stdout.log" 2>"$d/stderr.log" &
+      local conf="$d/nginx.conf"
+      if [[ "$mode" == log ]]; then conf="$d/nginx-log.conf"; ALOG[$t]="$d/access.log"; : > "$d/access.log"; err="$d/stderr-log.log"; fi
+      "${ON_PROXY[@]}" nginx -p "$d" -c "$conf" -e "$d/error.log" >"$d/stdout.log" 2>"$err" &
       pid=$! ;;
     haproxy)
-      "${ON_PROXY[@]}" haproxy -f "$d/haproxy.cfg" -db >"$d/stdout.log" 2>"$d/stderr.log" &
+      local conf="$d/haproxy.cfg"
+      if [[ "$mode" == log ]]; then conf="$d/haproxy-log.cfg"; ALOG[$t]="$SINK_LOG"; err="$d/stderr-log.log"; fi
+      "${ON_PROXY[@]}" haproxy -f "$conf" -db >"$d/stdout.log" 2>"$err" &
       pid=$! ;;
   esac
   STARTED_PIDS+=("$pid"); TPID[$t]=$pid
@@ -379,9 +491,9 @@ start_target() { # start_target NAME -> TPID[NAME]
     log "$t did not start listening on ${PORT[$t]}; its output:"; tail -n 30 "$d"/*.log >&2 || true
     return 1
   fi
-  if [[ "$t" == mtls-shield ]]; then
-    local i; for i in $(seq 50); do grep -q listening "$d/stderr.log" "$d/stdout.log" && break; sleep 0.1; done
-    grep -q listening "$d/stderr.log" "$d/stdout.log" || log "WARNING: mtls-shield printed no 'listening' line"
+  if is_shield "$t"; then
+    local i; for i in $(seq 50); do grep -q listening "$err" "$d/stdout.log" && break; sleep 0.1; done
+    grep -q listening "$err" "$d/stdout.log" || log "WARNING: $t printed no 'listening' line"
   fi
   kill -0 "$pid" 2>/dev/null || { log "$t exited"; tail -n 30 "$d"/*.log >&2; return 1; }
 }
@@ -425,6 +537,40 @@ sanity() { # sanity TARGET ROUND -> 0 if the proxy serves the body with a cert a
   return 0
 }
 
+tls_record() { # tls_record TARGET CHECK PROTOCOL CIPHER OK
+  "$PY" -c 'import json,sys; a=sys.argv; print(json.dumps({"kind":"tls","target":a[1],"check":a[2],"protocol":a[3],"cipher":a[4],"ok":a[5]=="1"}))' \
+    "$@" >> "$RAW"
+}
+tls_parse() { # tls_parse S_CLIENT_OUTPUT -> proto ciph (the caller's locals)
+  # "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384" is always printed; the SSL-Session
+  # block with "Protocol :" and "Cipher :" only when the server sent a session (ticket).
+  proto="$(sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is \(.*\)$/\1/p' <<<"$1" | head -n1)"
+  ciph="$(sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is \(.*\)$/\2/p' <<<"$1" | head -n1)"
+  [[ -n "$proto" ]] || proto="$(awk '/^ *Protocol *:/ {print $3; exit}' <<<"$1")"
+  [[ -n "$ciph" ]] || ciph="$(awk '/^ *Cipher *:/ {print $3; exit}' <<<"$1")"
+  return 0
+}
+tls_check() { # tls_check TARGET ROUND: what each handshake phase negotiates, seen by openssl s_client
+  local t=$1 r=$2 out proto ciph ok
+  # TLS 1.2 phase: the client offers only TLS 1.2 and only the CloudFront suite.
+  out="$(echo | timeout 5 openssl s_client -tls1_2 -cipher "$HS12_CIPHER" -connect "127.0.0.1:${PORT[$t]}" \
+    -CAfile "$PKI/ca.pem" -cert "$PKI/client.pem" -key "$PKI/client.key" 2>&1 || true)"
+  tls_parse "$out"
+  ok=0; [[ "$proto" == TLSv1.2 && "$ciph" == "$HS12_CIPHER" ]] && ok=1
+  tls_record "$t" "TLS 1.2 phase (s_client -tls1_2 -cipher $HS12_CIPHER)" "${proto:-none}" "${ciph:-none}" "$ok"
+  ((ok)) || note "$t" "$r" "TLS 1.2 check: negotiated '${proto:-none}' '${ciph:-none}', not TLSv1.2 $HS12_CIPHER"
+  log "  TLS 1.2 check: ${proto:-none} ${ciph:-none}"
+  # TLS 1.3 phase: oha (rustls) offers TLS 1.3 and 1.2 and has no option to force a version;
+  # a client offering both must get TLS 1.3 from the server.
+  out="$(echo | timeout 5 openssl s_client -connect "127.0.0.1:${PORT[$t]}" \
+    -CAfile "$PKI/ca.pem" -cert "$PKI/client.pem" -key "$PKI/client.key" 2>&1 || true)"
+  tls_parse "$out"
+  ok=0; [[ "$proto" == TLSv1.3 ]] && ok=1
+  tls_record "$t" "TLS 1.3 phase (s_client offering 1.2 and 1.3, like oha)" "${proto:-none}" "${ciph:-none}" "$ok"
+  ((ok)) || note "$t" "$r" "TLS 1.3 check: a client offering 1.2 and 1.3 got '${proto:-none}'"
+  log "  TLS 1.3 check: ${proto:-none} ${ciph:-none}"
+}
+
 run_counted() { # run_counted OUT CMD... -> CMD's stdout in OUT; prints the CPU seconds CMD used
   local out=$1; shift
   ( "$@" > "$out" 2>"$out.err" || true
@@ -438,6 +584,12 @@ oha_run() { # oha_run OUTFILE ARGS... -> OHA_SUMMARY (one JSON line), OHA_CPU (o
     --cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "$@")
   if [[ -s "$out" ]]; then OHA_SUMMARY=$("$PY" "$LIB" oha "$out"); else OHA_SUMMARY='{}'; fi
 }
+hs_py_run() { # hs_py_run OUTFILE ARGS... -> the same as oha_run, from lib/benchlib.py hs
+  local out=$1; shift
+  OHA_CPU=$(run_counted "$out" timeout $((DURATION + 30)) "${ON_LOAD[@]}" "$PY" "$LIB" hs \
+    --duration "$DURATION" --ca "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "$@")
+  if [[ -s "$out" ]]; then OHA_SUMMARY=$(tail -n 1 "$out"); else OHA_SUMMARY='{}'; fi
+}
 jget() { "$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); v=d.get(sys.argv[2]); print("null" if v is None else v)' "$1" "$2"; }
 
 cpu_busy_s() { # cpu_busy_s CPU -> user+nice+system+steal seconds of that CPU since boot
@@ -450,21 +602,23 @@ all_busy_s() { awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {print ($2+$3+$4+$9)/
 # Around a measured phase: how busy the proxy was, and whether anything else ran on its CPU.
 phase_begin() { # phase_begin PID
   PH_C0=$(cpu_of "$1"); PH_U0=$(cpu_of "$UP_PID"); PH_USER0=$(user_cpu_of "$1")
+  PH_S0=0; [[ -n "$SINK_PID" ]] && PH_S0=$(cpu_of "$SINK_PID")
   PH_B0=$(cpu_busy_s "$PROXY_CPU"); PH_A0=$(all_busy_s); PH_T0=$(now_s)
 }
 # phase_end PID CLIENT_CPU_S -> PH_CPU (proxy CPU s), PH_USER (its user-space part), PH_BUSY (proxy, % of one CPU),
 #   PH_OTHER (CPU used by anything but the proxy, the upstream and the client, % of one CPU),
 #   PH_OTHER_PROXY_CPU (anything but the proxy on the proxy's CPU, %)
 phase_end() {
-  local c1 b1 a1 t1 u1 wall
+  local c1 b1 a1 t1 u1 s1=0 wall
   b1=$(cpu_busy_s "$PROXY_CPU"); a1=$(all_busy_s); t1=$(now_s)
   c1=$(cpu_of "$1"); u1=$(cpu_of "$UP_PID")
+  [[ -n "$SINK_PID" ]] && s1=$(cpu_of "$SINK_PID")
   PH_CPU=$(calc "$c1 - $PH_C0")
   PH_USER=$(calc "$(user_cpu_of "$1") - $PH_USER0")
   wall=$(calc "$t1 - $PH_T0")
   PH_BUSY=$(calc "($c1 - $PH_C0) / $wall * 100")
   PH_OTHER_PROXY_CPU=$(calc "max(0.0, ($b1 - $PH_B0) - ($c1 - $PH_C0)) / $wall * 100")
-  PH_OTHER=$(calc "max(0.0, ($a1 - $PH_A0) - ($c1 - $PH_C0) - ($u1 - $PH_U0) - ${2:-0}) / $wall * 100")
+  PH_OTHER=$(calc "max(0.0, ($a1 - $PH_A0) - ($c1 - $PH_C0) - ($u1 - $PH_U0) - ($s1 - $PH_S0) - ${2:-0}) / $wall * 100")
   PH_CLIENT=$(calc "${2:-0} / $wall * 100")
 }
 wait_quiet() { # wait (at most QUIET_WAIT s) for 3 s in a row of an idle machine (< 10% of a CPU)
@@ -496,14 +650,23 @@ phase_record() { # phase_record TARGET ROUND PREFIX
   return 0
 }
 
-load_phase() { # load_phase TARGET ROUND NAME -- OHA ARGS...   sets LP_N LP_RPS LP_P50 LP_P99 PH_CPU
-  local t=$1 r=$2 name=$3; shift 4
-  local pid=${TPID[$t]} s out="$RUN/$t/oha-$name-r$r.json" attempt
+LP_PRE=""; LP_POST=""   # optional functions run before/after each attempt of a load phase
+load_phase() { # load_phase TARGET ROUND NAME oha|hs ARGS...   sets LP_N LP_RPS LP_P50 LP_P99 PH_CPU PH_USER
+  local t=$1 r=$2 name=$3 runner=$4; shift 4
+  local pid=${TPID[$t]} s out="$RUN/$t/$runner-$name-r$r.json" attempt err_ok=200
+  # oha aborts its in-flight requests at the deadline (one per connection/stream) and counts
+  # them as errors; the Python client finishes each connection it started: any error counts.
+  [[ "$runner" == hs ]] && err_ok=0
   for attempt in $(seq $((RETRY_DISTURBED + 1))); do
+    [[ -n "$LP_PRE" ]] && "$LP_PRE" "$t"
     phase_begin "$pid"
-    oha_run "$out" "$@"
+    case "$runner" in
+      oha) oha_run "$out" "$@" ;;
+      hs) hs_py_run "$out" "$@" ;;
+    esac
     phase_end "$pid" "$OHA_CPU"
     s=$OHA_SUMMARY
+    [[ -n "$LP_POST" ]] && "$LP_POST" "$t" "$(jget "$s" responses_2xx)"
     phase_disturbed || break
     if ((attempt <= RETRY_DISTURBED)); then
       log "  $name: disturbed by other processes ($(printf '%.0f' "$PH_OTHER")% of a CPU); running it again"
@@ -516,34 +679,45 @@ load_phase() { # load_phase TARGET ROUND NAME -- OHA ARGS...   sets LP_N LP_RPS 
   errs=$(jget "$s" errors); non2xx=$(jget "$s" responses_non2xx)
   if [[ "$LP_N" == null || "$LP_N" == 0 ]]; then
     LP_N=null
-    note "$t" "$r" "$name: no successful responses; oha said: $(head -c 400 "$out.err" 2>/dev/null) $(echo "$s" | head -c 400)"
-  elif [[ "$errs" != null ]] && (( non2xx > 0 || errs > 200 )); then
-    # oha aborts in-flight requests at the deadline (one per connection/stream): not counted.
+    note "$t" "$r" "$name: no successful responses; the client said: $(head -c 400 "$out.err" 2>/dev/null) $(echo "$s" | head -c 400)"
+  elif [[ "$errs" != null ]] && (( non2xx > 0 || errs > err_ok )); then
     note "$t" "$r" "$name: $errs errors, $non2xx non-2xx ($(jget "$s" error_kinds))"
   fi
   return 0
 }
 per_unit_us() { calc "None if '$2' == 'null' else ($1) * 1e6 / $2"; } # per_unit_us CPU_S COUNT
 
+IDLE_OPEN_MAX=$(( IDLE_CONNS / 30 ))           # s allowed to open them all (250-400/s seen; slower on a busy machine)
+(( IDLE_OPEN_MAX < 120 )) && IDLE_OPEN_MAX=120
+IDLE_PER_PROC=4000                               # connections per holder process (fds, and parallel opening)
 measure_idle() { # measure_idle TARGET ROUND
-  local t=$1 r=$2 pid=${TPID[$t]} d="$RUN/$t" base after ctl out hp line opened alive
+  local t=$1 r=$2 pid=${TPID[$t]} d="$RUN/$t" base after ctl out hp line opened alive c0 c1
   sleep 1
   base=$(rss_of "$pid")
   ctl="$d/idle.ctl"; out="$d/idle-r$r.out"; rm -f "$ctl"; mkfifo "$ctl"
   "${ON_LOAD[@]}" "$PY" "$LIB" idle --port "${PORT[$t]}" --count "$IDLE_CONNS" --ca "$PKI/ca.pem" \
-    --cert "$PKI/client.pem" --key "$PKI/client.key" --settle 2 --open-max 120 --hold-max 60 \
-    < "$ctl" > "$out" 2>"$out.err" &
+    --cert "$PKI/client.pem" --key "$PKI/client.key" --settle 2 --open-max "$IDLE_OPEN_MAX" \
+    --hold-max 120 --per-proc "$IDLE_PER_PROC" < "$ctl" > "$out" 2>"$out.err" &
   hp=$!; STARTED_PIDS+=("$hp")
   exec 7>"$ctl"
-  local i; for i in $(seq 1500); do grep -q '"ready"' "$out" 2>/dev/null && break; kill -0 "$hp" 2>/dev/null || break; sleep 0.1; done
+  local i; for i in $(seq $(( (IDLE_OPEN_MAX + 30) * 10 ))); do
+    grep -q '"ready"' "$out" 2>/dev/null && break; kill -0 "$hp" 2>/dev/null || break; sleep 0.1
+  done
   line=$(grep '"ready"' "$out" || true)
   if [[ -z "$line" ]]; then
     note "$t" "$r" "idle: the holder did not get ready: $(head -c 400 "$out.err")"
     exec 7>&-; stop_pid "$hp"; emit "$t" "$r" idle_rss_kib_per_conn null; return
   fi
+  # Every handshake the client finished must be finished on the proxy's side too (in TLS 1.3
+  # the server reads the client's certificate after the client is done): wait until the
+  # proxy has been idle for a second (at most 30 s), then read its RSS.
+  for i in $(seq 30); do
+    c0=$(cpu_of "$pid"); sleep 1; c1=$(cpu_of "$pid")
+    awk -v a="$c0" -v b="$c1" 'BEGIN {exit !(b - a < 0.02)}' && break
+  done
   after=$(rss_of "$pid")
   echo >&7; exec 7>&-
-  for i in $(seq 100); do kill -0 "$hp" 2>/dev/null || break; sleep 0.1; done
+  for i in $(seq 300); do kill -0 "$hp" 2>/dev/null || break; sleep 0.1; done
   stop_pid "$hp"
   opened=$(jget "$line" opened); alive=$(jget "$line" alive)
   ((opened < IDLE_CONNS)) && note "$t" "$r" "idle: only $opened of $IDLE_CONNS connections opened ($(jget "$line" first_error))"
@@ -554,8 +728,14 @@ measure_idle() { # measure_idle TARGET ROUND
     emit "$t" "$r" idle_rss_kib_per_conn null
   fi
   emit "$t" "$r" idle_rss_base_kib "$base"
-  log "  idle: $alive conns, RSS $base -> $after KiB"
-  sleep 1  # let the proxy reap the closed connections
+  emit "$t" "$r" idle_rss_after_kib "$after"
+  emit "$t" "$r" idle_conns_alive "$alive"
+  log "  idle: $alive conns open ($(jget "$line" procs) client processes), RSS $base -> $after KiB"
+  # let the proxy reap the closed connections
+  for i in $(seq 30); do
+    c0=$(cpu_of "$pid"); sleep 1; c1=$(cpu_of "$pid")
+    awk -v a="$c0" -v b="$c1" 'BEGIN {exit !(b - a < 0.02)}' && break
+  done
 }
 
 measure_download() { # measure_download TARGET ROUND
@@ -588,39 +768,106 @@ measure_download() { # measure_download TARGET ROUND
   log "  download: $DL_COUNT x $BIG_MIB MiB in ${secs}s, proxy CPU ${PH_CPU}s"
 }
 
+warm_up() { # warm_up TARGET: unmeasured keep-alive load (upstream pool, lazy init, page cache)
+  timeout 20 "${ON_LOAD[@]}" "$OHA" --no-tui -z 1s -c "$KA_CONNS" --http-version 1.1 --worker-threads 1 \
+    --cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "${CF_HEADERS[@]}" \
+    "https://127.0.0.1:${PORT[$1]}/" >/dev/null 2>&1 || true
+}
+
+file_lines() { [[ -f "$1" ]] && wc -l < "$1" || echo 0; }
+file_bytes() { [[ -f "$1" ]] && stat -c %s "$1" || echo 0; }
+# Around each attempt of the access-log phase: the log must grow by about one line per request.
+log_pre() { sleep 0.5; AL_L0=$(file_lines "${ALOG[$1]}"); AL_B0=$(file_bytes "${ALOG[$1]}"); }
+log_post() { # log_post TARGET RESPONSES
+  sleep 0.5   # the syslog sink flushes after 0.2 s without a datagram
+  AL_L1=$(file_lines "${ALOG[$1]}"); AL_B1=$(file_bytes "${ALOG[$1]}"); AL_N=$2
+}
+
 run_target() { # run_target TARGET ROUND
-  local t=$1 r=$2 u="https://127.0.0.1:${PORT[$1]}/"
+  local t=$1 r=$2 u="https://127.0.0.1:${PORT[$1]}/" ka_cpu
   log "round $r/$ROUNDS: $t on 127.0.0.1:${PORT[$t]} (CPU $PROXY_CPU)"
   wait_quiet
-  if ! start_target "$t"; then note "$t" "$r" "did not start (logs in bench/.run/$t)"; stop_target "$t" 2>/dev/null || true; return; fi
+  if ! start_target "$t" off; then note "$t" "$r" "did not start (logs in bench/.run/$t)"; stop_target "$t" 2>/dev/null || true; return; fi
+  # At rest: started, nothing served yet.
+  sleep 1
+  emit "$t" "$r" rss_rest_kib "$(rss_of "${TPID[$t]}")"
   if ! sanity "$t" "$r"; then stop_target "$t"; return; fi
-  # Warm-up, unmeasured: upstream pool, lazy init, page cache.
-  timeout 20 "${ON_LOAD[@]}" "$OHA" --no-tui -z 1s -c "$KA_CONNS" --http-version 1.1 --worker-threads 1 \
-    --cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "$u" >/dev/null 2>&1 || true
+  ((r == 1)) && tls_check "$t" "$r"
+  warm_up "$t"
 
   measure_idle "$t" "$r"
 
-  load_phase "$t" "$r" ka -- -c "$KA_CONNS" --http-version 1.1 "$u"
-  emit "$t" "$r" ka_rps "$LP_RPS"; emit "$t" "$r" ka_p50_ms "$LP_P50"; emit "$t" "$r" ka_p99_ms "$LP_P99"
-  emit "$t" "$r" ka_cpu_us_per_req "$(per_unit_us "$PH_CPU" "$LP_N")"
-  emit "$t" "$r" ka_user_us_per_req "$(per_unit_us "$PH_USER" "$LP_N")"
-  log "  keep-alive: $(fmt0 "$LP_RPS") req/s, p50 $(fmt3 "$LP_P50") ms, p99 $(fmt3 "$LP_P99") ms, $LP_N requests, proxy CPU ${PH_CPU}s"
-
-  load_phase "$t" "$r" hs -- -c "$HS_CONNS" --http-version 1.1 --disable-keepalive "$u"
+  load_phase "$t" "$r" hs oha -c "$HS_CONNS" --http-version 1.1 --disable-keepalive "$u"
   emit "$t" "$r" hs_cps "$LP_RPS"; emit "$t" "$r" hs_p99_ms "$LP_P99"
   emit "$t" "$r" hs_cpu_us_per_hs "$(per_unit_us "$PH_CPU" "$LP_N")"
   emit "$t" "$r" hs_user_us_per_hs "$(per_unit_us "$PH_USER" "$LP_N")"
-  log "  handshakes: $(fmt0 "$LP_RPS") conn/s, $LP_N handshakes, proxy CPU ${PH_CPU}s"
+  log "  handshakes TLS 1.3: $(fmt0 "$LP_RPS") conn/s, $LP_N handshakes, proxy CPU ${PH_CPU}s"
 
-  load_phase "$t" "$r" h2 -- -c "$H2_CONNS" -p "$H2_STREAMS" --http2 "$u"
+  load_phase "$t" "$r" hs12 hs --port "${PORT[$t]}" --procs "$HS12_PROCS" --tls 1.2 --cipher "$HS12_CIPHER"
+  emit "$t" "$r" hs12_cps "$LP_RPS"; emit "$t" "$r" hs12_p99_ms "$LP_P99"
+  emit "$t" "$r" hs12_cpu_us_per_hs "$(per_unit_us "$PH_CPU" "$LP_N")"
+  emit "$t" "$r" hs12_user_us_per_hs "$(per_unit_us "$PH_USER" "$LP_N")"
+  log "  handshakes TLS 1.2 $HS12_CIPHER: $(fmt0 "$LP_RPS") conn/s, $LP_N handshakes, proxy CPU ${PH_CPU}s (negotiated: $(jget "$OHA_SUMMARY" negotiated))"
+
+  load_phase "$t" "$r" h2 oha -c "$H2_CONNS" -p "$H2_STREAMS" --http2 "$u"
   emit "$t" "$r" h2_rps "$LP_RPS"; emit "$t" "$r" h2_p50_ms "$LP_P50"; emit "$t" "$r" h2_p99_ms "$LP_P99"
   emit "$t" "$r" h2_cpu_us_per_req "$(per_unit_us "$PH_CPU" "$LP_N")"
   log "  h2: $(fmt0 "$LP_RPS") req/s, $LP_N requests, proxy CPU ${PH_CPU}s"
 
   measure_download "$t" "$r"
 
+  load_phase "$t" "$r" ka64k oha -c "$KA_CONNS" --http-version 1.1 "${CF_HEADERS[@]}" "${u}64k"
+  emit "$t" "$r" ka64k_rps "$LP_RPS"
+  emit "$t" "$r" ka64k_mb_s "$(calc "None if '$LP_RPS' == 'null' else $LP_RPS * 65536 / 1e6")"
+  emit "$t" "$r" ka64k_cpu_us_per_req "$(per_unit_us "$PH_CPU" "$LP_N")"
+  log "  keep-alive 64 KiB: $(fmt0 "$LP_RPS") req/s, $LP_N requests, proxy CPU ${PH_CPU}s"
+
+  # Log off, last: the access-log phase below follows it within seconds, so that the
+  # log-on minus log-off difference is not a drift of the machine's speed.
+  load_phase "$t" "$r" ka oha -c "$KA_CONNS" --http-version 1.1 "${CF_HEADERS[@]}" "$u"
+  emit "$t" "$r" ka_rps "$LP_RPS"; emit "$t" "$r" ka_p50_ms "$LP_P50"; emit "$t" "$r" ka_p99_ms "$LP_P99"
+  ka_cpu=$(per_unit_us "$PH_CPU" "$LP_N")
+  emit "$t" "$r" ka_cpu_us_per_req "$ka_cpu"
+  emit "$t" "$r" ka_user_us_per_req "$(per_unit_us "$PH_USER" "$LP_N")"
+  log "  keep-alive: $(fmt0 "$LP_RPS") req/s, p50 $(fmt3 "$LP_P50") ms, p99 $(fmt3 "$LP_P99") ms, $LP_N requests, proxy CPU ${PH_CPU}s"
+
   kill -0 "${TPID[$t]}" 2>/dev/null || note "$t" "$r" "the proxy died during the round (logs in bench/.run/$t)"
   stop_target "$t"
+
+  # Access log on: the same proxy restarted with its log-on config, the same keep-alive load.
+  wait_quiet
+  if ! start_target "$t" log; then note "$t" "$r" "did not start with its access log on (logs in bench/.run/$t)"; stop_target "$t" 2>/dev/null || true; return; fi
+  local body
+  body="$(curl -s --max-time 5 "${CURL_TLS[@]}" "$u" || true)"
+  [[ "$body" == "$BODY" ]] || { note "$t" "$r" "log on: unexpected response '${body:0:200}'"; stop_target "$t"; return; }
+  warm_up "$t"
+  LP_PRE=log_pre; LP_POST=log_post
+  load_phase "$t" "$r" ka_log oha -c "$KA_CONNS" --http-version 1.1 "${CF_HEADERS[@]}" "$u"
+  LP_PRE=""; LP_POST=""
+  kill -0 "${TPID[$t]}" 2>/dev/null || note "$t" "$r" "the proxy died during the access-log phase (logs in bench/.run/$t)"
+  stop_target "$t"
+  local grew=$((AL_L1 - AL_L0)) bytes=$((AL_B1 - AL_B0))
+  if ((grew <= 0 || bytes <= 0)); then
+    die "access-log phase of $t: its log ${ALOG[$t]} did not grow during the measured phase ($AL_L0 -> $AL_L1 lines, $AL_B0 -> $AL_B1 bytes); the log-on figure would be a broken measurement"
+  fi
+  emit "$t" "$r" ka_log_rps "$LP_RPS"; emit "$t" "$r" ka_log_p99_ms "$LP_P99"
+  local log_cpu
+  log_cpu=$(per_unit_us "$PH_CPU" "$LP_N")
+  emit "$t" "$r" ka_log_cpu_us_per_req "$log_cpu"
+  emit "$t" "$r" ka_log_user_us_per_req "$(per_unit_us "$PH_USER" "$LP_N")"
+  emit "$t" "$r" ka_log_cost_us_per_req "$(calc "None if 'null' in ('$log_cpu', '$ka_cpu') else $log_cpu - $ka_cpu")"
+  if [[ "$AL_N" != null && "$AL_N" -gt 0 ]]; then
+    emit "$t" "$r" ka_log_lines_per_req "$(calc "$grew / $AL_N")"
+    emit "$t" "$r" ka_log_bytes_per_req "$(calc "$bytes / $AL_N")"
+    if awk -v g="$grew" -v n="$AL_N" 'BEGIN {exit !(g < 0.9 * n || g > 1.1 * n + 100)}'; then
+      note "$t" "$r" "ka_log: $grew access-log lines for $AL_N requests"
+    fi
+  fi
+  log "  keep-alive, access log on: $(fmt0 "$LP_RPS") req/s, $LP_N requests, proxy CPU ${PH_CPU}s; log +$grew lines, +$bytes bytes"
+  # Keep a sample of the log; drop the rest (~100 bytes per request add up over a run).
+  head -n 5 "${ALOG[$t]}" > "$RUN/$t/access-sample-r$r.log" 2>/dev/null || true
+  tail -n 5 "${ALOG[$t]}" >> "$RUN/$t/access-sample-r$r.log" 2>/dev/null || true
+  : > "${ALOG[$t]}"
 }
 
 for r in $(seq "$ROUNDS"); do
@@ -631,7 +878,12 @@ done
 shield_version="n/a"
 if ((want_shield)); then
   shield_version="$("$BIN" --version 2>/dev/null | head -n1 || true)"
-  shield_version="${shield_version:-mtls-shield} (binary built $(date -u -r "$BIN_SRC" "+%F %H:%M UTC"); git $GIT_AT_START at the start of the run; $SRC_STATE)"
+  shield_version="${shield_version:-mtls-shield} ($BIN_SRC, sha256 $(sha256sum "$BIN" | cut -c1-12), built $(date -u -r "$BIN_SRC" "+%F %H:%M UTC"); git $GIT_AT_START at the start of the run; $SRC_STATE)"
+fi
+base_version="n/a"
+if ((want_base)); then
+  base_version="$("${SBIN[mtls-shield-base]}" --version 2>/dev/null | head -n1 || true)"
+  base_version="${base_version:-mtls-shield} ($SHIELD_BASE_BIN, sha256 $(sha256sum "${SBIN[mtls-shield-base]}" | cut -c1-12), built $(date -u -r "$SHIELD_BASE_BIN" "+%F %H:%M UTC"))"
 fi
 "$PY" - "$RUN/meta.json" <<EOF
 import json, os, platform, sys, datetime
@@ -653,21 +905,35 @@ try:
             osname = line.split("=", 1)[1].strip().strip('"')
 except OSError:
     pass
+mem = "?"
+for line in open("/proc/meminfo"):
+    if line.startswith("MemTotal:"):
+        mem = f"{int(line.split()[1]) / 1048576:.0f} GiB"; break
+versions = {
+    "mtls-shield": """$shield_version""",
+    "mtls-shield-base": """$base_version""",
+    "nginx": first("nginx -v").replace("nginx version: ", ""),
+    "haproxy": first("haproxy -v").replace("HAProxy version ", "").split(" - ")[0],
+    "openssl": first("openssl version"),
+    "oha": first("'$OHA' --version"),
+    "python3 (TLS 1.2 and idle clients, syslog sink)": first("'$PY' --version") + ", " + __import__("ssl").OPENSSL_VERSION,
+    "curl": first("curl --version"),
+    "rustc": first("rustc --version"),
+}
+if versions["mtls-shield-base"] == "n/a":
+    del versions["mtls-shield-base"]
 meta = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     "cpu_model": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "os": osname,
-    "versions": {
-        "mtls-shield": "$shield_version",
-        "nginx": first("nginx -v").replace("nginx version: ", ""),
-        "haproxy": first("haproxy -v").replace("HAProxy version ", "").split(" - ")[0],
-        "openssl": first("openssl version"),
-        "oha": first("'$OHA' --version"),
-        "rustc": first("rustc --version"),
-    },
+    "memory": mem,
+    "versions": versions,
     "settings": {
         "rounds": $ROUNDS, "duration_s": $DURATION, "keepalive_conns": $KA_CONNS,
-        "handshake_conns": $HS_CONNS, "h2": "$H2_CONNS x $H2_STREAMS", "idle_conns": $IDLE_CONNS,
+        "handshake_conns_tls13": $HS_CONNS, "handshake_procs_tls12": $HS12_PROCS,
+        "tls12_cipher": "$HS12_CIPHER",
+        "h2": "$H2_CONNS x $H2_STREAMS", "idle_conns": $IDLE_CONNS, "fd_limit": $FD_LIMIT,
         "downloads": "$DL_COUNT x $BIG_MIB MiB", "quick": $QUICK,
+        "targets": "$TARGET_LIST",
         "upstream_alone_rps": "${UP_BASE_RPS:-?}",
         "mtls_shield_client_auth_extra": "${SHIELD_CLIENT_AUTH_EXTRA:-none (defaults: verified_chain_cache = 1024)}",
     },
