@@ -46,6 +46,17 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+/// The first upstream (the default, then the named ones) that a new connection cannot reach.
+async fn unreachable_upstream(server: &Server) -> Option<String> {
+    let frontend = server.current();
+    for (name, upstream) in frontend.all_upstreams() {
+        if !upstream.probe().await {
+            return Some(name.to_owned());
+        }
+    }
+    None
+}
+
 async fn answer(
     server: Arc<Server>,
     req: Request<Incoming>,
@@ -59,10 +70,17 @@ async fn answer(
                 text(StatusCode::SERVICE_UNAVAILABLE, "not listening yet\n")
             } else if let Some(why) = server.not_ready_reason() {
                 text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
-            } else if !server.current().upstream.probe().await {
-                text(StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable\n")
             } else {
-                text(StatusCode::OK, "ready\n")
+                match unreachable_upstream(&server).await {
+                    Some(name) if name == "upstream" => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable\n")
+                    }
+                    Some(name) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("upstream {name} unreachable ([upstreams.{name}])\n"),
+                    ),
+                    None => text(StatusCode::OK, "ready\n"),
+                }
             }
         }
         "/metrics" => {

@@ -67,6 +67,9 @@ pub(crate) enum Command {
         /// Check at this RFC 3339 time instead of now, e.g. 2026-03-01T12:00:00Z.
         #[arg(long)]
         at: Option<String>,
+        /// Also print the verdict of `[client_auth.report_only]`, the candidate policy.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Write a development PKI (CA, server and client certificates) as PEM files.
     #[cfg(feature = "demo")]
@@ -112,7 +115,8 @@ pub fn main() -> anyhow::Result<ExitCode> {
             cert,
             chain,
             at,
-        } => crate::verify::run(&config, &cert, chain.as_deref(), at.as_deref()),
+            report_only,
+        } => crate::verify::run(&config, &cert, chain.as_deref(), at.as_deref(), report_only),
         #[cfg(feature = "demo")]
         Command::GenCerts { out, force } => crate::demo::gen_certs(&out, force),
     }

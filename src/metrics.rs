@@ -159,6 +159,25 @@ struct UrlLabels {
     url: TextLabel,
 }
 
+/// A verdict: the `enforced` and `candidate` labels of `mtls_shield_report_only_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum Verdict {
+    /// The chain was accepted.
+    accepted,
+    /// The chain was refused.
+    rejected,
+}
+
+/// Labels of `mtls_shield_report_only_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReportOnlyLabels {
+    enforced: Verdict,
+    candidate: Verdict,
+    /// The candidate's refusal reason, `none` when it accepted.
+    reason: ReasonLabel,
+}
+
 /// Labels of `mtls_shield_connections_closed_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClosedLabels {
@@ -199,6 +218,8 @@ pub(crate) struct Metrics {
     connections_closed: Family<ClosedLabels, Counter>,
     /// `mtls_shield_crl_fetch_total`
     crl_fetches: Family<CrlFetchLabels, Counter>,
+    /// `mtls_shield_report_only_total`
+    report_only: Family<ReportOnlyLabels, Counter>,
     /// `mtls_shield_crl_last_success_timestamp_seconds`
     crl_last_success: Family<UrlLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// `mtls_shield_build_info`
@@ -241,6 +262,7 @@ impl Metrics {
             reloads: Family::default(),
             connections_closed: Family::default(),
             crl_fetches: Family::default(),
+            report_only: Family::default(),
             crl_last_success: Family::default(),
             build_info: Family::default(),
             inventory_series: Mutex::default(),
@@ -291,6 +313,11 @@ impl Metrics {
             "connections_closed",
             "Open connections closed because a later judgement (a new trust state, an expiry, a stale CRL) refused their chain",
             m.connections_closed.clone(),
+        );
+        registry.register(
+            "report_only",
+            "Handshakes judged by the report-only candidate policy, by enforced and candidate verdict and the candidate's refusal reason",
+            m.report_only.clone(),
         );
         registry.register(
             "crl_fetch",
@@ -407,6 +434,43 @@ impl Metrics {
                 url: TextLabel(url.to_owned()),
             })
             .set(unix);
+    }
+
+    /// Creates every report-only series at 0 (called when a candidate is configured).
+    pub(crate) fn report_only_series(&self) {
+        for enforced in [Verdict::accepted, Verdict::rejected] {
+            let _ = self.report_only.get_or_create(&ReportOnlyLabels {
+                enforced,
+                candidate: Verdict::accepted,
+                reason: ReasonLabel(None),
+            });
+            for reason in Reason::ALL {
+                let _ = self.report_only.get_or_create(&ReportOnlyLabels {
+                    enforced,
+                    candidate: Verdict::rejected,
+                    reason: ReasonLabel(Some(reason)),
+                });
+            }
+        }
+    }
+
+    /// Counts a handshake judged by the report-only candidate: `candidate` is `None` when it
+    /// accepted, its refusal reason otherwise.
+    pub(crate) fn report_only(&self, enforced_accepted: bool, candidate: Option<Reason>) {
+        let verdict = |accepted| {
+            if accepted {
+                Verdict::accepted
+            } else {
+                Verdict::rejected
+            }
+        };
+        self.report_only
+            .get_or_create(&ReportOnlyLabels {
+                enforced: verdict(enforced_accepted),
+                candidate: verdict(candidate.is_none()),
+                reason: ReasonLabel(candidate),
+            })
+            .inc();
     }
 
     /// Counts a reload.

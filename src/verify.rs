@@ -59,6 +59,7 @@ pub(crate) fn run(
     cert: &Path,
     chain: Option<&Path>,
     at: Option<&str>,
+    report_only: bool,
 ) -> anyhow::Result<ExitCode> {
     let when = match at {
         Some(s) => parse_time(s)?,
@@ -99,6 +100,16 @@ pub(crate) fn run(
         .context("no certificate to verify")?;
     let now = UnixTime::since_unix_epoch(Duration::from_secs(secs));
     let outcome = state.verifier.check(leaf, intermediates, now);
+    let candidate = if report_only {
+        Some(
+            state
+                .verifier
+                .judge_candidate(leaf, intermediates, now)
+                .context("--report-only: the config has no [client_auth.report_only]")?,
+        )
+    } else {
+        None
+    };
 
     println!("certificate: {}", cert.display());
     let identity = match &outcome {
@@ -115,6 +126,17 @@ pub(crate) fn run(
         if intermediates.len() == 1 { "" } else { "s" }
     );
     println!("checked at: {}", rfc3339_z(when));
+    if let Some(candidate) = &candidate {
+        // The candidate's verdict first: the exit status and the `result:` line stay the
+        // enforced policy's, as in the handshake.
+        match candidate {
+            Ok(()) => println!("report-only: accepted"),
+            Err((reason, detail)) => {
+                println!("report-only: refused: {reason}");
+                println!("  detail: {detail}");
+            }
+        }
+    }
     match outcome {
         Ok(_) => {
             println!("result: accepted");

@@ -1,6 +1,7 @@
 //! [`Generation`]: one complete, validated state built from one config: the config itself,
 //! the TLS state and the upstream client, with the [`Frontend`] the data path uses.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -31,6 +32,19 @@ pub(crate) enum BuildError {
     Load(#[from] LoadError),
 }
 
+/// The client of one upstream: `previous`'s, with its warm pool, when its settings and TLS files
+/// did not change; otherwise a new one.
+fn client_for(
+    cfg: &crate::config::UpstreamConfig,
+    previous: Option<&Arc<Upstream>>,
+) -> Result<Arc<Upstream>, BuildError> {
+    let material = Material::read(cfg)?;
+    Ok(match previous {
+        Some(p) if p.reusable_for(cfg, &material) => p.clone(),
+        _ => Arc::new(Upstream::new(cfg, material)?),
+    })
+}
+
 impl Generation {
     /// Loads every file the config names and builds the state. `previous` lends its upstream
     /// pool when the upstream settings and TLS files did not change, so a certificate reload
@@ -42,18 +56,14 @@ impl Generation {
         extra: &Extra,
     ) -> Result<Self, BuildError> {
         let tls = Arc::new(TlsState::build_with(&config, extra)?);
-        let material = Material::read(&config.upstream)?;
-        let upstream = match previous {
-            Some(p)
-                if p.frontend
-                    .upstream
-                    .reusable_for(&config.upstream, &material) =>
-            {
-                p.frontend.upstream.clone()
-            }
-            _ => Arc::new(Upstream::new(&config.upstream, material)?),
-        };
-        let frontend = Arc::new(Frontend::new(id, &config, tls, upstream));
+        let previous = previous.map(|p| &p.frontend);
+        let upstream = client_for(&config.upstream, previous.map(|f| &f.upstream))?;
+        let mut upstreams = HashMap::new();
+        for (name, cfg) in &config.upstreams {
+            let before = previous.and_then(|f| f.upstreams.get(name));
+            upstreams.insert(name.clone(), client_for(cfg, before)?);
+        }
+        let frontend = Arc::new(Frontend::new(id, &config, tls, upstream, upstreams));
         Ok(Self {
             id,
             config: Arc::new(config),

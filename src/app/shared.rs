@@ -34,6 +34,9 @@ impl App {
         distribution_points: Option<DistributionPoints>,
     ) -> Arc<Self> {
         metrics.set_inventory(first.inventory());
+        if first.config.client_auth.report_only.is_some() {
+            metrics.report_only_series();
+        }
         let server = Server::new(
             first.frontend.clone(),
             metrics.clone(),
@@ -62,6 +65,9 @@ impl App {
     /// connection is judged against its trust state.
     pub(crate) fn swap(&self, next: Generation) -> Judged {
         self.metrics.set_inventory(next.inventory());
+        if next.config.client_auth.report_only.is_some() {
+            self.metrics.report_only_series();
+        }
         let frontend = next.frontend.clone();
         let id = next.id;
         self.generation.store(Arc::new(next));

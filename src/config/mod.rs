@@ -66,8 +66,10 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Client-certificate verification.
     pub client_auth: ClientAuthConfig,
-    /// Where accepted requests go.
+    /// Where accepted requests go, unless a route names another upstream.
     pub upstream: UpstreamConfig,
+    /// `[upstreams.NAME]`: more upstreams, for routes.
+    pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
     /// Which identity headers the upstream receives.
     pub forward: ForwardConfig,
     /// The optional admin listener (health, readiness, metrics).
@@ -128,6 +130,12 @@ pub struct ListenerConfig {
     /// Enable only where the port is reachable solely through that balancer.
     #[serde(default = "defaults::proxy_protocol")]
     pub proxy_protocol: ProxyProtocol,
+    /// Answer `421 Misdirected Request` to a request whose Host (or `:authority`) is not the
+    /// server name (SNI) its connection was opened for. Off by default: CloudFront sends the
+    /// origin domain as SNI but forwards the viewer's Host when an origin request policy
+    /// includes it.
+    #[serde(default)]
+    pub require_sni_host_match: bool,
 }
 
 /// `listener.proxy_protocol`.
@@ -162,6 +170,23 @@ pub struct ClientAuthConfig {
     pub allow: AllowList,
     /// CRLs the shield fetches itself.
     pub crl_fetch: CrlFetchConfig,
+    /// Send the truststore's CA names in the CertificateRequest (clients pick a certificate
+    /// by them); false sends none, for large truststores or to keep the CA list private.
+    pub advertise_ca_names: bool,
+    /// A candidate policy judged on every handshake beside the enforced one, never enforced.
+    pub report_only: Option<ReportOnlyConfig>,
+}
+
+/// `[client_auth.report_only]`: a candidate policy, to rotate pins and CAs without an outage.
+/// Every key left out is the enforced policy's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportOnlyConfig {
+    /// The candidate truststore; `None`: the enforced one.
+    pub truststore: Option<PathBuf>,
+    /// The candidate CRL files; `None`: the enforced ones (fetched CRLs included).
+    pub crls: Option<Vec<PathBuf>>,
+    /// The candidate allow-list; `None`: the enforced one.
+    pub allow: Option<AllowList>,
 }
 
 /// The CRLs fetched from URLs (`client_auth.crl_*`).
@@ -330,6 +355,11 @@ pub mod defaults {
     pub fn verified_chain_cache() -> usize {
         1024
     }
+    /// `client_auth.advertise_ca_names`: on, so clients that choose a certificate by the CA
+    /// names in the CertificateRequest (browsers, curl with several identities) find theirs.
+    pub fn advertise_ca_names() -> bool {
+        true
+    }
     /// `client_auth.crl_refresh`: CRLs are usually published daily or more often; an hour
     /// bounds how long a new revocation waits for the shield to see it.
     pub fn crl_refresh() -> Duration {
@@ -438,7 +468,14 @@ impl Config {
         ];
         files.extend(self.client_auth.crls.iter().cloned());
         files.extend(self.client_auth.crl_fetch.ca.iter().cloned());
+        if let Some(r) = &self.client_auth.report_only {
+            files.extend(r.truststore.iter().cloned());
+            files.extend(r.crls.iter().flatten().cloned());
+        }
         files.extend(self.upstream.files());
+        for u in self.upstreams.values() {
+            files.extend(u.files());
+        }
         files
     }
 }

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     defaults, AdminConfig, AllowConfig, AllowList, ClientAuthConfig, Config, ConfigError,
-    CrlFetchConfig, ForwardConfig, ListenerConfig, LogConfig, ReloadConfig, RuntimeConfig,
-    UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls,
+    CrlFetchConfig, ForwardConfig, ListenerConfig, LogConfig, ReloadConfig, ReportOnlyConfig,
+    RuntimeConfig, UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls,
 };
 
 /// The whole file.
@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     listener: ListenerConfig,
     client_auth: RawClientAuth,
     upstream: RawUpstream,
+    #[serde(default)]
+    upstreams: std::collections::BTreeMap<String, RawUpstream>,
     #[serde(default)]
     forward: ForwardConfig,
     #[serde(default)]
@@ -59,6 +61,22 @@ struct RawClientAuth {
     crl_ca: Option<PathBuf>,
     #[serde(default)]
     crl_from_distribution_points: bool,
+    #[serde(default = "defaults::advertise_ca_names")]
+    advertise_ca_names: bool,
+    #[serde(default)]
+    report_only: Option<RawReportOnly>,
+}
+
+/// `[client_auth.report_only]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReportOnly {
+    #[serde(default)]
+    truststore: Option<PathBuf>,
+    #[serde(default)]
+    crls: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    allow: Option<AllowConfig>,
 }
 
 /// `[upstream]`
@@ -119,6 +137,21 @@ impl RawConfig {
         check_listener(&ctx, &listener)?;
         let client_auth = self.client_auth.into_typed(&ctx)?;
         let upstream = self.upstream.into_typed(&ctx, "upstream")?;
+        let mut upstreams = std::collections::BTreeMap::new();
+        for (name, raw) in self.upstreams {
+            let table = format!("upstreams.{name}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ctx.invalid(
+                    &table,
+                    "an upstream name is letters, digits, '-' and '_' only",
+                ));
+            }
+            upstreams.insert(name, raw.into_typed(&ctx, &table)?);
+        }
         if matches!(self.runtime.worker_threads, Some(0)) {
             return Err(ctx.invalid("runtime.worker_threads", "must be at least 1"));
         }
@@ -135,6 +168,7 @@ impl RawConfig {
             listener,
             client_auth,
             upstream,
+            upstreams,
             forward: self.forward,
             admin: self.admin,
             log: self.log,
@@ -199,6 +233,8 @@ impl RawClientAuth {
             verified_chain_cache: self.verified_chain_cache,
             allow,
             crl_fetch,
+            advertise_ca_names: self.advertise_ca_names,
+            report_only: self.report_only.map(|r| r.into_typed(ctx)).transpose()?,
         })
     }
 
@@ -241,6 +277,29 @@ impl RawClientAuth {
             cache_dir: self.crl_cache_dir.clone().map(|p| ctx.resolve(p)),
             ca: self.crl_ca.clone().map(|p| ctx.resolve(p)),
             from_distribution_points: self.crl_from_distribution_points,
+        })
+    }
+}
+
+impl RawReportOnly {
+    fn into_typed(self, ctx: &Ctx<'_>) -> Result<ReportOnlyConfig, ConfigError> {
+        let allow = self
+            .allow
+            .map(|a| {
+                AllowList::compile(&a).map_err(|e| {
+                    ctx.invalid(
+                        &format!("client_auth.report_only.allow.{}", e.key),
+                        e.message,
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(ReportOnlyConfig {
+            truststore: self.truststore.map(|p| ctx.resolve(p)),
+            crls: self
+                .crls
+                .map(|c| c.into_iter().map(|p| ctx.resolve(p)).collect()),
+            allow,
         })
     }
 }

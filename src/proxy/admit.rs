@@ -18,7 +18,7 @@ use super::frontend::Frontend;
 use super::proxy_protocol::{self, AcceptError, Rewind};
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
-use crate::tls::verifier::{with_notes, Accepted, HandshakeNotes};
+use crate::tls::verifier::{with_notes, Accepted, HandshakeNotes, Verdict};
 use crate::tls::Reason;
 
 /// The client's TCP stream after any PROXY header (bytes read past it are put back).
@@ -36,6 +36,10 @@ pub(crate) struct Admitted {
     pub(crate) tls_version: Option<&'static str>,
     /// ALPN chose h2.
     pub(crate) is_h2: bool,
+    /// The report-only candidate's verdict, when one is configured.
+    pub(crate) candidate: Option<Verdict>,
+    /// The server name (SNI) the client asked for, lower-cased.
+    pub(crate) sni: Option<Box<str>>,
 }
 
 /// A refused connection: one connection-log line and one count, written by [`Refusal::record`].
@@ -51,6 +55,8 @@ pub(crate) struct Refusal {
     pub(crate) certificate: Option<Arc<ClientIdentity>>,
     /// What happened, in words.
     pub(crate) detail: String,
+    /// The report-only candidate's verdict on the presented chain, when one is configured.
+    pub(crate) candidate: Option<Verdict>,
 }
 
 impl Refusal {
@@ -61,6 +67,7 @@ impl Refusal {
             tls_version: None,
             certificate: None,
             detail: detail.into(),
+            candidate: None,
         }
     }
 
@@ -82,7 +89,49 @@ impl Refusal {
             detail = self.detail.as_str(),
             "handshake rejected"
         );
+        report_candidate(
+            metrics,
+            self.peer,
+            self.certificate.as_deref(),
+            Err(self.reason),
+            self.candidate.as_ref(),
+        );
     }
+}
+
+/// Counts the report-only candidate's verdict beside the enforced one, and logs one line when
+/// they differ (the line an operator watches while rotating a pin or a CA).
+pub(crate) fn report_candidate(
+    metrics: &Metrics,
+    peer: SocketAddr,
+    cert: Option<&ClientIdentity>,
+    enforced: Result<(), Reason>,
+    candidate: Option<&Verdict>,
+) {
+    let Some(candidate) = candidate else {
+        return;
+    };
+    let candidate_reason = candidate.as_ref().err().map(|(r, _)| *r);
+    metrics.report_only(enforced.is_ok(), candidate_reason);
+    if enforced.is_ok() == candidate.is_ok() {
+        return;
+    }
+    let (subject, issuer, serial, fingerprint) = certificate_fields(cert);
+    let verdict = |ok: bool| if ok { "accepted" } else { "rejected" };
+    tracing::warn!(
+        target: "mtls_shield::connection",
+        peer = %peer,
+        enforced = verdict(enforced.is_ok()),
+        enforced_reason = enforced.err().map_or("none", Reason::as_str),
+        candidate = verdict(candidate.is_ok()),
+        candidate_reason = candidate_reason.map_or("none", Reason::as_str),
+        subject = subject.as_ref(),
+        issuer = issuer.as_ref(),
+        serial = serial.as_str(),
+        fingerprint = %fingerprint,
+        detail = candidate.as_ref().err().map_or("", |(_, d)| d.as_str()),
+        "report-only policy disagrees with the enforced one"
+    );
 }
 
 /// The certificate fields of a connection-log line (subject and issuer capped), `-` for each
@@ -125,8 +174,15 @@ pub(crate) async fn admit(
         _ => "TLSv1.2",
     });
     let is_h2 = conn.alpn_protocol() == Some(b"h2");
-    let accepted = match (notes.accepted, conn.handshake_kind()) {
-        (Some(a), Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest)) => a,
+    let sni = conn.server_name().map(|n| {
+        n.trim_end_matches('.')
+            .to_ascii_lowercase()
+            .into_boxed_str()
+    });
+    let (accepted, candidate) = match (notes.accepted, conn.handshake_kind()) {
+        (Some(a), Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest)) => {
+            (a, notes.candidate)
+        }
         _ => recheck_resumed(conn, peer, frontend, tls_version)?,
     };
     Ok(Some(Admitted {
@@ -135,6 +191,8 @@ pub(crate) async fn admit(
         accepted,
         tls_version,
         is_h2,
+        candidate,
+        sni,
     }))
 }
 
@@ -218,6 +276,7 @@ async fn handshake(
         tls_version,
         certificate: notes.identity.clone(),
         detail,
+        candidate: notes.candidate.clone(),
     };
     match outcome {
         Ok(Ok(tls)) => Ok(Some((tls, notes))),
@@ -248,7 +307,7 @@ fn recheck_resumed(
     peer: SocketAddr,
     frontend: &Frontend,
     tls_version: Option<&'static str>,
-) -> Result<Arc<Accepted>, Refusal> {
+) -> Result<(Arc<Accepted>, Option<Verdict>), Refusal> {
     let chain = conn.peer_certificates().unwrap_or_default();
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Err(Refusal {
@@ -260,15 +319,18 @@ fn recheck_resumed(
             )
         });
     };
-    frontend
-        .tls
-        .verifier
-        .check(leaf, intermediates, UnixTime::now())
-        .map_err(|r| Refusal {
+    let verifier = &frontend.tls.verifier;
+    let now = UnixTime::now();
+    let candidate = verifier.judge_candidate(leaf, intermediates, now);
+    match verifier.check(leaf, intermediates, now) {
+        Ok(a) => Ok((a, candidate)),
+        Err(r) => Err(Refusal {
             peer,
             reason: r.reason,
             tls_version,
             certificate: r.identity,
             detail: format!("resumed session failed re-verification: {}", r.detail),
-        })
+            candidate,
+        }),
+    }
 }

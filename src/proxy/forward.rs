@@ -50,6 +50,9 @@ pub(crate) struct ConnContext {
     /// `listener.shutdown_timeout`: how long an upgraded tunnel may outlive the trust of its
     /// connection.
     pub(crate) shutdown_timeout: Duration,
+    /// The connection's server name (SNI), when `listener.require_sni_host_match` is on and the
+    /// client sent one: every request's Host must name it.
+    pub(crate) sni: Option<Box<str>>,
 }
 
 /// Whatever keeps a connection's `max_connections` permit and active-connection count.
@@ -170,6 +173,20 @@ fn rewrite_head(ctx: &ConnContext, parts: &mut Parts, body: &Incoming, upgrade: 
 
 /// A request refused before the upstream is contacted.
 fn refuse_before_upstream(ctx: &ConnContext, parts: &Parts, body: &Incoming) -> Option<Answer> {
+    if let Some(sni) = &ctx.sni {
+        // A request for another host than the one the connection was opened (and its
+        // certificate chosen) for: RFC 9110 §15.5.20 lets the client retry it on a connection
+        // of its own.
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(headers::host_without_port);
+        if !host.is_some_and(|h| h.eq_ignore_ascii_case(sni)) {
+            tracing::info!(peer = %ctx.peer, sni = %sni, host = host.unwrap_or("-"), "Host does not match the connection's SNI; 421");
+            return Some(Answer::Misdirected);
+        }
+    }
     // Security: this is a reverse proxy. CONNECT would ask the upstream for a raw tunnel that
     // hyper's client and server both treat as leaving HTTP framing; refuse it here.
     if parts.method == http::Method::CONNECT {
@@ -238,6 +255,8 @@ enum Answer {
     TooLarge,
     /// 400: the body was malformed or interrupted.
     BadBody,
+    /// 421: the Host is not the connection's SNI (`listener.require_sni_host_match`).
+    Misdirected,
     /// 502 or 504.
     Upstream(UpstreamFailure),
 }
@@ -248,6 +267,7 @@ impl Answer {
             Answer::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             Answer::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Answer::BadBody => StatusCode::BAD_REQUEST,
+            Answer::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Answer::Upstream(f) => f.status(),
         }
     }
@@ -259,6 +279,9 @@ impl Answer {
             }
             Answer::TooLarge => "413 Content Too Large: request body exceeds the limit\n",
             Answer::BadBody => "400 Bad Request: malformed or interrupted request body\n",
+            Answer::Misdirected => {
+                "421 Misdirected Request: this connection was opened for another host\n"
+            }
             Answer::Upstream(f) => f.body(),
         }
     }

@@ -1,6 +1,7 @@
 //! [`Frontend`]: everything the data path needs from one generation of the configuration,
 //! built once per generation and shared by every connection that starts on it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,10 @@ pub(crate) struct Frontend {
     pub(crate) tls: Arc<TlsState>,
     /// The acceptor for new handshakes (over `tls`'s server config).
     pub(crate) acceptor: TlsAcceptor,
-    /// The upstream client (shared with the previous generation when unchanged).
+    /// The default upstream's client (shared with the previous generation when unchanged).
     pub(crate) upstream: Arc<Upstream>,
+    /// `[upstreams.NAME]`: the named upstreams' clients, for routes.
+    pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
     /// HTTP server settings.
     pub(crate) http: auto::Builder<TokioExecutor>,
     /// `[listener]`: timeouts, limits, the PROXY protocol.
@@ -49,17 +52,34 @@ impl Frontend {
         config: &Config,
         tls: Arc<TlsState>,
         upstream: Arc<Upstream>,
+        upstreams: HashMap<String, Arc<Upstream>>,
     ) -> Frontend {
         Frontend {
             generation,
             acceptor: TlsAcceptor::from(tls.server_config.clone()),
             tls,
             upstream,
+            upstreams,
             http: http_builder(&config.listener),
             listener: config.listener.clone(),
             forward: config.forward.clone(),
             access_log: config.log.access_log,
         }
+    }
+}
+
+impl Frontend {
+    /// Every upstream, the default first (as `upstream`), then the named ones by name.
+    pub(crate) fn all_upstreams(&self) -> Vec<(&str, &Arc<Upstream>)> {
+        let mut named: Vec<_> = self
+            .upstreams
+            .iter()
+            .map(|(n, u)| (n.as_str(), u))
+            .collect();
+        named.sort_by_key(|(n, _)| *n);
+        let mut all = vec![("upstream", &self.upstream)];
+        all.extend(named);
+        all
     }
 }
 

@@ -212,6 +212,19 @@ pub fn set_framing<B: hyper::body::Body>(headers: &mut HeaderMap, body: &B) {
     }
 }
 
+/// The host of a Host header value or an authority, without its port (`[::1]:8443` gives
+/// `::1`, `example.com:443` gives `example.com`) and without a trailing dot.
+pub(crate) fn host_without_port(authority: &str) -> &str {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => match authority.rsplit_once(':') {
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        },
+    };
+    host.trim_end_matches('.')
+}
+
 /// Rewrites the upstream's response headers for the client.
 pub fn rewrite_response(headers: &mut HeaderMap, is_upgrade: bool) {
     remove_hop_by_hop(headers, is_upgrade);
@@ -300,6 +313,19 @@ mod tests {
         h.insert("x-b", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-b"]);
+    }
+
+    #[test]
+    fn hosts_lose_their_port_and_trailing_dot() {
+        assert_eq!(
+            host_without_port("Origin.Example.com:8443"),
+            "Origin.Example.com"
+        );
+        assert_eq!(host_without_port("example.com."), "example.com");
+        assert_eq!(host_without_port("[::1]:8443"), "::1");
+        assert_eq!(host_without_port("[2001:db8::1]"), "2001:db8::1");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("example.com:"), "example.com:");
     }
 
     #[test]

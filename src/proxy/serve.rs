@@ -41,6 +41,8 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
         accepted,
         tls_version,
         is_h2,
+        candidate: _,
+        sni,
     } = admitted;
     let Around {
         metrics,
@@ -54,10 +56,13 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
         &frontend,
         peer,
         &accepted.identity,
-        &activity,
-        metrics,
-        slot,
-        &trust,
+        Conn {
+            activity: &activity,
+            metrics,
+            slot,
+            trust: &trust,
+            sni,
+        },
     );
     let service = service_fn(move |req| forward::handle(ctx.clone(), req));
     let conn = frontend
@@ -134,15 +139,28 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
 }
 
 /// What every request of the connection shares, built once.
+/// The parts of a connection its request context takes.
+struct Conn<'a> {
+    activity: &'a Arc<Activity>,
+    metrics: Arc<Metrics>,
+    slot: Slot,
+    trust: &'a Arc<ConnTrust>,
+    sni: Option<Box<str>>,
+}
+
 fn context(
     frontend: &Frontend,
     peer: std::net::SocketAddr,
     identity: &Arc<ClientIdentity>,
-    activity: &Arc<Activity>,
-    metrics: Arc<Metrics>,
-    slot: Slot,
-    trust: &Arc<ConnTrust>,
+    conn: Conn<'_>,
 ) -> Arc<ConnContext> {
+    let Conn {
+        activity,
+        metrics,
+        slot,
+        trust,
+        sni,
+    } = conn;
     Arc::new(ConnContext {
         peer,
         forwarded_peer: ForwardedPeer::new(peer.ip()),
@@ -159,6 +177,11 @@ fn context(
         slot,
         trust: trust.clone(),
         shutdown_timeout: frontend.listener.shutdown_timeout,
+        sni: frontend
+            .listener
+            .require_sni_host_match
+            .then_some(sni)
+            .flatten(),
     })
 }
 

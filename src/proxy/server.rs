@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::activity::Activity;
-use super::admit::admit;
+use super::admit::{admit, report_candidate};
 use super::forward::Slot;
 use super::frontend::Frontend;
 use super::serve::{draining, serve as serve_connection, Around};
@@ -205,6 +205,13 @@ async fn connection(
     match admit(stream, peer, &frontend, &activity).await {
         Ok(Some(admitted)) => {
             metrics.handshake(None);
+            report_candidate(
+                metrics,
+                admitted.peer,
+                Some(&admitted.accepted.identity),
+                Ok(()),
+                admitted.candidate.as_ref(),
+            );
             // Registered for as long as it is served, so every later trust state judges it.
             let registered = server.trust.register(
                 admitted.peer,

@@ -333,6 +333,7 @@ mod tests {
             require_crl: false,
             algs: crate::tls::provider().signature_verification_algorithms,
             distribution_points: None,
+            advertise_ca_names: true,
         };
         let allow = AllowList::compile(&AllowConfig::default()).unwrap();
         Arc::new(ShieldVerifier::new(trust, allow, 16).unwrap())

@@ -16,7 +16,7 @@ use super::crl::{self, Anchor, Crl, DistributionPoints};
 use super::load::{self, LoadError};
 use super::provider::provider;
 use super::verifier::{ShieldVerifier, Trust};
-use crate::config::Config;
+use crate::config::{Config, ReportOnlyConfig};
 use crate::x509::{cert_info, CertInfo, CrlInfo, Inventory};
 
 /// Sessions kept per trust state when `listener.session_resumption = true`.
@@ -83,6 +83,7 @@ impl TlsState {
         for path in &ca.crls {
             crls.extend(load_crl_file(path, &anchors, &algs)?);
         }
+        let file_crls = crls.clone();
         for f in &extra.fetched {
             // Fetched CRLs were checked when they arrived. One that no longer verifies (its
             // CA was re-keyed in the truststore since) is left out rather than failing a
@@ -106,11 +107,16 @@ impl TlsState {
             require_crl: ca.require_crl,
             algs,
             distribution_points: extra.distribution_points.clone(),
+            advertise_ca_names: ca.advertise_ca_names,
         };
-        let verifier = Arc::new(
-            ShieldVerifier::new(trust, ca.allow.clone(), ca.verified_chain_cache)
-                .map_err(|m| LoadError::new(&ca.truststore, m))?,
-        );
+        let mut verifier = ShieldVerifier::new(trust, ca.allow.clone(), ca.verified_chain_cache)
+            .map_err(|m| LoadError::new(&ca.truststore, m))?;
+        if let Some(candidate) = &ca.report_only {
+            verifier = verifier.with_report_only(report_only_verifier(
+                config, candidate, &anchors, &file_crls, extra,
+            )?);
+        }
+        let verifier = Arc::new(verifier);
 
         let mut sc = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -151,6 +157,52 @@ impl TlsState {
             anchors,
         })
     }
+}
+
+/// The report-only candidate's verifier: the candidate's truststore, CRL files and allow-list
+/// where it names them, the enforced ones where it does not (fetched CRLs apply to both).
+fn report_only_verifier(
+    config: &Config,
+    candidate: &ReportOnlyConfig,
+    enforced_anchors: &[Anchor],
+    enforced_crls: &[Crl],
+    extra: &Extra,
+) -> Result<ShieldVerifier, LoadError> {
+    let ca = &config.client_auth;
+    let algs = provider().signature_verification_algorithms;
+    let anchors = match &candidate.truststore {
+        Some(path) => load_anchors(path)?,
+        None => enforced_anchors.to_vec(),
+    };
+    let mut crls = match &candidate.crls {
+        Some(paths) => {
+            let mut crls = Vec::new();
+            for path in paths {
+                crls.extend(load_crl_file(path, &anchors, &algs)?);
+            }
+            crls
+        }
+        None => enforced_crls.to_vec(),
+    };
+    for f in &extra.fetched {
+        if let Ok(mut c) = Crl::parse(Path::new(&f.url), f.der.clone()) {
+            if c.verify_signature(&anchors, &algs).is_ok() {
+                crls.push(c);
+            }
+        }
+    }
+    let trust = Trust {
+        anchors,
+        crls: crl::choose(crls),
+        require_crl: ca.require_crl,
+        algs,
+        distribution_points: None,
+        advertise_ca_names: ca.advertise_ca_names,
+    };
+    let allow = candidate.allow.clone().unwrap_or_else(|| ca.allow.clone());
+    let truststore = candidate.truststore.as_deref().unwrap_or(&ca.truststore);
+    ShieldVerifier::new(trust, allow, ca.verified_chain_cache)
+        .map_err(|m| LoadError::new(truststore, m))
 }
 
 /// Reads the truststore: every certificate in it is a trust anchor.

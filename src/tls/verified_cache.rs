@@ -213,6 +213,7 @@ mod tests {
             require_crl: false,
             algs,
             distribution_points: None,
+            advertise_ca_names: true,
         };
         ShieldVerifier::new(trust, allow, capacity).unwrap()
     }

@@ -64,7 +64,12 @@ pub struct HandshakeNotes {
     pub rejected: Option<Reason>,
     /// Why, in words, when the verifier refused it.
     pub detail: Option<String>,
+    /// The report-only candidate's verdict, when a candidate is configured.
+    pub candidate: Option<Verdict>,
 }
+
+/// A verdict without its acceptance: accepted, or refused with a reason and why.
+pub type Verdict = Result<(), (Reason, String)>;
 
 tokio::task_local! {
     static NOTES: RefCell<HandshakeNotes>;
@@ -81,7 +86,7 @@ pub async fn with_notes<F: Future>(f: F) -> (F::Output, HandshakeNotes) {
         .await
 }
 
-fn note(outcome: &Result<Arc<Accepted>, Rejection>) {
+fn note(outcome: &Result<Arc<Accepted>, Rejection>, candidate: Option<Verdict>) {
     // Outside a handshake scope (the `verify` command) there is nobody to tell.
     let _ = NOTES.try_with(|n| {
         let mut n = n.borrow_mut();
@@ -91,12 +96,14 @@ fn note(outcome: &Result<Arc<Accepted>, Rejection>) {
                 identity: Some(a.identity.clone()),
                 rejected: None,
                 detail: None,
+                candidate,
             },
             Err(r) => HandshakeNotes {
                 accepted: None,
                 identity: r.identity.clone(),
                 rejected: Some(r.reason),
                 detail: Some(r.detail.clone()),
+                candidate,
             },
         };
     });
@@ -146,6 +153,8 @@ pub(crate) struct Trust {
     pub(crate) algs: WebPkiSupportedAlgorithms,
     /// Where to report the CRL distribution points of accepted chains, when that is on.
     pub(crate) distribution_points: Option<DistributionPoints>,
+    /// Send the anchors' names in the CertificateRequest.
+    pub(crate) advertise_ca_names: bool,
 }
 
 /// A trust anchor whose certificate carries a keyUsage without keyCertSign.
@@ -170,6 +179,8 @@ pub struct ShieldVerifier {
     algs: WebPkiSupportedAlgorithms,
     allow: AllowList,
     distribution_points: Option<DistributionPoints>,
+    /// The report-only candidate, judged beside this verifier on every handshake.
+    report_only: Option<Arc<ShieldVerifier>>,
     /// Chains accepted under this trust state; see [`VerifiedChains`] for why a hit decides
     /// exactly what the full check would.
     accepted: VerifiedChains,
@@ -211,7 +222,13 @@ impl ShieldVerifier {
             .filter_map(|c| Some((c.issuer_der().to_vec(), c.info.next_update?)))
             .collect();
         Ok(Self {
-            hints: store.subjects(),
+            // Security: the names tell a client which certificate to present; hiding them
+            // (advertise_ca_names = false) also hides which CAs this origin trusts.
+            hints: if trust.advertise_ca_names {
+                store.subjects()
+            } else {
+                Vec::new()
+            },
             roots: store.roots,
             non_issuing,
             crls: crl::in_force(&trust.crls),
@@ -220,8 +237,32 @@ impl ShieldVerifier {
             algs: trust.algs,
             allow,
             distribution_points: trust.distribution_points,
+            report_only: None,
             accepted: VerifiedChains::new(memo_capacity),
         })
+    }
+
+    /// Adds the report-only candidate that [`ShieldVerifier::judge_candidate`] consults.
+    pub(crate) fn with_report_only(mut self, candidate: ShieldVerifier) -> Self {
+        self.report_only = Some(Arc::new(candidate));
+        self
+    }
+
+    /// The report-only candidate's verdict on a chain, when one is configured. It never
+    /// changes the enforced verdict.
+    pub fn judge_candidate(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Option<Verdict> {
+        let candidate = self.report_only.as_ref()?;
+        Some(
+            candidate
+                .check(end_entity, intermediates, now)
+                .map(|_| ())
+                .map_err(|r| (r.reason, r.detail)),
+        )
     }
 
     /// Chains remembered as accepted (for tests and diagnostics).
@@ -572,7 +613,10 @@ impl ClientCertVerifier for ShieldVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let outcome = self.check(end_entity, intermediates, now);
-        note(&outcome);
+        note(
+            &outcome,
+            self.judge_candidate(end_entity, intermediates, now),
+        );
         outcome
             .map(|_| ClientCertVerified::assertion())
             .map_err(|r| r.error)
@@ -670,6 +714,7 @@ mod tests {
             require_crl: false,
             algs: crate::tls::provider().signature_verification_algorithms,
             distribution_points: None,
+            advertise_ca_names: true,
         };
         let allow = AllowList::compile(&AllowConfig::default()).unwrap();
         ShieldVerifier::new(trust, allow, 0).unwrap()

@@ -40,6 +40,7 @@ mod ops_check;
 mod ops_reload;
 mod ops_shutdown;
 mod ops_verify;
+mod policy;
 mod protocols_http;
 mod protocols_websocket;
 mod proxy_protocol;
