@@ -13,6 +13,8 @@
 
 mod allow;
 mod raw;
+mod routes;
+mod sources;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -22,6 +24,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use allow::{AllowConfig, AllowError, AllowList};
+pub use routes::{normalize_path, HostPattern, Lookup, RawRoute, Route, RouteTable};
+pub use sources::{
+    parse_allow_sources, parse_sources_file, SourcePolicy, SourceSet, SourcesFileError,
+};
 pub use upstream::{
     UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls, UpstreamUrlError,
 };
