@@ -84,6 +84,36 @@ pub(crate) struct Report {
     pub(crate) upstream: Option<UpstreamConfig>,
     /// Each `client_auth.crl_urls` entry, fetched once.
     pub(crate) crl_urls: Vec<CrlUrlReport>,
+    /// `listener.allow_sources` and its file, when either is set.
+    pub(crate) sources: Option<SourcesReport>,
+    /// Each `[[routes]]` entry, in config order.
+    pub(crate) routes: Vec<RouteReport>,
+}
+
+/// Who may connect at all.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SourcesReport {
+    /// `listener.allow_sources_file`, when set.
+    pub(crate) file: Option<PathBuf>,
+    /// Prefixes loaded from the key and the file together, as written (overlaps counted).
+    pub(crate) prefixes: usize,
+}
+
+/// One `[[routes]]` entry as `run` compiled it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RouteReport {
+    /// Its metrics and log label: the name, or the index.
+    pub(crate) label: String,
+    /// `any host`, an exact name, or `*.suffix`.
+    pub(crate) host: String,
+    /// The normalised prefix.
+    pub(crate) path_prefix: String,
+    /// Empty: every method.
+    pub(crate) methods: Vec<String>,
+    /// The named upstream, or `upstream` for the default.
+    pub(crate) upstream: String,
+    /// Whether the route has its own allow-list.
+    pub(crate) restricted: bool,
 }
 
 /// One CRL URL, fetched once by `check`.
@@ -113,6 +143,8 @@ impl Report {
             allow: None,
             upstream: None,
             crl_urls: Vec::new(),
+            sources: None,
+            routes: Vec::new(),
         }
     }
 
@@ -147,6 +179,19 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
     report.truststore = Some(config.client_auth.truststore.clone());
     report.allow = Some(config.client_auth.allow.source().clone());
     report.upstream = Some(config.upstream.clone());
+    report.routes = config
+        .routes
+        .routes()
+        .iter()
+        .map(|r| RouteReport {
+            label: r.label().to_owned(),
+            host: r.host().to_string(),
+            path_prefix: r.path_prefix().to_owned(),
+            methods: r.methods().iter().map(|m| m.to_string()).collect(),
+            upstream: r.upstream().unwrap_or("upstream").to_owned(),
+            restricted: r.allow().is_some(),
+        })
+        .collect();
 
     // Pass 1: every file on its own, so each broken one gets its own line.
     let server = check_server(&config, &mut report);
@@ -204,6 +249,14 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
     let (server_info, anchors, crls) = match &built {
         // When everything loads, report what `run` would actually serve.
         Ok(generation) => {
+            report.sources = generation
+                .frontend
+                .sources
+                .prefixes()
+                .map(|prefixes| SourcesReport {
+                    file: config.listener.allow_sources_file.clone(),
+                    prefixes,
+                });
             let inv = generation.inventory().clone();
             (Some(inv.server), inv.anchors, inv.crls)
         }
@@ -586,6 +639,40 @@ pub(crate) fn text(r: &Report) -> String {
             u.url,
             humantime::format_duration(u.connect_timeout),
             humantime::format_duration(u.response_timeout),
+        );
+    }
+    if let Some(s) = &r.sources {
+        let _ = writeln!(
+            o,
+            "allow_sources: {} prefix{}{}; connections from anywhere else are closed before TLS",
+            s.prefixes,
+            if s.prefixes == 1 { "" } else { "es" },
+            s.file
+                .as_ref()
+                .map_or_else(String::new, |f| format!(" (with {})", f.display())),
+        );
+    }
+    if !r.routes.is_empty() {
+        let _ = writeln!(o, "routes:");
+    }
+    for route in &r.routes {
+        let _ = writeln!(
+            o,
+            "  - {}: host {}, path {}, methods {}, to {}, {}",
+            route.label,
+            route.host,
+            route.path_prefix,
+            if route.methods.is_empty() {
+                "any".to_owned()
+            } else {
+                route.methods.join(",")
+            },
+            route.upstream,
+            if route.restricted {
+                "own allow-list"
+            } else {
+                "every client that connected"
+            }
         );
     }
     for w in &r.warnings {

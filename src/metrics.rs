@@ -178,6 +178,13 @@ struct ReportOnlyLabels {
     reason: ReasonLabel,
 }
 
+/// Labels of `mtls_shield_requests_denied_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    /// The route's name, or its index.
+    route: TextLabel,
+}
+
 /// Labels of `mtls_shield_connections_closed_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClosedLabels {
@@ -220,6 +227,8 @@ pub(crate) struct Metrics {
     crl_fetches: Family<CrlFetchLabels, Counter>,
     /// `mtls_shield_report_only_total`
     report_only: Family<ReportOnlyLabels, Counter>,
+    /// `mtls_shield_requests_denied_total`
+    requests_denied: Family<RouteLabels, Counter>,
     /// `mtls_shield_crl_last_success_timestamp_seconds`
     crl_last_success: Family<UrlLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// `mtls_shield_build_info`
@@ -263,6 +272,7 @@ impl Metrics {
             connections_closed: Family::default(),
             crl_fetches: Family::default(),
             report_only: Family::default(),
+            requests_denied: Family::default(),
             crl_last_success: Family::default(),
             build_info: Family::default(),
             inventory_series: Mutex::default(),
@@ -313,6 +323,11 @@ impl Metrics {
             "connections_closed",
             "Open connections closed because a later judgement (a new trust state, an expiry, a stale CRL) refused their chain",
             m.connections_closed.clone(),
+        );
+        registry.register(
+            "requests_denied",
+            "Requests refused with 403 because the matching route's allow-list refuses the client",
+            m.requests_denied.clone(),
         );
         registry.register(
             "report_only",
@@ -469,6 +484,24 @@ impl Metrics {
                 enforced: verdict(enforced_accepted),
                 candidate: verdict(candidate.is_none()),
                 reason: ReasonLabel(candidate),
+            })
+            .inc();
+    }
+
+    /// Creates the denied-request series of every route at 0.
+    pub(crate) fn route_series<'a>(&self, labels: impl IntoIterator<Item = &'a str>) {
+        for route in labels {
+            let _ = self.requests_denied.get_or_create(&RouteLabels {
+                route: TextLabel(route.to_owned()),
+            });
+        }
+    }
+
+    /// Counts a request a route's allow-list refused.
+    pub(crate) fn request_denied(&self, route: &str) {
+        self.requests_denied
+            .get_or_create(&RouteLabels {
+                route: TextLabel(route.to_owned()),
             })
             .inc();
     }

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::config::{parse_sources_file, SourcePolicy, SourcesFileError};
 use crate::proxy::connector::Material;
 use crate::proxy::frontend::Frontend;
 use crate::proxy::upstream::Upstream;
-use crate::tls::load::LoadError;
+use crate::tls::load::{self, LoadError};
 use crate::tls::state::Extra;
 use crate::tls::TlsState;
 use crate::x509::Inventory;
@@ -30,6 +31,9 @@ pub(crate) enum BuildError {
     /// A file named by the config.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// `listener.allow_sources_file` is not a list of networks.
+    #[error(transparent)]
+    Sources(#[from] SourcesFileError),
 }
 
 /// The client of one upstream: `previous`'s, with its warm pool, when its settings and TLS files
@@ -43,6 +47,19 @@ fn client_for(
         Some(p) if p.reusable_for(cfg, &material) => p.clone(),
         _ => Arc::new(Upstream::new(cfg, material)?),
     })
+}
+
+/// `listener.allow_sources`, with the networks of `allow_sources_file` read now (the file is
+/// reloaded like every file).
+fn source_policy(config: &Config) -> Result<SourcePolicy, BuildError> {
+    let file = match &config.listener.allow_sources_file {
+        Some(path) => {
+            let bytes = load::read(path, "allow_sources_file")?;
+            Some(parse_sources_file(&bytes, path)?)
+        }
+        None => None,
+    };
+    Ok(SourcePolicy::from_parts(config.allow_sources.clone(), file))
 }
 
 impl Generation {
@@ -63,7 +80,10 @@ impl Generation {
             let before = previous.and_then(|f| f.upstreams.get(name));
             upstreams.insert(name.clone(), client_for(cfg, before)?);
         }
-        let frontend = Arc::new(Frontend::new(id, &config, tls, upstream, upstreams));
+        let sources = source_policy(&config)?;
+        let frontend = Arc::new(Frontend::new(
+            id, &config, tls, upstream, upstreams, sources,
+        ));
         Ok(Self {
             id,
             config: Arc::new(config),

@@ -34,6 +34,7 @@ impl App {
         distribution_points: Option<DistributionPoints>,
     ) -> Arc<Self> {
         metrics.set_inventory(first.inventory());
+        metrics.route_series(first.config.routes.routes().iter().map(|r| r.label()));
         if first.config.client_auth.report_only.is_some() {
             metrics.report_only_series();
         }
@@ -65,6 +66,8 @@ impl App {
     /// connection is judged against its trust state.
     pub(crate) fn swap(&self, next: Generation) -> Judged {
         self.metrics.set_inventory(next.inventory());
+        self.metrics
+            .route_series(next.config.routes.routes().iter().map(|r| r.label()));
         if next.config.client_auth.report_only.is_some() {
             self.metrics.report_only_series();
         }

@@ -12,6 +12,7 @@
 //! This module is at the bottom of the crate: it imports no other module of it.
 
 mod allow;
+mod error;
 mod raw;
 mod routes;
 mod sources;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use allow::{AllowConfig, AllowError, AllowList};
+pub use error::ConfigError;
 pub use routes::{normalize_path, HostPattern, Lookup, RawRoute, Route, RouteTable};
 pub use sources::{
     parse_allow_sources, parse_sources_file, SourcePolicy, SourceSet, SourcesFileError,
@@ -31,39 +33,6 @@ pub use sources::{
 pub use upstream::{
     UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls, UpstreamUrlError,
 };
-
-/// Errors raised while reading or validating the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file could not be read at all.
-    // The field is not named `source`: thiserror would make it the error's source, and
-    // anyhow's `{:#}` would then print the OS error twice on the one line the user sees.
-    #[error("{path}: cannot read config file: {reason}; check the path given to --config")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// Why the read failed.
-        reason: std::io::Error,
-    },
-    /// TOML syntax error, unknown key or wrong type.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The config file.
-        path: PathBuf,
-        /// The parser's message, flattened to one line.
-        message: String,
-    },
-    /// A value parsed but is not acceptable.
-    #[error("{path}: {key}: {message}")]
-    Invalid {
-        /// The config file.
-        path: PathBuf,
-        /// The dotted key, e.g. `upstream.url`.
-        key: String,
-        /// What is wrong and what to do.
-        message: String,
-    },
-}
 
 /// The whole configuration, loaded and checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +45,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// `[upstreams.NAME]`: more upstreams, for routes.
     pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
+    /// `[[routes]]`: per-route policy and upstream.
+    pub routes: RouteTable,
+    /// `listener.allow_sources`, parsed (`None`: the key is absent).
+    pub allow_sources: Option<Vec<ipnet::IpNet>>,
     /// Which identity headers the upstream receives.
     pub forward: ForwardConfig,
     /// The optional admin listener (health, readiness, metrics).
@@ -142,6 +115,14 @@ pub struct ListenerConfig {
     /// includes it.
     #[serde(default)]
     pub require_sni_host_match: bool,
+    /// Networks (CIDR) that may connect; a connection from anywhere else is closed before a
+    /// byte is read. Absent: every source.
+    #[serde(default)]
+    pub allow_sources: Option<Vec<String>>,
+    /// A file of more networks: AWS's `ip-ranges.json` (its CLOUDFRONT_ORIGIN_FACING prefixes)
+    /// or one CIDR a line; reloaded like every file.
+    #[serde(default)]
+    pub allow_sources_file: Option<PathBuf>,
 }
 
 /// `listener.proxy_protocol`.
@@ -472,6 +453,7 @@ impl Config {
             self.listener.private_key.clone(),
             self.client_auth.truststore.clone(),
         ];
+        files.extend(self.listener.allow_sources_file.iter().cloned());
         files.extend(self.client_auth.crls.iter().cloned());
         files.extend(self.client_auth.crl_fetch.ca.iter().cloned());
         if let Some(r) = &self.client_auth.report_only {

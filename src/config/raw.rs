@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::sources::parse_allow_sources;
 use super::{
     defaults, AdminConfig, AllowConfig, AllowList, ClientAuthConfig, Config, ConfigError,
-    CrlFetchConfig, ForwardConfig, ListenerConfig, LogConfig, ReloadConfig, ReportOnlyConfig,
-    RuntimeConfig, UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls,
+    CrlFetchConfig, ForwardConfig, ListenerConfig, LogConfig, RawRoute, ReloadConfig,
+    ReportOnlyConfig, RouteTable, RuntimeConfig, UpstreamClientCert, UpstreamConfig,
+    UpstreamTarget, UpstreamTls,
 };
 
 /// The whole file.
@@ -22,6 +24,8 @@ pub(super) struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     upstreams: std::collections::BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
     #[serde(default)]
     forward: ForwardConfig,
     #[serde(default)]
@@ -134,7 +138,13 @@ impl RawConfig {
         let mut listener = self.listener;
         listener.certificate = ctx.resolve(listener.certificate);
         listener.private_key = ctx.resolve(listener.private_key);
+        listener.allow_sources_file = listener.allow_sources_file.map(|p| ctx.resolve(p));
         check_listener(&ctx, &listener)?;
+        let allow_sources = parse_allow_sources(
+            listener.allow_sources.as_deref(),
+            listener.allow_sources_file.is_some(),
+            source,
+        )?;
         let client_auth = self.client_auth.into_typed(&ctx)?;
         let upstream = self.upstream.into_typed(&ctx, "upstream")?;
         let mut upstreams = std::collections::BTreeMap::new();
@@ -152,6 +162,8 @@ impl RawConfig {
             }
             upstreams.insert(name, raw.into_typed(&ctx, &table)?);
         }
+        let routes =
+            RouteTable::compile(self.routes, upstreams.keys().map(String::as_str), source)?;
         if matches!(self.runtime.worker_threads, Some(0)) {
             return Err(ctx.invalid("runtime.worker_threads", "must be at least 1"));
         }
@@ -169,6 +181,8 @@ impl RawConfig {
             client_auth,
             upstream,
             upstreams,
+            routes,
+            allow_sources,
             forward: self.forward,
             admin: self.admin,
             log: self.log,

@@ -37,7 +37,8 @@ use std::path::Path;
 use http::Method;
 use serde::Deserialize;
 
-use super::{AllowConfig, AllowList, ConfigError};
+use super::allow::{AllowConfig, AllowList};
+use super::error::ConfigError;
 
 /// One `[[routes]]` entry as the config file spells it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

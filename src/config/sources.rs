@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// Who may connect, from the two config keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rustls::HandshakeKind;
@@ -16,6 +17,7 @@ use tokio_rustls::server::TlsStream;
 use super::activity::{Activity, Tracked};
 use super::frontend::Frontend;
 use super::proxy_protocol::{self, AcceptError, Rewind};
+use crate::config::ProxyProtocol;
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
 use crate::tls::verifier::{with_notes, Accepted, HandshakeNotes, Verdict};
@@ -71,9 +73,23 @@ impl Refusal {
         }
     }
 
+    /// A source outside `listener.allow_sources`, named by a PROXY header.
+    fn quiet_source(peer: SocketAddr) -> Refusal {
+        Refusal::new(
+            peer,
+            Reason::SourceNotAllowed,
+            "source not in listener.allow_sources",
+        )
+    }
+
     /// Counts the refusal and writes its connection-log line (target
     /// `mtls_shield::connection`, WARN).
     pub(crate) fn record(&self, metrics: &Metrics) {
+        if self.reason == Reason::SourceNotAllowed {
+            // Counted and logged like one refused at accept: rate-limited.
+            source_refused(metrics, self.peer);
+            return;
+        }
         metrics.handshake(Some(self.reason));
         let (subject, issuer, serial, fingerprint) =
             certificate_fields(self.certificate.as_deref());
@@ -134,6 +150,28 @@ pub(crate) fn report_candidate(
     );
 }
 
+/// Counts a connection from outside `listener.allow_sources`, and logs it at most once a second
+/// (a scanner can open thousands a second), with how many were not logged in between.
+pub(crate) fn source_refused(metrics: &Metrics, peer: SocketAddr) {
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    metrics.handshake(Some(Reason::SourceNotAllowed));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_SECOND.swap(now, Ordering::Relaxed) == now {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    tracing::warn!(
+        target: "mtls_shield::connection",
+        peer = %peer,
+        reason = Reason::SourceNotAllowed.as_str(),
+        not_logged_since_last_line = UNLOGGED.swap(0, Ordering::Relaxed),
+        "connection refused: source not in listener.allow_sources"
+    );
+}
+
 /// The certificate fields of a connection-log line (subject and issuer capped), `-` for each
 /// when no certificate was parsed.
 pub(crate) fn certificate_fields(
@@ -164,6 +202,12 @@ pub(crate) async fn admit(
     let Some((stream, peer)) = proxy_header(stream, peer, frontend, deadline).await? else {
         return Ok(None);
     };
+    if frontend.listener.proxy_protocol != ProxyProtocol::Off && !frontend.sources.allows(peer.ip())
+    {
+        // The balancer's PROXY header names the client: that is the source checked, still
+        // before any TLS work.
+        return Err(Refusal::quiet_source(peer));
+    }
     let Some((tls, notes)) = handshake(stream, peer, frontend, activity, deadline).await? else {
         return Ok(None);
     };

@@ -171,6 +171,8 @@ pub(crate) struct AccessRecord {
     pub(crate) bytes_in: Arc<AtomicU64>,
     /// Time to the upstream's response headers, if it answered.
     pub(crate) upstream: Option<Duration>,
+    /// The `[[routes]]` entry the request matched (its name, or its index).
+    pub(crate) route: Option<String>,
 }
 
 enum Inner {
@@ -231,6 +233,7 @@ impl ResponseBody {
                 bytes_out = self.bytes_out,
                 total_ms = elapsed.as_secs_f64() * 1000.0,
                 upstream_ms = a.upstream.map(|d| d.as_secs_f64() * 1000.0),
+                route = a.route.as_deref(),
                 "request"
             );
         }

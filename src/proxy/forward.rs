@@ -15,9 +15,11 @@ use hyper_util::rt::TokioIo;
 
 use super::activity::Activity;
 use super::body::{AccessRecord, BodyState, Finish, RequestBody, ResponseBody};
+use super::frontend::Frontend;
 use super::headers;
 use super::trust::ConnTrust;
 use super::upstream::{Upstream, UpstreamFailure};
+use crate::config::Lookup;
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
 
@@ -34,8 +36,10 @@ pub(crate) struct ConnContext {
     pub(crate) identity_headers: Vec<(HeaderName, HeaderValue)>,
     /// Activity tracker for idle and header timeouts.
     pub(crate) activity: Arc<Activity>,
-    /// The upstream of the state this connection started on.
+    /// The default upstream of the state this connection started on.
     pub(crate) upstream: Arc<Upstream>,
+    /// The frontend the connection started on: its routes and named upstreams.
+    pub(crate) frontend: Arc<Frontend>,
     /// Metrics sink.
     pub(crate) metrics: Arc<Metrics>,
     /// Write access-log lines.
@@ -119,18 +123,21 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     let (mut parts, body) = req.into_parts();
     let http1 = parts.version < Version::HTTP_2;
     rewrite_head(ctx, &mut parts, &body, upgrade);
-    let books = Books::open(ctx, start, &parts);
+    let mut books = Books::open(ctx, start, &parts);
     let bytes_in = books.bytes_in();
-    parts.uri = ctx.upstream.uri_for(&parts.uri);
-    parts.version = Version::HTTP_11;
-
     if let Some(answer) = refuse_before_upstream(ctx, &parts, &body) {
         return local(books.close(answer.status(), None), answer, http1);
     }
+    let upstream = match route(ctx, &parts, &mut books) {
+        Ok(upstream) => upstream,
+        Err(answer) => return local(books.close(answer.status(), None), answer, http1),
+    };
+    parts.uri = upstream.uri_for(&parts.uri);
+    parts.version = Version::HTTP_11;
     let mut body = RequestBody::new(body, bytes_in);
     body.limit(ctx.max_request_body);
     let body_state = body.state();
-    let result = ctx.upstream.send(Request::from_parts(parts, body)).await;
+    let result = upstream.send(Request::from_parts(parts, body)).await;
     let upstream_time = start.elapsed();
     match result {
         Ok(resp) => relay(ctx, resp, client_upgrade, upgrade, books, upstream_time),
@@ -140,7 +147,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
             // the client's fault, and count no upstream error.
             let answer = client_fault(ctx, &body_state).unwrap_or_else(|| {
                 ctx.metrics.upstream_error(failure.kind());
-                tracing::warn!(peer = %ctx.peer, upstream = %ctx.upstream.target(), error = %failure, status = failure.status().as_u16(), "upstream request failed");
+                tracing::warn!(peer = %ctx.peer, upstream = %upstream.target(), error = %failure, status = failure.status().as_u16(), "upstream request failed");
                 Answer::Upstream(failure)
             });
             local(books.close(answer.status(), None), answer, http1)
@@ -202,6 +209,54 @@ fn refuse_before_upstream(ctx: &ConnContext, parts: &Parts, body: &Incoming) -> 
     })
 }
 
+/// The upstream a request goes to, by `[[routes]]`, or the answer that refuses it: 403 when
+/// the matching route's allow-list refuses the connection's identity (the upstream is never
+/// contacted), 400 for a path or Host whose meaning upstreams could disagree on.
+fn route<'a>(
+    ctx: &'a ConnContext,
+    parts: &Parts,
+    books: &mut Books,
+) -> Result<&'a Arc<Upstream>, Answer> {
+    let routes = &ctx.frontend.routes;
+    if routes.is_empty() {
+        return Ok(&ctx.upstream);
+    }
+    // Routes match the Host the upstream will see. Two Host fields, or an h2 :authority that
+    // disagrees with a Host field, would let the proxy and the upstream read different hosts.
+    let refuse = |why: &str| {
+        tracing::info!(peer = %ctx.peer, path = %parts.uri.path(), why, "request target refused; 400");
+        Answer::BadTarget
+    };
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(h.to_str().map_err(|_| refuse("Host is not text"))?),
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(refuse("several Host fields")),
+    };
+    if let (Some(authority), Some(host)) = (parts.uri.authority(), host) {
+        if !authority.as_str().eq_ignore_ascii_case(host) {
+            return Err(refuse(":authority and Host disagree"));
+        }
+    }
+    match routes.lookup(host, &parts.method, parts.uri.path()) {
+        Lookup::NoRoute => Ok(&ctx.upstream),
+        Lookup::BadPath(why) | Lookup::BadHost(why) => Err(refuse(why)),
+        Lookup::Route(r) => {
+            books.route(r.label());
+            if let Some(allow) = r.allow() {
+                if !allow.allows(&ctx.identity) {
+                    ctx.metrics.request_denied(r.label());
+                    tracing::info!(peer = %ctx.peer, route = r.label(), fingerprint = %ctx.identity.fingerprint_hex(), "route's allow-list refuses the client; 403");
+                    return Err(Answer::Forbidden);
+                }
+            }
+            Ok(r.upstream()
+                .and_then(|name| ctx.frontend.upstreams.get(name))
+                .unwrap_or(&ctx.upstream))
+        }
+    }
+}
+
 /// The client's share of a failed upstream exchange, if it had one.
 fn client_fault(ctx: &ConnContext, state: &BodyState) -> Option<Answer> {
     if state.over_limit() {
@@ -257,6 +312,10 @@ enum Answer {
     BadBody,
     /// 421: the Host is not the connection's SNI (`listener.require_sni_host_match`).
     Misdirected,
+    /// 403: the route's allow-list refuses the client.
+    Forbidden,
+    /// 400: a path or Host whose meaning upstreams could disagree on.
+    BadTarget,
     /// 502 or 504.
     Upstream(UpstreamFailure),
 }
@@ -268,6 +327,8 @@ impl Answer {
             Answer::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Answer::BadBody => StatusCode::BAD_REQUEST,
             Answer::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Answer::Forbidden => StatusCode::FORBIDDEN,
+            Answer::BadTarget => StatusCode::BAD_REQUEST,
             Answer::Upstream(f) => f.status(),
         }
     }
@@ -282,6 +343,10 @@ impl Answer {
             Answer::Misdirected => {
                 "421 Misdirected Request: this connection was opened for another host\n"
             }
+            // Names no identity and no rule: what the client may not do is its operator's to
+            // know, from the log.
+            Answer::Forbidden => "403 Forbidden\n",
+            Answer::BadTarget => "400 Bad Request: ambiguous or malformed request target\n",
             Answer::Upstream(f) => f.body(),
         }
     }
@@ -333,7 +398,15 @@ impl Books {
                 version: parts.version,
                 bytes_in: Arc::new(AtomicU64::new(0)),
                 upstream: None,
+                route: None,
             }),
+        }
+    }
+
+    /// Notes the route the request matched, for the access log.
+    fn route(&mut self, label: &str) {
+        if let Some(a) = &mut self.access {
+            a.route = Some(label.to_owned());
         }
     }
 

@@ -10,7 +10,7 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
 use super::upstream::Upstream;
-use crate::config::{Config, ForwardConfig, ListenerConfig};
+use crate::config::{Config, ForwardConfig, ListenerConfig, RouteTable, SourcePolicy};
 use crate::tls::TlsState;
 
 /// What the data path needs from one generation. Connections keep the frontend they started
@@ -34,6 +34,10 @@ pub(crate) struct Frontend {
     pub(crate) forward: ForwardConfig,
     /// `log.access_log`.
     pub(crate) access_log: bool,
+    /// `[[routes]]`.
+    pub(crate) routes: RouteTable,
+    /// Who may connect at all (`listener.allow_sources` and its file).
+    pub(crate) sources: SourcePolicy,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -53,6 +57,7 @@ impl Frontend {
         tls: Arc<TlsState>,
         upstream: Arc<Upstream>,
         upstreams: HashMap<String, Arc<Upstream>>,
+        sources: SourcePolicy,
     ) -> Frontend {
         Frontend {
             generation,
@@ -64,6 +69,8 @@ impl Frontend {
             listener: config.listener.clone(),
             forward: config.forward.clone(),
             access_log: config.log.access_log,
+            routes: config.routes.clone(),
+            sources,
         }
     }
 }

@@ -149,7 +149,7 @@ struct Conn<'a> {
 }
 
 fn context(
-    frontend: &Frontend,
+    frontend: &Arc<Frontend>,
     peer: std::net::SocketAddr,
     identity: &Arc<ClientIdentity>,
     conn: Conn<'_>,
@@ -168,6 +168,7 @@ fn context(
         identity: identity.clone(),
         activity: activity.clone(),
         upstream: frontend.upstream.clone(),
+        frontend: frontend.clone(),
         metrics,
         // Skip the per-request access record (a path copy and a byte counter) when nothing
         // would print it, e.g. `log.level = "warn"`.

@@ -13,11 +13,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::activity::Activity;
-use super::admit::{admit, report_candidate};
+use super::admit::{admit, report_candidate, source_refused};
 use super::forward::Slot;
 use super::frontend::Frontend;
 use super::serve::{draining, serve as serve_connection, Around};
 use super::trust::{Judged, LiveTrust};
+use crate::config::ProxyProtocol;
 use crate::metrics::Metrics;
 
 /// State shared by the accept loop, every connection, the admin listener and the reloader.
@@ -169,6 +170,16 @@ pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
             _ = draining(&mut shutdown) => break,
         };
         let frontend = server.current();
+        // Security: outside `listener.allow_sources`, the connection is closed before a byte
+        // is read: no TLS work, no crypto. Behind a PROXY-protocol balancer the TCP peer is the
+        // balancer; the PROXY header's source is checked instead, in `admit`.
+        if frontend.listener.proxy_protocol == ProxyProtocol::Off
+            && !frontend.sources.allows(peer.ip())
+        {
+            source_refused(server.metrics(), peer);
+            drop((stream, permit));
+            continue;
+        }
         tokio::spawn(connection(stream, peer, frontend, server.clone(), permit));
     }
     tracing::info!("listener closed; draining connections");

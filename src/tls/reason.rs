@@ -36,13 +36,16 @@ pub enum Reason {
     NotTls,
     /// The client offered no TLS version we accept (only 1.2 and 1.3 are enabled).
     ProtocolVersion,
+    /// The connection came from outside `listener.allow_sources`: closed before a byte was
+    /// read.
+    SourceNotAllowed,
     /// Anything else: the client aborted, a cipher mismatch, an I/O error.
     Other,
 }
 
 impl Reason {
     /// Every reason, in a stable order (for documentation and metrics pre-registration).
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::NoCertificate,
         Reason::UnknownCa,
         Reason::Expired,
@@ -56,6 +59,7 @@ impl Reason {
         Reason::HandshakeTimeout,
         Reason::NotTls,
         Reason::ProtocolVersion,
+        Reason::SourceNotAllowed,
         Reason::Other,
     ];
 
@@ -75,6 +79,7 @@ impl Reason {
             Reason::HandshakeTimeout => "handshake_timeout",
             Reason::NotTls => "not_tls",
             Reason::ProtocolVersion => "protocol_version",
+            Reason::SourceNotAllowed => "source_not_allowed",
             Reason::Other => "other",
         }
     }
@@ -96,6 +101,7 @@ impl Reason {
             Reason::HandshakeTimeout => "the client did not finish the TLS handshake within listener.handshake_timeout",
             Reason::NotTls => "the client did not speak TLS (plain HTTP, a scanner, or a PROXY header where none is configured)",
             Reason::ProtocolVersion => "the client offered only TLS versions below 1.2",
+            Reason::SourceNotAllowed => "the connection came from an address outside listener.allow_sources (and allow_sources_file); it was closed before any TLS",
             Reason::Other => "see the detail in the log line (client abort, no shared cipher, I/O error)",
         }
     }

@@ -56,12 +56,12 @@ fn unknown_top_level_table_is_named_at_the_top_level() {
         &pki,
         "",
         "",
-        "[upstreams.admin]\nurl = \"http://127.0.0.1:9\"",
+        "[upstream_pool]\nurl = \"http://127.0.0.1:9\"",
     );
     let line = startup_error(&path);
     assert_names(&line, &path);
     assert!(
-        line.contains("at the top level: unknown field `upstreams`"),
+        line.contains("at the top level: unknown field `upstream_pool`"),
         "{line}"
     );
 }

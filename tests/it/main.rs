@@ -45,6 +45,7 @@ mod protocols_http;
 mod protocols_websocket;
 mod proxy_protocol;
 mod reasons_metrics;
+mod routes;
 mod smuggling;
 mod trust_gaps;
 mod upstream_forms;

@@ -1072,14 +1072,45 @@ pub fn s_client(addr: SocketAddr, args: &[&str], input: &[u8]) -> (i32, String, 
     )
 }
 
-/// Runs the binary with `args` to completion (for commands that exit on their own).
+/// Runs the binary with `args` to completion (for commands that exit on their own). A command
+/// that has not exited by [`DEADLINE`] (say, `run` with a config that was meant to be refused
+/// but starts) is killed and fails the test, instead of hanging the suite.
 pub fn shield_cmd(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mtls-shield"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mtls-shield"))
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .output()
-        .expect("run mtls-shield")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mtls-shield");
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+            panic!("mtls-shield {args:?} did not exit within {DEADLINE:?}; stderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 /// VmRSS of a process in KiB, from /proc/<pid>/status.
