@@ -13,16 +13,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::proxy::server::Server;
+use crate::proxy::server::{AcceptErrors, Server};
 
 /// Serves admin requests until the process exits.
 pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
+    let mut accept_errors = AcceptErrors::new("admin");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                accept_errors.failed(&e, server.metrics()).await;
                 continue;
             }
         };

@@ -102,12 +102,18 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
             init_logging(&cfg.log);
-            runtime(cfg.runtime.worker_threads)?.block_on(run(cfg, Some(config)))
+            let result = runtime(cfg.runtime.worker_threads)?.block_on(run(cfg, Some(config)));
+            // Every connection has drained: write the access lines still pending.
+            crate::logs::flush();
+            result
         }
         #[cfg(feature = "demo")]
         Command::Demo { listen, admin, dir } => {
-            init_logging(&LogConfig::default());
-            runtime(None)?.block_on(crate::demo::run(listen, admin, dir))
+            let log = LogConfig::default();
+            init_logging(&log);
+            let result = runtime(None)?.block_on(crate::demo::run(listen, admin, dir));
+            crate::logs::flush();
+            result
         }
         Command::Check { config, format } => crate::check::run(&config, format),
         Command::Verify {
@@ -134,7 +140,7 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Sets up tracing: `RUST_LOG` overrides `log.level`.
+/// Sets up tracing (`RUST_LOG` overrides `log.level`) and the access-log writer.
 pub(crate) fn init_logging(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -142,12 +148,16 @@ pub(crate) fn init_logging(log: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::logs::Sink)
         .with_target(true);
     let _ = match log.format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    crate::logs::start(match log.format {
+        LogFormat::Text => crate::logs::Format::Text,
+        LogFormat::Json => crate::logs::Format::Json,
+    });
 }
 
 /// Serves `cfg` until SIGTERM/SIGINT.

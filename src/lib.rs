@@ -13,6 +13,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod identity;
+mod logs;
 mod metrics;
 #[cfg(feature = "demo")]
 mod pki;

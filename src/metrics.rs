@@ -231,6 +231,15 @@ pub(crate) struct Metrics {
     requests_denied: Family<RouteLabels, Counter>,
     /// `mtls_shield_crl_last_success_timestamp_seconds`
     crl_last_success: Family<UrlLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    /// `mtls_shield_access_log_dropped_total`, caught up with [`crate::logs::dropped`] at
+    /// each scrape.
+    access_log_dropped: Counter,
+    /// `mtls_shield_log_dropped_total`, likewise.
+    log_dropped: Counter,
+    /// Serialises that catching up, so two concurrent scrapes cannot add the same drops twice.
+    dropped_sync: Mutex<()>,
+    /// `mtls_shield_accept_errors_total`
+    accept_errors: Counter,
     /// `mtls_shield_build_info`
     pub(crate) build_info: Family<VersionLabels, Gauge>,
     /// The certificate and CRL series the last inventory set, so the next one can remove
@@ -274,6 +283,10 @@ impl Metrics {
             report_only: Family::default(),
             requests_denied: Family::default(),
             crl_last_success: Family::default(),
+            access_log_dropped: Counter::default(),
+            log_dropped: Counter::default(),
+            dropped_sync: Mutex::default(),
+            accept_errors: Counter::default(),
             build_info: Family::default(),
             inventory_series: Mutex::default(),
             requests_by_class: Default::default(),
@@ -343,6 +356,21 @@ impl Metrics {
             "crl_last_success_timestamp_seconds",
             "When a CRL URL last answered with a usable CRL (or a 304), Unix seconds",
             m.crl_last_success.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the lines waiting to be written reached their bound (stderr not keeping up)",
+            m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "log_dropped",
+            "Other log lines (not access lines) dropped because the lines waiting to be written reached their bound",
+            m.log_dropped.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept() calls on the mTLS listener (e.g. EMFILE: out of file descriptors)",
+            m.accept_errors.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
         m.build_info
@@ -513,15 +541,19 @@ impl Metrics {
 
     /// Counts a finished request.
     pub(crate) fn request(&self, status: u16, seconds: f64) {
-        let class = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        self.requests_by_class[class].inc();
+        self.requests_by_class[code_class_index(status)].inc();
         self.request_duration.observe(seconds);
+    }
+
+    /// Counts a failed accept().
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.inc();
+    }
+
+    /// Counts an answer whose duration is not known (hyper's own answer to an unparsable
+    /// request head): in `requests_total`, not in the duration histogram.
+    pub(crate) fn request_without_duration(&self, status: u16) {
+        self.requests_by_class[code_class_index(status)].inc();
     }
 
     /// Counts an upstream failure.
@@ -592,6 +624,19 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub(crate) fn encode(&self) -> String {
+        {
+            let _sync = self.dropped_sync.lock();
+            let (access, other) = crate::logs::dropped();
+            for (counter, total) in [
+                (&self.access_log_dropped, access),
+                (&self.log_dropped, other),
+            ] {
+                let have = counter.get();
+                if total > have {
+                    counter.inc_by(total - have);
+                }
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an error here would only mean a metric
         // refused to encode, and an empty page is the honest answer then.
@@ -599,6 +644,17 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The index of `status`'s class in `requests_by_class` (the order of `CODE_CLASSES`).
+fn code_class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 

@@ -81,12 +81,15 @@ pub(crate) async fn start(
     let distribution_points = fetch_cfg
         .from_distribution_points
         .then(|| DistributionPoints::new(dp_tx));
+    let max_connections = cfg.listener.max_connections;
     let first = Generation::build(
         cfg,
         1,
         None,
         &extra(crl.as_deref(), distribution_points.as_ref()),
     )?;
+    // After the config and its files proved usable, so a config error stays the only line.
+    raise_file_limit(max_connections);
     let app = App::new(first, metrics, crl.clone(), distribution_points);
 
     let bind_error = |key, address| {
@@ -224,5 +227,39 @@ impl Running {
             tracing::warn!(timeout = ?shutdown_timeout, "shutdown_timeout reached with connections still open; exiting");
         }
         Ok(())
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do: the common default soft limit of 1024 would make accept() fail
+/// with EMFILE at about 1,000 client connections (500 with requests in flight), far below
+/// `listener.max_connections`. Logs the result, and warns when even the hard limit is too low
+/// for `max_connections`.
+fn raise_file_limit(max_connections: usize) {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            let before = before.map_or(0, |(soft, _)| soft);
+            tracing::info!(
+                before,
+                after = soft,
+                "open-file limit (RLIMIT_NOFILE soft) raised to the hard limit"
+            );
+            // One descriptor per client connection (an upstream connection is held only while
+            // a request is in flight, and the pool's idle ones are few), plus the listeners,
+            // files and a margin: below this, accept() fails before max_connections is reached.
+            let needed = (max_connections as u64).saturating_add(256);
+            if soft < needed {
+                tracing::warn!(
+                    limit = soft,
+                    max_connections,
+                    needed,
+                    "the open-file limit is below what listener.max_connections needs; accept() will fail with EMFILE first: raise the hard limit (LimitNOFILE= in systemd, ulimit -Hn, the container runtime's nofile) or lower max_connections"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE); keeping it");
+        }
     }
 }

@@ -220,22 +220,20 @@ impl ResponseBody {
         f.metrics.request(f.status, elapsed.as_secs_f64());
         if let Some(a) = f.access {
             let client_cn = a.identity.cn_for_log();
-            tracing::info!(
-                target: "mtls_shield::access",
-                peer = %a.peer,
-                client_cn = client_cn.as_ref(),
-                client_fingerprint = %a.identity.fingerprint_hex(),
-                method = %a.method,
-                path = %a.path,
-                version = ?a.version,
-                status = f.status,
-                bytes_in = a.bytes_in.load(Ordering::Relaxed),
-                bytes_out = self.bytes_out,
-                total_ms = elapsed.as_secs_f64() * 1000.0,
-                upstream_ms = a.upstream.map(|d| d.as_secs_f64() * 1000.0),
-                route = a.route.as_deref(),
-                "request"
-            );
+            crate::logs::write(&crate::logs::Line {
+                peer: a.peer,
+                client_cn: &client_cn,
+                client_fingerprint: &a.identity.fingerprint,
+                method: a.method.as_str(),
+                path: &a.path,
+                version: a.version,
+                status: f.status,
+                bytes_in: a.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.bytes_out,
+                total: elapsed,
+                upstream: a.upstream,
+                route: a.route.as_deref(),
+            });
         }
         f.activity.request_finished();
     }

@@ -64,6 +64,7 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
             sni,
         },
     );
+    let books = ctx.clone();
     let service = service_fn(move |req| forward::handle(ctx.clone(), req));
     let conn = frontend
         .http
@@ -111,6 +112,9 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
+                    if let Some(status) = answered_by_hyper(&*e) {
+                        record_hyper_answer(&books, status);
+                    }
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 }
                 return;
@@ -136,6 +140,50 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
             _ = activity.woken() => {}
         }
     }
+}
+
+/// The status hyper itself sent, if the connection ended on a request head it could not parse:
+/// hyper answers those (400, 414, 431) before the service sees a request, so without this
+/// they would be in no counter and no access log.
+fn answered_by_hyper(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<u16> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    Some(if e.is_parse_too_large() {
+        // hyper's two "too large" kinds differ only in their text.
+        if e.to_string().contains("URI too long") {
+            414
+        } else {
+            431
+        }
+    } else {
+        400
+    })
+}
+
+/// Counts hyper's own answer in `requests_total`, and writes its access line: the request was
+/// not parsed, so method and path are `-` and the duration is 0.
+fn record_hyper_answer(ctx: &ConnContext, status: u16) {
+    ctx.metrics.request_without_duration(status);
+    if !ctx.access_log {
+        return;
+    }
+    let client_cn = ctx.identity.cn_for_log();
+    crate::logs::write(&crate::logs::Line {
+        peer: ctx.peer.ip(),
+        client_cn: &client_cn,
+        client_fingerprint: &ctx.identity.fingerprint,
+        method: "-",
+        path: "-",
+        version: http::Version::HTTP_11,
+        status,
+        bytes_in: 0,
+        bytes_out: 0,
+        total: Duration::ZERO,
+        upstream: None,
+        route: None,
+    });
 }
 
 /// What every request of the connection shares, built once.

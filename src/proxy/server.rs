@@ -143,10 +143,54 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// At most one `accept failed` line this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What a listener does when `accept()` fails (EMFILE and friends): back off 50 ms instead of
+/// spinning, count every failure (`mtls_shield_accept_errors_total`), and log at most one line
+/// every [`ACCEPT_LOG_EVERY`] with how many failed in between, since the condition usually
+/// lasts and would otherwise write 20 lines a second.
+pub(crate) struct AcceptErrors {
+    listener: &'static str,
+    /// When a failure was last logged, and how many failed since.
+    logged: Option<(tokio::time::Instant, u64)>,
+}
+
+impl AcceptErrors {
+    /// `listener` names it in the log line: `listener` or `admin`.
+    pub(crate) fn new(listener: &'static str) -> AcceptErrors {
+        AcceptErrors {
+            listener,
+            logged: None,
+        }
+    }
+
+    /// Counts and maybe logs one failure, then waits out the back-off.
+    pub(crate) async fn failed(&mut self, e: &std::io::Error, metrics: &Metrics) {
+        metrics.accept_error();
+        let now = tokio::time::Instant::now();
+        match &mut self.logged {
+            Some((at, since)) if now.duration_since(*at) < ACCEPT_LOG_EVERY => *since += 1,
+            _ => {
+                let since = self.logged.map_or(0, |(_, n)| n);
+                tracing::warn!(
+                    listener = self.listener,
+                    error = %e,
+                    failed_since_last_line = since,
+                    "accept failed; retrying every 50 ms (see mtls_shield_accept_errors_total)"
+                );
+                self.logged = Some((now, 0));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Accepts until draining starts.
 pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
     server.listening.store(true, Ordering::SeqCst);
     let mut shutdown = server.shutdown_tx.subscribe();
+    let mut accept_errors = AcceptErrors::new("listener");
     loop {
         // Past max_connections, stop calling accept(): new peers wait in the kernel backlog
         // and every served client keeps its resources.
@@ -161,9 +205,7 @@ pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_errors.failed(&e, server.metrics()).await;
                     continue;
                 }
             },

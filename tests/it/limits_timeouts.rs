@@ -277,6 +277,42 @@ fn oversized_h1_head_sent_whole_gets_431() {
 }
 
 #[test]
+fn hypers_own_431_is_counted_and_access_logged() {
+    // hyper answers an oversized head by itself, before the service sees a request: the
+    // answer must still be in requests_total and in the access log.
+    let pki = Pki::new();
+    let app = quick_app();
+    let proxy = start(&pki, &config(&app.url(), "max_header_bytes = 8192", "", ""));
+    let mut c = RawTls::connect(proxy.addr, &pki.root, &good(&pki));
+    let big = "a".repeat(20_000);
+    c.send(format!("GET /pets HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(c.read_response(false).unwrap().status, 431);
+    wait_until("the 431 counted", DEADLINE, || {
+        proxy.metric("mtls_shield_requests_total{code_class=\"4xx\"}") == 1.0
+    });
+    let line = proxy.wait_log(&["mtls_shield::access", "status=431"]);
+    assert!(line.contains("method=- path=-"), "{line}");
+    assert!(line.contains("client_cn=\"my-client\""), "{line}");
+}
+
+#[test]
+fn hypers_own_400_for_a_malformed_request_line_is_counted() {
+    let pki = Pki::new();
+    let app = quick_app();
+    let proxy = start(&pki, &config(&app.url(), "", "", ""));
+    let mut c = RawTls::connect(proxy.addr, &pki.root, &good(&pki));
+    c.send(b"GET /a b c HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_response(false).unwrap().status, 400);
+    wait_until("the 400 counted", DEADLINE, || {
+        proxy.metric("mtls_shield_requests_total{code_class=\"4xx\"}") == 1.0
+    });
+    proxy.wait_log(&["mtls_shield::access", "status=400"]);
+    assert_eq!(app.hits(), 0);
+}
+
+#[test]
 fn oversized_h2_header_list_gets_431_and_the_same_connection_keeps_serving() {
     let pki = Pki::new();
     let app = quick_app();
@@ -385,4 +421,99 @@ fn streaming_response_body_outlives_response_timeout() {
         proxy.metric("mtls_shield_upstream_errors_total{kind=\"timeout\"}"),
         0.0
     );
+}
+
+/// Starts the shield through `sh -c 'ulimit …; exec shield'`, the way a service manager with a
+/// low `nofile` would.
+fn start_with_ulimit(pki: &Pki, text: &str, ulimit: &str) -> Proxy {
+    let p = pki.path("mtls-shield.toml");
+    std::fs::write(&p, text).unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit {ulimit} && exec \"$0\" run --config \"$1\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_mtls-shield"))
+        .arg(&p)
+        .env_remove("RUST_LOG");
+    start_proxy_cmd(cmd, &p)
+}
+
+/// (soft, hard) "Max open files" of a process, from /proc.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut it = line["Max open files".len()..].split_whitespace();
+    (it.next().unwrap().to_owned(), it.next().unwrap().to_owned())
+}
+
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_limit_at_start_up() {
+    let pki = Pki::new();
+    let app = quick_app();
+    let text = config(&app.url(), "max_connections = 50", "", "");
+    let proxy = start_with_ulimit(&pki, &text, "-Sn 256");
+    let (soft, hard) = open_file_limits(proxy.child.id());
+    assert_ne!(
+        hard, "256",
+        "the machine's hard limit is 256: nothing to raise"
+    );
+    assert_eq!(soft, hard);
+    let line = proxy.wait_log(&["open-file limit", "raised"]);
+    assert!(line.contains("before=256"), "{line}");
+    assert!(line.contains(&format!("after={hard}")), "{line}");
+    assert!(
+        !proxy.logs().iter().any(|l| l.contains("below what")),
+        "no warning when the limit fits max_connections"
+    );
+}
+
+#[test]
+fn a_hard_open_file_limit_too_low_for_max_connections_is_warned_about_at_start_up() {
+    let pki = Pki::new();
+    let app = quick_app();
+    let proxy = start_with_ulimit(&pki, &config(&app.url(), "", "", ""), "-n 128");
+    let line = proxy.wait_log(&["WARN", "below what listener.max_connections needs"]);
+    assert!(line.contains("limit=128"), "{line}");
+    assert!(line.contains("max_connections=10000"), "{line}");
+}
+
+#[test]
+fn accept_failures_at_the_file_limit_are_counted_and_logged_once_not_every_retry() {
+    let pki = Pki::new();
+    let app = quick_app();
+    let proxy = start_with_ulimit(&pki, &config(&app.url(), "", "", ""), "-n 64");
+    // More silent TCP connections than the shield has descriptors: each one it accepts waits
+    // for a ClientHello (handshake_timeout 10 s), and the rest stay in the kernel's backlog,
+    // where every accept() retry fails with EMFILE.
+    let conns: Vec<_> = (0..100)
+        .map(|_| std::net::TcpStream::connect(proxy.addr).unwrap())
+        .collect();
+    let first = proxy.wait_log(&["accept failed"]);
+    assert!(first.contains("Too many open files"), "{first}");
+    // Keep the descriptors exhausted for several 50 ms retry periods: the point is that the
+    // failures repeat while the log stays at one line.
+    let hold_until = Instant::now() + Duration::from_millis(400);
+    while Instant::now() < hold_until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(conns);
+    // With the backlog drained the admin listener can accept the scrape again.
+    wait_until("the failed accepts counted", DEADLINE, || {
+        proxy.metric("mtls_shield_accept_errors_total") >= 2.0
+    });
+    let lines = proxy
+        .logs()
+        .iter()
+        .filter(|l| l.contains("accept failed") && l.contains("listener=\"listener\""))
+        .count();
+    assert_eq!(lines, 1, "{:#?}", proxy.logs());
+    // And the shield serves again.
+    let mut c = RawTls::connect(proxy.addr, &pki.root, &good(&pki));
+    c.send(b"GET /pets HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_response(false).unwrap().status, 200);
 }

@@ -1226,6 +1226,15 @@ pub fn start_proxy_env(config: &Path, env: &[(&str, &str)]) -> Proxy {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    start_proxy_cmd(cmd, config)
+}
+
+/// Starts `cmd`, which must end up exec-ing the shield with `config` (e.g. through `sh -c
+/// '…; exec "$0" run --config "$1"'`), and waits until it logs its bound addresses.
+pub fn start_proxy_cmd(mut cmd: Command, config: &Path) -> Proxy {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn mtls-shield");
     let logs = Arc::new(Mutex::new(Vec::new()));
     let stderr = child.stderr.take().unwrap();
