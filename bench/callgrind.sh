@@ -8,9 +8,10 @@
 #   N1=1000 N2=6000 bench/callgrind.sh      # request counts of the two dumps
 #
 # Method: the shield runs under callgrind with instrumentation off until a warm-up is done;
-# counters are dumped after N1 and after N2 keep-alive requests on 8 connections (oha, with
-# CloudFront's headers); the marginal cost is (I(N2) - I(N1)) / (N2 - N1), which leaves
-# start-up, handshakes and warm-up out. Prints one line per log setting; with ANNOTATE=1 also
+# then two oha runs on 8 fresh connections each (with CloudFront's headers), of N1 and of
+# N2 - N1 requests, each in its own dump. Both hold the same 8 handshakes, so the difference
+# of the dumps over the difference of the request counts is the cost of one keep-alive
+# request, with start-up, handshakes and warm-up left out. Prints one line per log setting; with ANNOTATE=1 also
 # the top functions of the marginal run (needs the binary built with debug line tables:
 # `CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release`).
 set -euo pipefail
@@ -92,12 +93,15 @@ EOF
   local i1 i2
   i1=$(grep -h '^summary:\|^totals:' "${files[0]}" | head -1 | awk '{print $2}')
   i2=$(grep -h '^summary:\|^totals:' "${files[1]}" | head -1 | awk '{print $2}')
-  # The second dump counts the requests between N1 and N2 (counters reset at each dump).
-  python3 - "$log" "$N1" "$N2" "$i1" "$i2" <<'PY'
+  # Each dump is one fresh oha run: its 8 handshakes (H) plus its requests (n r):
+  # I1 = H + N1 r and I2 = H + (N2 - N1) r, so r = (I2 - I1) / (N2 - 2 N1) leaves H out.
+  python3 - "$log" "$N1" "$N2" "$i1" "$i2" "$CONNS" <<'PY'
 import sys
-log, n1, n2, i1, i2 = sys.argv[1], *map(float, sys.argv[2:])
-print(f"access log {log}: {i2 / (n2 - n1):,.0f} instructions per request "
-      f"(first {n1:.0f}: {i1 / n1:,.0f}; marginal over the next {n2 - n1:.0f})")
+log, n1, n2, i1, i2, conns = sys.argv[1], *map(float, sys.argv[2:])
+r = (i2 - i1) / (n2 - 2 * n1)
+h = i1 - n1 * r
+print(f"access log {log}: {r:,.0f} instructions per request "
+      f"(handshakes: {h / conns:,.0f} each; raw {i2 / (n2 - n1):,.0f} per request of the second run)")
 PY
   if [ "${ANNOTATE:-0}" = 1 ] && command -v callgrind_annotate >/dev/null; then
     callgrind_annotate --inclusive=no "${files[1]}" 2>/dev/null | sed -n '1,40p'
