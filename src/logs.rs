@@ -12,10 +12,12 @@
 //! - A line is always written whole: lines join the batch whole (tracing hands over each event
 //!   in one `write_all`), and batches are written under the process's stderr lock.
 //! - One queue for every line, so lines keep their order.
-//! - No delay when traffic is light: the writer wakes for the first line, and whatever arrives
-//!   while it writes goes out in the next batch. Nothing waits for a timer (a line is out within
-//!   one `write` of being logged, well inside a second), and [`flush`] at shutdown writes what
-//!   is left.
+//! - Lines gather for up to [`FLUSH_EVERY`] (or until [`FLUSH_BYTES`] wait) and go out in one
+//!   `write`; [`flush`] at shutdown writes what is left. A first version woke the writer for
+//!   every line instead: with the proxy pinned to one CPU, that cost a futex wake and two
+//!   context switches per request, and the log then cost more CPU per request than
+//!   tracing's own blocking write (bench/compare.sh). A quiet process does not wake at all:
+//!   the writer sleeps until a line arrives, then gathers for the interval.
 //! - Logging never blocks a worker: when [`MAX_PENDING`] bytes wait (stderr is stuck: a full
 //!   pipe, a stalled log collector), new lines are dropped and counted
 //!   (`mtls_shield_access_log_dropped_total`, `mtls_shield_log_dropped_total`) instead of
@@ -31,6 +33,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
+
+/// How long the writer lets lines gather before writing them: well inside the "at least once
+/// a second" an operator tailing the log expects, and long enough that a busy proxy writes
+/// hundreds of lines per `write`.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Pending bytes that make the writer write at once, before [`FLUSH_EVERY`] is up: one
+/// `write` of this size is cheap, and it keeps the batch buffer small.
+pub(crate) const FLUSH_BYTES: usize = 64 << 10;
 
 /// Bytes of lines waiting for the writer past which new lines are dropped: about 10,000 lines,
 /// several seconds of a busy proxy's log.
@@ -204,8 +215,8 @@ struct Writer {
 struct State {
     /// Whole lines not yet handed to `write`.
     pending: Vec<u8>,
-    /// The writer is waiting on `wake`: the next line must notify it. (When it is busy writing,
-    /// a notification would be a wasted futex syscall per line.)
+    /// The writer is asleep with nothing pending: the next line must notify it. (While it
+    /// gathers or writes, lines only join `pending`, with no syscall.)
     idle: bool,
     /// `flush` was called: drain and stop.
     shutdown: bool,
@@ -230,8 +241,12 @@ impl Writer {
         if st.pending.len() + line.len() > MAX_PENDING {
             return false;
         }
+        let before = st.pending.len();
         st.pending.extend_from_slice(line);
-        let wake = std::mem::take(&mut st.idle);
+        // Wake the writer for the first line after a quiet spell, and once when the batch
+        // reaches FLUSH_BYTES: never once per line.
+        let wake = std::mem::take(&mut st.idle)
+            || (before < FLUSH_BYTES && st.pending.len() >= FLUSH_BYTES);
         drop(st);
         if wake {
             self.wake.notify_one();
@@ -249,6 +264,18 @@ impl Writer {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
                 st.idle = false;
+                // Let the lines of the next FLUSH_EVERY join this batch.
+                let deadline = std::time::Instant::now() + FLUSH_EVERY;
+                while !st.shutdown && st.pending.len() < FLUSH_BYTES {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st = self
+                        .wake
+                        .wait_timeout(st, left)
+                        .map_or_else(|e| e.into_inner().0, |(st, _)| st);
+                }
                 if st.pending.is_empty() {
                     // Shut down with nothing left: later lines go out synchronously.
                     st.sync = true;

@@ -218,6 +218,8 @@ impl Running {
                 _ = int.recv() => {},
             }
             tracing::warn!("second signal: exiting now");
+            // exit() skips the flush at the end of `run`: write the pending lines first.
+            crate::logs::flush();
             std::process::exit(1);
         });
         let _ = accept.await;

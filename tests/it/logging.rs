@@ -244,3 +244,70 @@ fn request_bodies_and_private_keys_never_reach_the_logs() {
         }
     }
 }
+
+#[test]
+fn a_stuck_stderr_drops_access_lines_and_counts_them_without_stalling_requests() {
+    // stderr is a pipe that nobody reads once the shield has said where it listens: a
+    // stalled log collector. Requests must keep being answered; the lines past the bound
+    // are dropped whole and counted.
+    use std::io::BufRead;
+    let pki = Pki::new();
+    let up = Upstream::start();
+    let config = write_config(&pki, &up, "text", "info");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mtls-shield"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (mut addr, mut admin) = (None, None);
+    let mut line = String::new();
+    while addr.is_none() || admin.is_none() {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "stderr closed");
+        if let Some(a) = field(line.trim_end(), "address") {
+            if line.contains("admin listening") {
+                admin = a.parse::<std::net::SocketAddr>().ok();
+            } else if line.contains(" listening ") {
+                addr = a.parse::<std::net::SocketAddr>().ok();
+            }
+        }
+    }
+    let (addr, admin) = (addr.unwrap(), admin.unwrap());
+    // From here on `stderr` is held open and never read. Each access line carries the
+    // 3,000-byte path, so 2,000 requests make about 6 MiB of lines: more than the pipe
+    // (64 KiB) and the shield's bound (4 MiB) together.
+    let path = format!("/{}", "p".repeat(3000));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut c = KeepAlive::open(addr, &pki.root, &pki.client);
+                for i in 0..500 {
+                    if let Err(e) = c.get(&path) {
+                        panic!("request {i} failed while stderr was stuck: {e}");
+                    }
+                }
+            });
+        }
+    });
+    let dropped = |name: &str| {
+        let (_, body) = http_get_plain(admin, "/metrics");
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let access = dropped("mtls_shield_access_log_dropped_total");
+    assert!(
+        access >= 300.0,
+        "only {access} access lines counted as dropped"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+}
