@@ -369,7 +369,7 @@ impl Metrics {
         );
         registry.register(
             "accept_errors",
-            "Failed accept() calls on the mTLS listener (e.g. EMFILE: out of file descriptors)",
+            "Failed accept() calls on the mTLS and admin listeners (e.g. EMFILE: out of file descriptors)",
             m.accept_errors.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
