@@ -269,12 +269,10 @@ fn a_stuck_stderr_drops_access_lines_and_counts_them_without_stalling_requests()
     while addr.is_none() || admin.is_none() {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "stderr closed");
-        if let Some(a) = field(line.trim_end(), "address") {
-            if line.contains("admin listening") {
-                admin = a.parse::<std::net::SocketAddr>().ok();
-            } else if line.contains(" listening ") {
-                addr = a.parse::<std::net::SocketAddr>().ok();
-            }
+        match listening_address(line.trim_end()) {
+            Some((true, a)) => admin = Some(a),
+            Some((false, a)) => addr = Some(a),
+            None => {}
         }
     }
     let (addr, admin) = (addr.unwrap(), admin.unwrap());

@@ -1193,7 +1193,7 @@ impl KeepAlive {
 
 /// The `address` of a start-up line, text (`address=…`) or JSON (`"address":"…"`), and
 /// whether it is the admin listener's.
-fn listening_address(line: &str) -> Option<(bool, SocketAddr)> {
+pub fn listening_address(line: &str) -> Option<(bool, SocketAddr)> {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
         let msg = v.get("message")?.as_str()?;
         let addr = v.get("address")?.as_str()?.parse().ok()?;
