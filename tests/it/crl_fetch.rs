@@ -298,7 +298,8 @@ fn a_distribution_point_crl_reaches_the_connections_of_its_clients() {
     let client = pki
         .root
         .issue(Leaf::client("dp-client").crl_dp(&crl.url(PATH)));
-    crl.put(PATH, pki.root.crl(&[client.serial], 1, -1, 7));
+    // First a CRL that revokes nobody, so the first request cannot race the fetch.
+    crl.put(PATH, pki.root.crl(&[], 1, -1, 7));
     let path = pki.path("mtls-shield.toml");
     std::fs::write(
         &path,
@@ -315,6 +316,7 @@ fn a_distribution_point_crl_reaches_the_connections_of_its_clients() {
     // the handshake path. When it arrives, it applies to the connection already open.
     let mut open = KeepAlive::open(proxy.addr, &pki.root, &client);
     assert_eq!(open.get("/pets").unwrap(), pets());
+    crl.put(PATH, pki.root.crl(&[client.serial], 2, -1, 7));
     assert!(
         open.wait_closed(DEADLINE),
         "the distribution point's CRL never applied"

@@ -313,12 +313,18 @@ fn watched_broken_file_is_reported_once_per_change() {
     trust(&pki, &[&pki.root]);
     wait_reloads(&proxy, SUCCESS, 1.0);
     assert_eq!(proxy.metric(FAILURE), 2.0);
-    let lines = proxy
-        .logs()
-        .iter()
-        .filter(|l| l.contains("reload failed"))
-        .count();
-    assert_eq!(lines, 2);
+    // The log writer flushes in batches: wait for the second line rather than read too early.
+    let failed_lines = || {
+        proxy
+            .logs()
+            .iter()
+            .filter(|l| l.contains("reload failed"))
+            .count()
+    };
+    wait_until("two `reload failed` lines", DEADLINE, || {
+        failed_lines() >= 2
+    });
+    assert_eq!(failed_lines(), 2);
     assert_accepted(&proxy, &up, &pki.root, &pki.client);
 }
 
