@@ -21,7 +21,10 @@ BIN="${BIN:-$REPO_DIR/target/release/mtls-shield}"
 OHA="${OHA:-$(command -v oha || echo "$BENCH_DIR/.tools/bin/oha")}"
 N1="${N1:-1000}"
 N2="${N2:-6000}"
-CONNS=8
+# PROTO=h2 measures an h2 stream instead: 4 connections x 25 concurrent streams, as compare.sh's
+# h2 phase, so the per-stream cost (framing, flow control, flushes) is what the figure holds.
+export PROTO="${PROTO:-http1}"
+if [ "$PROTO" = h2 ]; then CONNS=4; PROTO_ARGS=(--http2 -p 25); else CONNS=8; PROTO_ARGS=(--http-version 1.1); fi
 RUN="$BENCH_DIR/.run/callgrind"
 PORT_UP="${PORT_UP:-18580}"
 PORT="${PORT:-18581}"
@@ -77,7 +80,7 @@ EOF
     "$BIN" run --config "$conf" 2>"$RUN/shield-$log.log" & local vg=$!
   PIDS+=("$vg")
   for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-  local load=("$OHA" --no-tui -c "$CONNS" --http-version 1.1 "${HEADERS[@]}"
+  local load=("$OHA" --no-tui -c "$CONNS" "${PROTO_ARGS[@]}" "${HEADERS[@]}"
     --cacert "$RUN/pki/ca.pem" --cert "$RUN/pki/client.pem" --key "$RUN/pki/client.key"
     "https://localhost:$PORT/")
   "${load[@]}" -n 200 >/dev/null                  # warm-up: handshakes, pools, caches
@@ -100,7 +103,7 @@ import sys
 log, n1, n2, i1, i2, conns = sys.argv[1], *map(float, sys.argv[2:])
 r = (i2 - i1) / (n2 - 2 * n1)
 h = i1 - n1 * r
-print(f"access log {log}: {r:,.0f} instructions per request "
+print(f"{__import__('os').environ['PROTO']} access log {log}: {r:,.0f} instructions per request "
       f"(handshakes: {h / conns:,.0f} each; raw {i2 / (n2 - n1):,.0f} per request of the second run)")
 PY
   if [ "${ANNOTATE:-0}" = 1 ] && command -v callgrind_annotate >/dev/null; then

@@ -75,6 +75,29 @@ pub(crate) struct UpstreamErrorLabels {
     pub(crate) kind: UpstreamErrorKind,
 }
 
+/// Where a request's upstream connection came from.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum UpstreamConnSource {
+    /// The one the same client connection's previous request used.
+    affine,
+    /// An idle one from the upstream's pool.
+    pooled,
+    /// A new one.
+    opened,
+}
+
+impl UpstreamConnSource {
+    const ALL: [UpstreamConnSource; 3] = [Self::affine, Self::pooled, Self::opened];
+}
+
+/// Labels of `mtls_shield_upstream_connections_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UpstreamConnLabels {
+    /// Where the connection came from.
+    pub(crate) source: UpstreamConnSource,
+}
+
 /// A free-text label value (a DN), escaped as the Prometheus and OpenMetrics text formats
 /// require: `\`, `"` and newline become `\\`, `\"` and `\n`.
 ///
@@ -215,6 +238,10 @@ pub(crate) struct Metrics {
     pub(crate) request_duration: Histogram,
     /// `mtls_shield_upstream_errors_total`
     pub(crate) upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// `mtls_shield_upstream_connections_total`
+    upstream_connections: Family<UpstreamConnLabels, Counter>,
+    /// Its series, resolved once (as `requests_by_class`), in `UpstreamConnSource::ALL` order.
+    upstream_connections_by_source: [Counter; 3],
     /// `mtls_shield_certificate_expiry_timestamp_seconds`
     pub(crate) cert_expiry: Family<CertLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// `mtls_shield_crl_next_update_timestamp_seconds`
@@ -275,6 +302,8 @@ impl Metrics {
                 .into_iter(),
             ),
             upstream_errors: Family::default(),
+            upstream_connections: Family::default(),
+            upstream_connections_by_source: Default::default(),
             cert_expiry: Family::default(),
             crl_next_update: Family::default(),
             reloads: Family::default(),
@@ -316,6 +345,12 @@ impl Metrics {
             "upstream_errors",
             "Requests that failed at the upstream",
             m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Requests sent upstream, by where their connection came from: the same client \
+             connection's previous one (affine), the upstream's idle pool (pooled), or new (opened)",
+            m.upstream_connections.clone(),
         );
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -415,9 +450,15 @@ impl Metrics {
                 .upstream_errors
                 .get_or_create(&UpstreamErrorLabels { kind });
         }
+        let upstream_connections_by_source = UpstreamConnSource::ALL.map(|source| {
+            m.upstream_connections
+                .get_or_create(&UpstreamConnLabels { source })
+                .clone()
+        });
         Metrics {
             registry,
             requests_by_class,
+            upstream_connections_by_source,
             ..m
         }
     }
@@ -554,6 +595,11 @@ impl Metrics {
     /// request head): in `requests_total`, not in the duration histogram.
     pub(crate) fn request_without_duration(&self, status: u16) {
         self.requests_by_class[code_class_index(status)].inc();
+    }
+
+    /// Counts a request sent upstream on a connection from `source`.
+    pub(crate) fn upstream_connection(&self, source: UpstreamConnSource) {
+        self.upstream_connections_by_source[source as usize].inc();
     }
 
     /// Counts an upstream failure.

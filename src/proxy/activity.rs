@@ -123,6 +123,16 @@ impl Activity {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// How long the connection has had no request in flight and no byte moving; `None`
+    /// while a request is in flight.
+    pub fn quiet_for(&self) -> Option<Duration> {
+        if self.in_flight() != 0 {
+            return None;
+        }
+        let last = self.last_active_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(now_ms().saturating_sub(last)))
+    }
+
     fn bytes_read(&self) {
         let now = now_ms();
         self.last_active_ms.store(now, Ordering::Relaxed);

@@ -1,12 +1,11 @@
 //! How the proxy reaches its upstream: plain TCP (`http://`), TLS with an optional client
 //! certificate (`https://`, re-originated mTLS), or a unix socket (`unix:/path.sock`).
 //!
-//! [`Connector`] is the hyper-util connector for all three; [`UpstreamIo`] is the stream it
+//! [`Connector`] opens all three; [`UpstreamIo`] is the stream it
 //! returns. The TLS client is rustls (aws-lc-rs), trusting only `upstream.ca`: the proxy ships
 //! no public root store, so an `https://` upstream without a configured CA is a config error
 //! rather than a silent trust of whatever the system offers.
 
-use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -16,7 +15,7 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpStream, UnixStream};
@@ -26,8 +25,7 @@ use tokio_rustls::TlsConnector;
 use crate::config::{UpstreamConfig, UpstreamTarget, UpstreamTls};
 use crate::tls::load::{self, LoadError};
 
-/// Why the upstream could not be reached; hyper-util reports any of these as a connect
-/// error, which the handler answers with 502.
+/// Why the upstream could not be reached; the handler answers any of these with 502.
 pub(crate) type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
@@ -40,7 +38,7 @@ enum Kind {
     Unix(PathBuf),
 }
 
-/// Connects to the configured upstream; cheap to clone (hyper-util clones it per connect).
+/// Connects to the configured upstream; cheap to clone (one clone per connect).
 #[derive(Debug, Clone)]
 pub(crate) struct Connector {
     http: HttpConnector,
@@ -123,7 +121,9 @@ impl Connector {
         })
     }
 
-    async fn connect(self, uri: Uri) -> Result<UpstreamIo, ConnectError> {
+    /// Opens a connection to the upstream `uri` names (its scheme and authority; ignored for
+    /// a unix socket), TLS handshake included.
+    pub(crate) async fn connect(self, uri: Uri) -> Result<UpstreamIo, ConnectError> {
         use tower_service::Service;
         match &*self.kind {
             Kind::Tcp => {
@@ -242,20 +242,6 @@ impl io::Write for TryIo<'_> {
     }
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = UpstreamIo;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(self.clone().connect(uri))
-    }
-}
-
 /// The rustls client config for an `https://` upstream, built from the bytes in `material`.
 fn client_config(
     tls: &UpstreamTls,
@@ -371,15 +357,6 @@ impl Write for UpstreamIo {
             UpstreamIo::Tcp(s) => s.is_write_vectored(),
             UpstreamIo::Tls(s) => s.is_write_vectored(),
             UpstreamIo::Unix(s) => s.is_write_vectored(),
-        }
-    }
-}
-
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        match self {
-            UpstreamIo::Tcp(s) => s.connected(),
-            UpstreamIo::Tls(_) | UpstreamIo::Unix(_) => Connected::new(),
         }
     }
 }

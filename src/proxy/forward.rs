@@ -28,6 +28,8 @@ use crate::metrics::Metrics;
 pub(crate) struct ConnContext {
     /// Client address.
     pub(crate) peer: SocketAddr,
+    /// The upstream connections this client connection keeps between its requests.
+    pub(crate) affinity: super::pool::Affinity,
     /// The client's address as rendered into `X-Forwarded-For`.
     pub(crate) forwarded_peer: headers::ForwardedPeer,
     /// The verified identity.
@@ -137,7 +139,14 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     let mut body = RequestBody::new(body, bytes_in);
     body.limit(ctx.max_request_body);
     let body_state = body.state();
-    let result = upstream.send(Request::from_parts(parts, body)).await;
+    let result = upstream
+        .send(
+            Request::from_parts(parts, body),
+            &ctx.affinity,
+            || ctx.activity.in_flight(),
+            &ctx.metrics,
+        )
+        .await;
     let upstream_time = start.elapsed();
     match result {
         Ok(resp) => relay(ctx, resp, client_upgrade, upgrade, books, upstream_time),

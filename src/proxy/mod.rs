@@ -3,8 +3,9 @@
 //! (hyper's HTTP/1.1 and h2 server with the timeouts' watchdog); `server` owns the accept
 //! loop and the state connections share, and `frontend` what one generation gives them.
 //! Requests go through `forward` (the handler), [`headers`] (the rewriting rules),
-//! `body` (bodies that account for themselves) and `upstream` / `connector` (the pooled
-//! client and how it reaches the app); [`activity`] tracks each connection for its timeouts,
+//! `body` (bodies that account for themselves), `upstream` / `connector` (the HTTP/1.1
+//! client and how it reaches the app) and `pool` (upstream connection reuse, with
+//! client-connection affinity); [`activity`] tracks each connection for its timeouts,
 //! and [`proxy_protocol`] reads a load balancer's PROXY header.
 
 pub mod activity;
@@ -14,6 +15,7 @@ pub(crate) mod connector;
 pub(crate) mod forward;
 pub(crate) mod frontend;
 pub mod headers;
+pub(crate) mod pool;
 pub mod proxy_protocol;
 pub(crate) mod serve;
 pub(crate) mod server;

@@ -14,6 +14,7 @@ use super::admit::Admitted;
 use super::forward::{self, ConnContext, Slot};
 use super::frontend::Frontend;
 use super::headers::ForwardedPeer;
+use super::pool::{Affinity, AFFINE_IDLE};
 use super::trust::{unix_now, ConnTrust};
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
@@ -34,7 +35,7 @@ pub(crate) struct Around {
 
 /// Serves `admitted` until it closes, times out, misbehaves, loses the trust it was admitted
 /// with, or the drain signal ends it.
-pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: Around) {
+pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, around: Around) {
     let Admitted {
         tls,
         peer,
@@ -43,7 +44,7 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
         is_h2,
         candidate: _,
         sni,
-    } = admitted;
+    } = *admitted;
     let Around {
         metrics,
         activity,
@@ -66,10 +67,13 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
     );
     let books = ctx.clone();
     let service = service_fn(move |req| forward::handle(ctx.clone(), req));
-    let conn = frontend
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(tls), service);
-    tokio::pin!(conn);
+    // Boxed for the same reason as the stages in `server::connection`: inline, rustc gives
+    // hyper's connection state its own slot next to its moved-from copies.
+    let mut conn = Box::pin(
+        frontend
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(tls), service),
+    );
 
     let idle_timeout = frontend.listener.idle_timeout;
     let header_timeout = (!is_h2).then_some(frontend.listener.header_read_timeout);
@@ -106,9 +110,20 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
         // Wake when the acceptance runs out by itself (an expiry, a CRL's nextUpdate), so an
         // idle connection is judged then, not at its next request.
         let now = unix_now();
-        let wait = wait.min(Duration::from_secs(
+        let mut wait = wait.min(Duration::from_secs(
             u64::try_from(trust.seconds_left(now)).unwrap_or(0).max(1),
         ));
+        // A client that has gone quiet gives its upstream connections back to the pools, so
+        // idle clients hold none (see `pool`). While it keeps some, look every AFFINE_IDLE.
+        if books.affinity.holds() {
+            match activity.quiet_for() {
+                Some(q) if q >= AFFINE_IDLE => {
+                    let n = books.affinity.release();
+                    tracing::debug!(peer = %peer, connections = n, "client quiet; its upstream connections went back to the pool");
+                }
+                _ => wait = wait.min(AFFINE_IDLE),
+            }
+        }
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -138,6 +153,7 @@ pub(crate) async fn serve(admitted: Admitted, frontend: Arc<Frontend>, around: A
                 let _ = trust.judge_if_stale();
             }
             _ = activity.woken() => {}
+            _ = books.affinity.filled() => {}
         }
     }
 }
@@ -211,6 +227,7 @@ fn context(
     } = conn;
     Arc::new(ConnContext {
         peer,
+        affinity: Affinity::default(),
         forwarded_peer: ForwardedPeer::new(peer.ip()),
         identity_headers: identity.headers(&frontend.forward),
         identity: identity.clone(),

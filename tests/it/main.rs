@@ -49,4 +49,5 @@ mod routes;
 mod smuggling;
 mod trust_gaps;
 mod upstream_forms;
+mod upstream_reuse;
 mod verified_cache;

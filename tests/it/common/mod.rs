@@ -578,6 +578,8 @@ pub fn http_get_plain(addr: SocketAddr, path: &str) -> (u16, String) {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicUsize>,
     pub rt: tokio::runtime::Runtime,
 }
 
@@ -594,11 +596,14 @@ impl Upstream {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let h = hits.clone();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c = conns.clone();
         rt.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let h = h.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -612,7 +617,17 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, rt }
+        Upstream {
+            addr,
+            hits,
+            conns,
+            rt,
+        }
+    }
+
+    /// Connections the upstream has accepted so far.
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
