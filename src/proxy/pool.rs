@@ -39,7 +39,7 @@ pub(crate) type Sender = SendRequest<RequestBody>;
 pub(crate) use crate::metrics::UpstreamConnSource as Source;
 
 /// One upstream's idle connections.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Pool {
     shared: Arc<Shared>,
 }
@@ -301,14 +301,32 @@ mod tests {
         s
     }
 
+    /// A pool of 8 with a long idle timeout.
+    fn pool() -> Pool {
+        Pool::new(8, Duration::from_secs(60))
+    }
+
+    /// Opens a ready connection of `pool`'s and has `affinity` keep it, as after a request
+    /// with one in flight. The returned pipe end keeps the connection open.
+    async fn keep_one(pool: &Pool, affinity: &Affinity) -> tokio::io::DuplexStream {
+        let (s, pipe) = sender().await;
+        affinity.keep(pool.opened(ready(s).await), 1);
+        pipe
+    }
+
+    /// Puts a ready connection into `pool`'s idle list; the pipe end keeps it open.
+    async fn put_one(pool: &Pool) -> tokio::io::DuplexStream {
+        let (s, pipe) = sender().await;
+        pool.shared.put(ready(s).await);
+        pipe
+    }
+
     #[tokio::test]
     async fn affine_connection_is_taken_before_the_pool() {
-        let pool = Pool::new(8, Duration::from_secs(60));
+        let pool = pool();
         let affinity = Affinity::default();
-        let (pooled, _p) = sender().await;
-        pool.shared.put(ready(pooled).await);
-        let (own, _o) = sender().await;
-        affinity.keep(pool.opened(ready(own).await), 1);
+        let _p = put_one(&pool).await;
+        let _o = keep_one(&pool, &affinity).await;
         let first = pool.take(&affinity).unwrap();
         assert_eq!(first.source, Source::affine);
         let second = pool.take(&affinity).unwrap();
@@ -318,10 +336,9 @@ mod tests {
 
     #[tokio::test]
     async fn release_returns_kept_connections_to_their_pool() {
-        let pool = Pool::new(8, Duration::from_secs(60));
+        let pool = pool();
         let affinity = Affinity::default();
-        let (own, _o) = sender().await;
-        affinity.keep(pool.opened(ready(own).await), 1);
+        let _o = keep_one(&pool, &affinity).await;
         assert!(affinity.holds());
         affinity.release();
         assert!(!affinity.holds());
@@ -330,34 +347,29 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_client_connection_returns_its_connections() {
-        let pool = Pool::new(8, Duration::from_secs(60));
+        let pool = pool();
         let affinity = Affinity::default();
-        let (own, _o) = sender().await;
-        affinity.keep(pool.opened(ready(own).await), 1);
+        let _o = keep_one(&pool, &affinity).await;
         drop(affinity);
         assert_eq!(pool.idle_len(), 1);
     }
 
     #[tokio::test]
     async fn a_connection_of_another_pool_is_not_taken() {
-        let a = Pool::new(8, Duration::from_secs(60));
-        let b = Pool::new(8, Duration::from_secs(60));
+        let (a, b) = (pool(), pool());
         let affinity = Affinity::default();
-        let (own, _o) = sender().await;
-        affinity.keep(a.opened(ready(own).await), 1);
+        let _o = keep_one(&a, &affinity).await;
         assert!(b.take(&affinity).is_none());
         assert_eq!(a.take(&affinity).unwrap().source, Source::affine);
     }
 
     #[tokio::test]
     async fn holds_at_most_one_more_than_in_flight() {
-        let pool = Pool::new(8, Duration::from_secs(60));
+        let pool = pool();
         let affinity = Affinity::default();
         let mut pipes = Vec::new();
         for _ in 0..3 {
-            let (s, p) = sender().await;
-            pipes.push(p);
-            affinity.keep(pool.opened(ready(s).await), 1);
+            pipes.push(keep_one(&pool, &affinity).await);
         }
         assert_eq!(lock(&affinity.held).len(), 2);
         assert_eq!(pool.idle_len(), 1);
@@ -367,8 +379,7 @@ mod tests {
     async fn no_connection_is_kept_when_the_pool_keeps_none() {
         let pool = Pool::new(0, Duration::from_secs(60));
         let affinity = Affinity::default();
-        let (own, _o) = sender().await;
-        affinity.keep(pool.opened(ready(own).await), 1);
+        let _o = keep_one(&pool, &affinity).await;
         assert!(!affinity.holds());
         assert!(pool.take(&affinity).is_none());
     }
@@ -378,9 +389,7 @@ mod tests {
         let pool = Pool::new(2, Duration::from_secs(60));
         let mut pipes = Vec::new();
         for _ in 0..3 {
-            let (s, p) = sender().await;
-            pipes.push(p);
-            pool.shared.put(ready(s).await);
+            pipes.push(put_one(&pool).await);
         }
         assert_eq!(pool.idle_len(), 2);
     }
@@ -388,8 +397,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_idle_connection_is_not_checked_out() {
         let pool = Pool::new(8, Duration::from_millis(1));
-        let (s, _p) = sender().await;
-        pool.shared.put(ready(s).await);
+        let _p = put_one(&pool).await;
         let since = Instant::now();
         while since.elapsed() < Duration::from_millis(2) {
             tokio::task::yield_now().await;
@@ -399,11 +407,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_connection_is_neither_kept_nor_taken() {
-        let pool = Pool::new(8, Duration::from_secs(60));
+        let pool = pool();
         let affinity = Affinity::default();
-        let (s, pipe) = sender().await;
-        let s = ready(s).await;
-        affinity.keep(pool.opened(s), 1);
+        let pipe = keep_one(&pool, &affinity).await;
         // The upstream closes: the connection task ends and the sender reports it closed.
         drop(pipe);
         let deadline = Instant::now() + Duration::from_secs(5);
