@@ -443,6 +443,19 @@ fn crl_warnings(report: &mut Report, c: &CrlInfo, all: &[CrlInfo], anchors: &[Ce
             );
         }
     }
+    if c.scope.as_ref().is_some_and(|s| s.uris.is_empty()) {
+        // webpki takes a fullName of other name forms, but a partition is matched to
+        // certificates by URI only: such a CRL covers no certificate, so it can revoke only
+        // through a listed serial, and with require_crl its clients are refused.
+        report.warn(
+            "crl_scope_without_uri",
+            &c.path,
+            format!(
+                "CRL of {} has an issuingDistributionPoint whose fullName has no URI, so it covers no certificate's cRLDistributionPoints: its revoked serials are still refused, but it never makes a certificate's status known (require_crl refuses them)",
+                c.issuer
+            ),
+        );
+    }
     if c.signature == CrlSignature::IssuerNotInTruststore {
         report.warn(
             "crl_issuer_not_in_truststore",
@@ -456,7 +469,7 @@ fn crl_warnings(report: &mut Report, c: &CrlInfo, all: &[CrlInfo], anchors: &[Ce
     if !c.in_use {
         let winner = all
             .iter()
-            .find(|w| w.in_use && w.issuer == c.issuer)
+            .find(|w| w.in_use && w.issuer == c.issuer && w.scope == c.scope)
             .map_or_else(String::new, |w| {
                 format!(
                     " by number {} in {}",
@@ -468,8 +481,11 @@ fn crl_warnings(report: &mut Report, c: &CrlInfo, all: &[CrlInfo], anchors: &[Ce
             "crl_superseded",
             &c.path,
             format!(
-                "CRL of {} (number {}) is not used: it is superseded{winner}; only the newest CRL of an issuer (highest cRLNumber, then latest thisUpdate) is used. Remove the older file",
+                "CRL of {} ({}, number {}) is not used: it is superseded{winner}; of the CRLs with the same issuer and scope only the newest (highest cRLNumber, then latest thisUpdate) is used, while partitions of different scopes are all in force. Remove the older file",
                 c.issuer,
+                c.scope
+                    .as_ref()
+                    .map_or_else(|| "all certificates".to_owned(), ToString::to_string),
                 c.number.as_deref().unwrap_or("-"),
             ),
         );
@@ -565,9 +581,12 @@ pub(crate) fn text(r: &Report) -> String {
         for c in &r.crls {
             let _ = writeln!(
                 o,
-                "  - {}: issuer {}, number {}, next update {}, {} revoked",
+                "  - {}: issuer {}, scope {}, number {}, next update {}, {} revoked",
                 c.path.display(),
                 c.issuer,
+                c.scope
+                    .as_ref()
+                    .map_or_else(|| "all certificates".to_owned(), ToString::to_string),
                 c.number.as_deref().unwrap_or("-"),
                 c.next_update.map_or_else(|| "-".to_owned(), rfc3339_z),
                 c.revoked
@@ -585,7 +604,7 @@ pub(crate) fn text(r: &Report) -> String {
                 if c.in_use {
                     ""
                 } else {
-                    "; superseded by a newer CRL of the same issuer (not used)"
+                    "; superseded by a newer CRL of the same issuer and scope (not used)"
                 }
             );
         }

@@ -139,6 +139,8 @@ pub(crate) struct CertLabels {
 pub(crate) struct IssuerLabels {
     /// The CRL issuer DN, RFC 2253.
     pub(crate) issuer: TextLabel,
+    /// `all`, or the partition a CRL with an issuingDistributionPoint covers (its URIs).
+    pub(crate) scope: TextLabel,
 }
 
 /// How a reload ended: the `result` label of `mtls_shield_reloads_total`.
@@ -634,11 +636,17 @@ impl Metrics {
         let crls: Vec<(IssuerLabels, i64)> = inv
             .crls
             .iter()
+            .filter(|c| c.in_use)
             .filter_map(|c| {
                 c.next_update.map(|next| {
                     (
                         IssuerLabels {
                             issuer: TextLabel(c.issuer.clone()),
+                            scope: TextLabel(
+                                c.scope
+                                    .as_ref()
+                                    .map_or_else(|| "all".to_owned(), |s| s.uris.join(" ")),
+                            ),
                         },
                         next,
                     )
@@ -736,6 +744,7 @@ mod tests {
                     next_update: Some(99),
                     revoked: 0,
                     signature: CrlSignature::Verified,
+                    scope: None,
                     in_use: true,
                 })
                 .into_iter()
@@ -784,6 +793,9 @@ mod tests {
         assert!(!text.contains("CN=old"), "{text}");
         assert!(text.contains(r#"subject="CN=kept"} 3"#), "{text}");
         assert!(text.contains(r#"subject="CN=new"} 4"#), "{text}");
-        assert!(text.contains(r#"issuer="CN=new"} 99"#), "{text}");
+        assert!(
+            text.contains(r#"issuer="CN=new",scope="all"} 99"#),
+            "{text}"
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use rustls_pki_types::CertificateDer;
 use x509_parser::der_parser::asn1_rs::{Any, Class, FromDer as _, Tag, ToDer};
+use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::*;
 use x509_parser::public_key::PublicKey;
 
@@ -68,9 +69,165 @@ pub(crate) struct CrlInfo {
     pub(crate) revoked: usize,
     /// How its signature was checked at load.
     pub(crate) signature: CrlSignature,
-    /// False when a newer CRL of the same issuer (higher cRLNumber, then later thisUpdate)
-    /// was loaded too: only the newest CRL of each issuer is used.
+    /// The partition it covers (its issuingDistributionPoint), or `None`: all of the
+    /// issuer's certificates.
+    pub(crate) scope: Option<CrlScope>,
+    /// False when a newer CRL of the same issuer and the same scope (higher cRLNumber, then
+    /// later thisUpdate) was loaded too: only the newest CRL of each (issuer, scope) is used,
+    /// and CRLs of different scopes are all in force at once.
     pub(crate) in_use: bool,
+}
+
+/// The scope of a CRL that carries an issuingDistributionPoint (RFC 5280 §5.2.5): one
+/// partition of its issuer's certificates, as AWS Private CA and other large CAs publish them.
+/// Only the forms rustls-webpki honours reach here (a fullName with URIs, optionally limited
+/// to end-entity or CA certificates); every other form is refused when the CRL is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub(crate) struct CrlScope {
+    /// The distribution point's fullName URIs: a certificate is in the partition when its
+    /// cRLDistributionPoints names one of them.
+    pub(crate) uris: Vec<String>,
+    /// onlyContainsUserCerts: the partition holds end-entity certificates only.
+    pub(crate) only_user_certs: bool,
+    /// onlyContainsCACerts: the partition holds CA certificates only.
+    pub(crate) only_ca_certs: bool,
+}
+
+impl std::fmt::Display for CrlScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "partition {}", self.uris.join(" "))?;
+        if self.only_user_certs {
+            f.write_str(" (end-entity certificates only)")?;
+        }
+        if self.only_ca_certs {
+            f.write_str(" (CA certificates only)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything of a CRL but its revoked list, read without walking that list (which, for a
+/// CRL of a million entries, would allocate hundreds of megabytes for nothing).
+#[derive(Debug, Clone)]
+pub(crate) struct CrlHeader {
+    /// The issuer Name, whole DER (the form x509-parser's `as_raw` gives for certificates).
+    pub(crate) issuer_der: Vec<u8>,
+    /// The issuer, RFC 2253.
+    pub(crate) issuer: String,
+    /// cRLNumber.
+    pub(crate) number: Option<BigUint>,
+    /// thisUpdate, Unix seconds.
+    pub(crate) this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub(crate) next_update: Option<i64>,
+    /// The issuingDistributionPoint's scope, when the CRL has one.
+    pub(crate) scope: Option<CrlScope>,
+}
+
+/// Reads a CRL's header: `CertificateList ::= SEQUENCE { tbsCertList, .. }` with
+/// `TBSCertList ::= SEQUENCE { version?, signature, issuer, thisUpdate, nextUpdate?,
+/// revokedCertificates?, [0] crlExtensions? }`. The revoked list is skipped by its length.
+pub(crate) fn crl_header(der: &[u8]) -> Result<CrlHeader, String> {
+    let bad = |what: &str| {
+        format!("cannot parse CRL ({what}); expected PEM (-----BEGIN X509 CRL-----) or DER")
+    };
+    let (rest, outer) = Any::from_der(der).map_err(|_| bad("not a DER SEQUENCE"))?;
+    if !rest.is_empty() {
+        return Err("CRL has trailing bytes after the DER structure".into());
+    }
+    let (_, tbs) = Any::from_der(outer.data).map_err(|_| bad("no tbsCertList"))?;
+    let mut i = tbs.data;
+    let (after, first) = Any::from_der(i).map_err(|_| bad("empty tbsCertList"))?;
+    if first.tag() == Tag::Integer {
+        i = after;
+    }
+    let (after, _algorithm) = Any::from_der(i).map_err(|_| bad("no signature algorithm"))?;
+    let (after_issuer, issuer) = X509Name::from_der(after).map_err(|_| bad("bad issuer"))?;
+    let issuer_der = after[..after.len() - after_issuer.len()].to_vec();
+    let (mut i, this_update) =
+        ASN1Time::from_der(after_issuer).map_err(|_| bad("bad thisUpdate"))?;
+    let mut next_update = None;
+    let mut scope = None;
+    let mut number = None;
+    while !i.is_empty() {
+        let (after, field) = Any::from_der(i).map_err(|_| bad("bad field after thisUpdate"))?;
+        match (field.class(), field.tag()) {
+            (Class::Universal, Tag::UtcTime | Tag::GeneralizedTime) if next_update.is_none() => {
+                let (_, t) = ASN1Time::from_der(i).map_err(|_| bad("bad nextUpdate"))?;
+                next_update = Some(t.timestamp());
+            }
+            // revokedCertificates: walked by the index builder, not here.
+            (Class::Universal, Tag::Sequence) => {}
+            (Class::ContextSpecific, Tag(0)) => {
+                let (_, exts) = Any::from_der(field.data).map_err(|_| bad("bad crlExtensions"))?;
+                let mut e = exts.data;
+                while !e.is_empty() {
+                    let (rest, ext) =
+                        X509Extension::from_der(e).map_err(|_| bad("bad CRL extension"))?;
+                    match ext.parsed_extension() {
+                        ParsedExtension::CRLNumber(n) => number = Some(n.clone()),
+                        ParsedExtension::IssuingDistributionPoint(idp) => {
+                            scope = Some(scope_of(idp))
+                        }
+                        _ => {}
+                    }
+                    e = rest;
+                }
+            }
+            _ => return Err(bad("unexpected field in tbsCertList")),
+        }
+        i = after;
+    }
+    Ok(CrlHeader {
+        issuer: rfc2253(&issuer),
+        issuer_der,
+        number,
+        this_update: this_update.timestamp(),
+        next_update,
+        scope,
+    })
+}
+
+fn scope_of(idp: &IssuingDistributionPoint<'_>) -> CrlScope {
+    let mut uris = Vec::new();
+    if let Some(DistributionPointName::FullName(names)) = &idp.distribution_point {
+        for n in names {
+            if let GeneralName::URI(u) = n {
+                uris.push((*u).to_owned());
+            }
+        }
+    }
+    CrlScope {
+        uris,
+        only_user_certs: idp.only_contains_user_certs,
+        only_ca_certs: idp.only_contains_ca_certs,
+    }
+}
+
+/// The URIs of a certificate's cRLDistributionPoints as a CRL's scope is matched against
+/// them (the rule rustls-webpki applies): fullName URIs of points without cRLIssuer or
+/// reasons. `None` when the certificate has no cRLDistributionPoints extension at all.
+pub(crate) fn crl_scope_uris(c: &X509Certificate<'_>) -> Option<Vec<String>> {
+    let mut found = None;
+    for ext in c.extensions() {
+        let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() else {
+            continue;
+        };
+        let uris: &mut Vec<String> = found.get_or_insert_with(Vec::new);
+        for p in points
+            .iter()
+            .filter(|p| p.crl_issuer.is_none() && p.reasons.is_none())
+        {
+            if let Some(DistributionPointName::FullName(names)) = &p.distribution_point {
+                for n in names {
+                    if let GeneralName::URI(u) = n {
+                        uris.push((*u).to_owned());
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Everything one TLS state trusts and serves.

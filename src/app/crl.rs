@@ -29,7 +29,7 @@ use crate::proxy::server::Server;
 use crate::tls::crl::{Anchor, Crl, DistributionPoint, MAX_DISTRIBUTION_POINTS};
 use crate::tls::load::LoadError;
 use crate::tls::state::FetchedCrl;
-use crate::x509::{CrlInfo, CrlSignature};
+use crate::x509::{CrlInfo, CrlScope, CrlSignature};
 
 /// A thisUpdate this far in the future is still taken: the CA's clock and this host's may
 /// disagree by a little, and refusing a fresh CRL for it would keep a stale one in force.
@@ -97,7 +97,7 @@ pub(crate) enum Refused {
     #[error("its thisUpdate is in the future ({0}); check the clocks")]
     Future(String),
     /// A lower cRLNumber than the one in use.
-    #[error("its cRLNumber {offered} is lower than the {in_use} in use for {issuer} (a rollback)")]
+    #[error("its cRLNumber {offered} is lower than the {in_use} in use for {issuer} and the same scope (a rollback)")]
     Rollback {
         /// The fetched number.
         offered: String,
@@ -356,7 +356,7 @@ impl CrlFetch {
             )));
         }
         let number = crl.number().cloned();
-        if let Some(in_use) = self.number_in_use(&crl.info.issuer) {
+        if let Some(in_use) = self.number_in_use(&crl.info.issuer, crl.scope()) {
             if number.as_ref().is_none_or(|n| *n < in_use) {
                 return Err(Refused::Rollback {
                     offered: number.map_or("none".to_owned(), |n| n.to_string()),
@@ -375,13 +375,14 @@ impl CrlFetch {
         })
     }
 
-    /// The highest cRLNumber of a fetched CRL in force for `issuer`.
-    fn number_in_use(&self, issuer: &str) -> Option<BigUint> {
+    /// The highest cRLNumber of a fetched CRL in force for `issuer` and `scope`: partitions of
+    /// one issuer number their CRLs independently, so only the same partition can roll back.
+    fn number_in_use(&self, issuer: &str, scope: Option<&CrlScope>) -> Option<BigUint> {
         let sources = self.sources.lock().ok()?;
         sources
             .values()
             .filter_map(|s| s.last_good.as_ref())
-            .filter(|e| e.info.issuer == issuer)
+            .filter(|e| e.info.issuer == issuer && e.info.scope.as_ref() == scope)
             .filter_map(|e| e.number.clone())
             .max()
     }

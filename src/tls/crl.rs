@@ -1,31 +1,48 @@
-//! Certificate revocation lists: each one is proven, when it is loaded, to be signed by the
-//! truststore CA it names, and one CRL is chosen per issuer.
+//! Certificate revocation lists: each one is parsed once into a compact index of its
+//! revoked serials, proven when it is loaded to be signed by the truststore CA it names, and
+//! chosen per issuer *and scope*.
 //!
-//! rustls-webpki checks a CRL's signature only when a client of that issuer connects, and it
-//! reads the *first* configured CRL whose issuer name matches the certificate's issuer. Left
-//! alone, a CRL that names a trusted CA but was signed by another key would load without a
-//! word and then refuse every client of that CA (`revocation_unknown`), and with two CRLs for
-//! one issuer the order of `client_auth.crls` would decide which one counts. Both are settled
-//! here, before a state is built:
+//! The verifier consults these CRLs itself (see [`super::revocation`]) rather than handing
+//! them to rustls-webpki, for three reasons:
+//!
+//! - webpki keeps a CRL as a `BTreeMap` of owned entries (about 450 bytes per revoked serial)
+//!   and re-verifies its signature at every handshake; a CRL of a million entries then costs
+//!   gigabytes after a few reloads and a hash of 27 MB per handshake. Here a CRL is its DER
+//!   plus 8 bytes per serial, its signature is checked once, and a reload that reads the same
+//!   bytes again shares the parsed CRL instead of building a second one;
+//! - webpki consults the *first* configured CRL that covers a certificate; with partitioned
+//!   CRLs and a full CRL of one issuer, which one that is depends on the list order;
+//! - every CRL that names a trusted CA is checked against that CA's key here, before a state
+//!   is built, so a forged CRL is refused with its file named instead of refusing clients.
+//!
+//! What is settled here, before a state is built:
 //!
 //! - a CRL whose issuer is a truststore CA must verify with that CA's key (and the CA's
 //!   keyUsage, when present, must allow cRLSign), or the whole state is refused with an error
 //!   naming the CRL file; a reload then keeps the last good state;
 //! - a CRL whose issuer is not in the truststore (an intermediate CA's) cannot be checked
-//!   here; webpki checks it against the intermediate the client presents, at each handshake;
-//! - of several CRLs of one issuer, the newest is used (highest cRLNumber, then latest
-//!   thisUpdate) and the others are reported as superseded, whatever their order.
+//!   here; its signature is checked against the intermediate a client presents, once per key;
+//! - a CRL with an issuingDistributionPoint covers one partition of its issuer (RFC 5280
+//!   §5.2.5): of several CRLs with the same issuer *and* the same scope, the newest is used
+//!   (highest cRLNumber, then latest thisUpdate) and the others are reported as superseded,
+//!   whatever their order; CRLs of different scopes are all in force at once.
+//! - an issuingDistributionPoint form that cannot be honoured (indirect CRLs, partitions by
+//!   reason, a name relative to the issuer, no distribution point) refuses the CRL with the
+//!   reason: it is never silently ignored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::x509::{rfc2253, signed_parts, spki_parts, CertInfo, CrlInfo, CrlSignature};
+use crate::x509::{
+    crl_header, rfc2253, signed_parts, spki_parts, CertInfo, CrlHeader, CrlInfo, CrlScope,
+    CrlSignature,
+};
 
 /// A trust anchor as the CRL checks need it.
 #[derive(Debug, Clone)]
@@ -36,19 +53,146 @@ pub(crate) struct Anchor {
     pub(crate) info: CertInfo,
 }
 
-/// One loaded CRL, parsed by both x509-parser (facts) and rustls-webpki (what the verifier
-/// will use), with the result of its signature check.
+/// Where one revoked serial's bytes are in the CRL's DER: 8 bytes per entry instead of an
+/// owned copy of each entry.
+#[derive(Debug, Clone, Copy)]
+struct SerialAt {
+    offset: u32,
+    len: u16,
+}
+
+/// A CRL parsed once: its DER, its header, and its revoked serials sorted for binary search.
+/// Shared (through [`Arc`]) by every generation that loads the same bytes.
+#[derive(Debug)]
+pub(crate) struct ParsedCrl {
+    der: Vec<u8>,
+    header: CrlHeader,
+    serials: Vec<SerialAt>,
+    /// The whole-DER SubjectPublicKeyInfos its signature verified with, so each issuer key
+    /// costs one signature check over the whole CRL, not one per handshake.
+    verified_with: Mutex<Vec<Vec<u8>>>,
+}
+
+/// At most this many distinct keys are remembered per CRL as having verified it; past that a
+/// key is checked each time (correct, only slower). Issuers that share a name are rare.
+const MAX_VERIFIED_KEYS: usize = 4;
+
+impl ParsedCrl {
+    fn parse(der: Vec<u8>) -> Result<ParsedCrl, String> {
+        let header = crl_header(&der)?;
+        // webpki's own parser validates what it would have refused as a verifier: delta CRLs,
+        // unknown critical extensions, entries it cannot read, and every issuingDistributionPoint
+        // form it does not honour. Walking its borrowed entries allocates nothing per entry.
+        let borrowed = webpki::BorrowedCertRevocationList::from_der(&der).map_err(unusable)?;
+        let base = der.as_ptr().addr();
+        let mut serials = Vec::new();
+        for entry in &borrowed {
+            let entry = entry.map_err(unusable)?;
+            let offset = entry.serial_number.as_ptr().addr() - base;
+            let (Ok(offset), Ok(len)) = (
+                u32::try_from(offset),
+                u16::try_from(entry.serial_number.len()),
+            ) else {
+                return Err("a revoked entry's serial number is out of range".to_owned());
+            };
+            serials.push(SerialAt { offset, len });
+        }
+        serials.shrink_to_fit();
+        let mut parsed = ParsedCrl {
+            der,
+            header,
+            serials,
+            verified_with: Mutex::new(Vec::new()),
+        };
+        let ParsedCrl { der, serials, .. } = &mut parsed;
+        serials.sort_unstable_by(|a, b| serial_bytes(der, *a).cmp(serial_bytes(der, *b)));
+        Ok(parsed)
+    }
+
+    /// Whether `serial` (the raw INTEGER contents, as certificates carry it) is listed.
+    pub(crate) fn lists(&self, serial: &[u8]) -> bool {
+        self.serials
+            .binary_search_by(|at| serial_bytes(&self.der, *at).cmp(serial))
+            .is_ok()
+    }
+
+    /// The header: issuer, numbers, dates, scope.
+    pub(crate) fn header(&self) -> &CrlHeader {
+        &self.header
+    }
+
+    /// Whether the signature verifies with `spki_der` (a whole SubjectPublicKeyInfo); a key
+    /// that verified it once is remembered.
+    pub(crate) fn signed_by(&self, spki_der: &[u8], algs: &WebPkiSupportedAlgorithms) -> bool {
+        if let Ok(keys) = self.verified_with.lock() {
+            if keys.iter().any(|k| k.as_slice() == spki_der) {
+                return true;
+            }
+        }
+        let Some(signed) = signed_parts(&self.der) else {
+            return false;
+        };
+        let ok = verify_signed(algs, spki_der, &signed);
+        if ok {
+            if let Ok(mut keys) = self.verified_with.lock() {
+                if keys.len() < MAX_VERIFIED_KEYS {
+                    keys.push(spki_der.to_vec());
+                }
+            }
+        }
+        ok
+    }
+}
+
+fn serial_bytes(der: &[u8], at: SerialAt) -> &[u8] {
+    let start = at.offset as usize;
+    // In bounds: offset and len were taken from a slice of this very DER.
+    der.get(start..start + usize::from(at.len)).unwrap_or(&[])
+}
+
+/// webpki's reasons for refusing a CRL, in the operator's words.
+fn unusable(e: webpki::Error) -> String {
+    use webpki::Error as W;
+    let why = match e {
+        W::UnsupportedIndirectCrl => "it is an indirect CRL (issuingDistributionPoint indirectCRL, or a certificateIssuer entry); only CRLs issued by the CA that issued the certificates are supported".to_owned(),
+        W::UnsupportedRevocationReasonsPartitioning => "it is partitioned by revocation reason (issuingDistributionPoint onlySomeReasons), which is not supported; publish CRLs that cover every reason".to_owned(),
+        W::UnsupportedCrlIssuingDistributionPoint => "its issuingDistributionPoint has no fullName distribution point (none, or a name relative to the issuer), so which certificates it covers cannot be told".to_owned(),
+        W::UnsupportedDeltaCrl => "it is a delta CRL, which is not supported; configure the base CRL".to_owned(),
+        W::MalformedExtensions => "its extensions are malformed (an issuingDistributionPoint for attribute certificates is one)".to_owned(),
+        other => format!("{other:?}"),
+    };
+    format!("rustls-webpki cannot use this CRL: {why}; CRLs without nextUpdate and unknown critical extensions are not supported either")
+}
+
+/// Parsed CRLs by the SHA-256 of their DER, held weakly: a reload that reads the same bytes
+/// shares the index the running generation already built, and a CRL no generation uses any
+/// more is freed with the last of them.
+static PARSED: LazyLock<Mutex<HashMap<[u8; 32], Weak<ParsedCrl>>>> = LazyLock::new(Mutex::default);
+
+fn parse_shared(der: Vec<u8>) -> Result<Arc<ParsedCrl>, String> {
+    let key = crate::x509::sha256(&der);
+    if let Some(hit) = PARSED
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).and_then(Weak::upgrade))
+    {
+        return Ok(hit);
+    }
+    let parsed = Arc::new(ParsedCrl::parse(der)?);
+    if let Ok(mut m) = PARSED.lock() {
+        m.retain(|_, w| w.strong_count() > 0);
+        m.insert(key, Arc::downgrade(&parsed));
+    }
+    Ok(parsed)
+}
+
+/// One loaded CRL: the shared parse, with the facts of where it came from and how its
+/// signature was checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Crl {
-    /// The DER, as given to the verifier.
-    pub(crate) der: CertificateRevocationListDer<'static>,
     /// Its facts, including how its signature was checked and whether it is in use.
     pub(crate) info: CrlInfo,
-    /// The issuer Name, DER: CRLs of one issuer are compared with each other.
-    issuer_der: Vec<u8>,
-    number: Option<BigUint>,
-    /// The CRL as the verifier reads it.
-    parsed: webpki::OwnedCertRevocationList,
+    parsed: Arc<ParsedCrl>,
 }
 
 impl Crl {
@@ -57,36 +201,25 @@ impl Crl {
         source: &Path,
         der: CertificateRevocationListDer<'static>,
     ) -> Result<Crl, String> {
-        let (info, issuer_der, number) = {
-            let crl = super::load::parse_crl(der.as_ref())?;
-            (
-                CrlInfo {
-                    path: source.to_owned(),
-                    issuer: rfc2253(crl.issuer()),
-                    number: crl.crl_number().map(|n| n.to_string()),
-                    this_update: crl.last_update().timestamp(),
-                    next_update: crl.next_update().map(|t| t.timestamp()),
-                    revoked: crl.iter_revoked_certificates().count(),
-                    signature: CrlSignature::IssuerNotInTruststore,
-                    in_use: true,
-                },
-                crl.issuer().as_raw().to_vec(),
-                crl.crl_number().cloned(),
-            )
+        let parsed = parse_shared(der.as_ref().to_vec())?;
+        let h = parsed.header();
+        let info = CrlInfo {
+            path: source.to_owned(),
+            issuer: h.issuer.clone(),
+            number: h.number.as_ref().map(|n| n.to_string()),
+            this_update: h.this_update,
+            next_update: h.next_update,
+            revoked: parsed.serials.len(),
+            signature: CrlSignature::IssuerNotInTruststore,
+            scope: h.scope.clone(),
+            in_use: true,
         };
-        // The verifier parses it again with webpki, which refuses more than x509-parser does
-        // (delta CRLs, indirect CRLs, unknown critical extensions). Do it here, so the error
-        // names this file rather than surfacing later from the verifier build.
-        let parsed = webpki::OwnedCertRevocationList::from_der(der.as_ref()).map_err(|e| {
-            format!("rustls-webpki cannot use this CRL ({e:?}); delta CRLs, indirect CRLs, CRLs without nextUpdate and unknown critical extensions are not supported")
-        })?;
-        Ok(Crl {
-            der,
-            info,
-            issuer_der,
-            number,
-            parsed,
-        })
+        Ok(Crl { info, parsed })
+    }
+
+    /// The shared parse, for the verifier.
+    pub(crate) fn parsed(&self) -> &Arc<ParsedCrl> {
+        &self.parsed
     }
 
     /// Checks the signature against the truststore CA the CRL names, if it is one.
@@ -101,19 +234,19 @@ impl Crl {
         anchors: &[Anchor],
         algs: &WebPkiSupportedAlgorithms,
     ) -> Result<(), String> {
-        let Some(signed) = signed_parts(self.der.as_ref()) else {
+        if signed_parts(&self.parsed.der).is_none() {
             return Err("cannot read the CRL's signature".to_owned());
-        };
+        }
         let mut named = Vec::new();
         for a in anchors {
             let Ok((_, cert)) = X509Certificate::from_der(a.der.as_ref()) else {
                 continue;
             };
-            if cert.subject().as_raw() != self.issuer_der.as_slice() {
+            if cert.subject().as_raw() != self.issuer_der() {
                 continue;
             }
             named.push(&a.info);
-            if verify_signed(algs, cert.public_key().raw, &signed) {
+            if self.parsed.signed_by(cert.public_key().raw, algs) {
                 if a.info.crl_sign_forbidden {
                     return Err(format!(
                         "it is signed by truststore CA {}, whose keyUsage does not allow cRLSign; webpki would refuse every client of that CA (revocation_unknown). Use a CRL signed by a key that may sign CRLs",
@@ -136,16 +269,20 @@ impl Crl {
         }
     }
 
-    /// Whether `self` replaces `other` of the same issuer: higher cRLNumber, then later
-    /// thisUpdate (a CRL without a number counts as older than any with one).
+    /// Whether `self` replaces `other` of the same issuer and scope: higher cRLNumber, then
+    /// later thisUpdate (a CRL without a number counts as older than any with one).
     fn newer_than(&self, other: &Crl) -> bool {
-        (self.number.as_ref(), self.info.this_update)
-            > (other.number.as_ref(), other.info.this_update)
+        (self.number(), self.info.this_update) > (other.number(), other.info.this_update)
     }
 
     /// The cRLNumber, when present.
     pub(crate) fn number(&self) -> Option<&BigUint> {
-        self.number.as_ref()
+        self.parsed.header.number.as_ref()
+    }
+
+    /// The scope, when the CRL covers one partition of its issuer.
+    pub(crate) fn scope(&self) -> Option<&CrlScope> {
+        self.parsed.header.scope.as_ref()
     }
 
     /// Checks the signature against `issuer`, an intermediate CA certificate from a chain
@@ -153,18 +290,15 @@ impl Crl {
     pub(crate) fn verify_with_issuer(&mut self, issuer: &CertificateDer<'_>) -> Result<(), String> {
         let (_, cert) = X509Certificate::from_der(issuer.as_ref())
             .map_err(|e| format!("the issuing CA certificate cannot be parsed: {e}"))?;
-        if cert.subject().as_raw() != self.issuer_der.as_slice() {
+        if cert.subject().as_raw() != self.issuer_der() {
             return Err(format!(
                 "it is issued by {}, not by the CA whose certificate named it ({})",
                 self.info.issuer,
                 rfc2253(cert.subject())
             ));
         }
-        let Some(signed) = signed_parts(self.der.as_ref()) else {
-            return Err("cannot read the CRL's signature".to_owned());
-        };
         let algs = super::provider::provider().signature_verification_algorithms;
-        if !verify_signed(&algs, cert.public_key().raw, &signed) {
+        if !self.parsed.signed_by(cert.public_key().raw, &algs) {
             return Err(format!(
                 "its signature does not verify with the key of {}",
                 self.info.issuer
@@ -182,12 +316,13 @@ impl Crl {
 
     /// The issuer Name, DER.
     pub(crate) fn issuer_der(&self) -> &[u8] {
-        &self.issuer_der
+        &self.parsed.header.issuer_der
     }
 
-    /// Whether `other` has the same issuer Name.
-    pub(crate) fn same_issuer(&self, other: &Crl) -> bool {
-        self.issuer_der == other.issuer_der
+    /// Whether `other` has the same issuer Name and covers the same partition of it: only
+    /// then does the newer of the two replace the older (RFC 5280 §5.2.5, §6.3.3).
+    pub(crate) fn same_issuer_and_scope(&self, other: &Crl) -> bool {
+        self.issuer_der() == other.issuer_der() && self.scope() == other.scope()
     }
 }
 
@@ -259,30 +394,23 @@ pub(crate) fn verify_signed(
     })
 }
 
-/// Marks, for each issuer, every CRL but the newest as not in use. The order of `crls` does
-/// not matter.
+/// Marks, for each issuer and scope, every CRL but the newest as not in use. The order of
+/// `crls` does not matter. Partitions of one issuer (different scopes) are all kept: each is
+/// authoritative for its own certificates only, so dropping one would let its revoked clients in.
 pub(crate) fn choose(mut crls: Vec<Crl>) -> Vec<Crl> {
     for i in 0..crls.len() {
         let superseded = crls.iter().enumerate().any(|(j, other)| {
-            j != i && other.same_issuer(&crls[i]) && beats(other, j, &crls[i], i)
+            j != i && other.same_issuer_and_scope(&crls[i]) && beats(other, j, &crls[i], i)
         });
         crls[i].info.in_use = !superseded;
     }
     crls
 }
 
-/// Total order among CRLs of one issuer: newer wins; between two equally new ones, the one
+/// Total order among CRLs of one issuer and scope: newer wins; between two equally new ones, the one
 /// listed first (so exactly one stays in use).
 fn beats(a: &Crl, a_index: usize, b: &Crl, b_index: usize) -> bool {
     a.newer_than(b) || (!b.newer_than(a) && a_index < b_index)
-}
-
-/// The CRLs the verifier uses: those in use, as webpki parses them.
-pub(crate) fn in_force(crls: &[Crl]) -> Vec<webpki::CertRevocationList<'static>> {
-    crls.iter()
-        .filter(|c| c.info.in_use)
-        .map(|c| webpki::CertRevocationList::from(c.parsed.clone()))
-        .collect()
 }
 
 #[cfg(test)]

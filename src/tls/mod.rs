@@ -1,5 +1,6 @@
 //! Everything about TLS: reading certificates, keys and CRLs from disk ([`load`]), CRLs
-//! checked and chosen at load (`crl`), the client-certificate verifier with the identity
+//! checked and chosen at load (`crl`), revocation of a verified path (`revocation`), the
+//! client-certificate verifier with the identity
 //! allow-list ([`verifier`]) and its memo of accepted chains (`verified_cache`), the
 //! stable rejection reasons ([`reason`]), and the rustls server configuration built from a
 //! config ([`state`]).
@@ -9,6 +10,7 @@ pub(crate) mod crl;
 pub mod load;
 pub(crate) mod provider;
 pub mod reason;
+pub(crate) mod revocation;
 pub mod state;
 pub(crate) mod verified_cache;
 pub mod verifier;

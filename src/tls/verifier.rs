@@ -1,6 +1,7 @@
 //! The client-certificate verifier: rustls-webpki path building (chain, expiry, EKU, name and
-//! path-length constraints, CRLs), the checks WebPKI leaves to its caller, and the identity
-//! allow-list, with a memo of accepted chains.
+//! path-length constraints), revocation of every certificate on the path (`revocation`), the
+//! checks WebPKI leaves to its caller, and the identity allow-list, with a memo of accepted
+//! chains.
 //!
 //! The live handshake, `mtls-shield verify` and every later re-judgement of an open connection
 //! call [`ShieldVerifier::check`], so their answers agree by construction.
@@ -40,13 +41,13 @@ use rustls::{
     OtherError, RootCertStore, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
-use webpki::{EndEntityCert, KeyUsage, RevocationCheckDepth, RevocationOptionsBuilder};
-use webpki::{ExpirationPolicy, UnknownStatusPolicy, VerifiedPath};
+use webpki::{EndEntityCert, KeyUsage, VerifiedPath};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 pub use super::accepted::Accepted;
-use super::crl::{self, Anchor, Crl, DistributionPoint, DistributionPoints};
+use super::crl::{Anchor, Crl, DistributionPoint, DistributionPoints};
 use super::reason::Reason;
+use super::revocation::{OnPath, Refusal, Revocation, Role};
 use super::verified_cache::VerifiedChains;
 use crate::config::AllowList;
 use crate::identity::ClientIdentity;
@@ -165,6 +166,16 @@ struct NonIssuingAnchor {
     spki_sha256: [u8; 32],
 }
 
+/// What the revocation check needs of a trust anchor that issued a path's top certificate.
+#[derive(Debug)]
+struct AnchorKey {
+    /// The SubjectPublicKeyInfo contents, as webpki's [`TrustAnchor`] holds them.
+    spki_contents: Vec<u8>,
+    /// The whole SubjectPublicKeyInfo DER.
+    spki: Vec<u8>,
+    usage: KeyUsageBits,
+}
+
 /// WebPKI verification, the checks it leaves to the caller, and the allow-list, with a memo
 /// of accepted chains.
 #[derive(Debug)]
@@ -172,10 +183,8 @@ pub struct ShieldVerifier {
     roots: Vec<TrustAnchor<'static>>,
     hints: Vec<DistinguishedName>,
     non_issuing: Vec<NonIssuingAnchor>,
-    crls: Vec<webpki::CertRevocationList<'static>>,
-    /// nextUpdate of each CRL in use, by issuer Name DER.
-    crl_next_update: Vec<(Vec<u8>, i64)>,
-    require_crl: bool,
+    anchor_keys: Vec<AnchorKey>,
+    revocation: Revocation,
     algs: WebPkiSupportedAlgorithms,
     allow: AllowList,
     distribution_points: Option<DistributionPoints>,
@@ -195,6 +204,7 @@ impl ShieldVerifier {
     ) -> Result<Self, String> {
         let mut store = RootCertStore::empty();
         let mut non_issuing = Vec::new();
+        let mut anchor_keys = Vec::new();
         for (i, a) in trust.anchors.iter().enumerate() {
             store.add(a.der.clone()).map_err(|e| {
                 format!(
@@ -202,10 +212,17 @@ impl ShieldVerifier {
                     i + 1
                 )
             })?;
+            let (_, parsed) = X509Certificate::from_der(a.der.as_ref())
+                .map_err(|e| format!("certificate #{}: {e}", i + 1))?;
+            if let Some(anchor) = store.roots.last() {
+                anchor_keys.push(AnchorKey {
+                    spki_contents: anchor.subject_public_key_info.as_ref().to_vec(),
+                    spki: parsed.public_key().raw.to_vec(),
+                    usage: KeyUsageBits::of(&parsed),
+                });
+            }
             if a.info.key_cert_sign_forbidden {
-                let spki_sha256 = X509Certificate::from_der(a.der.as_ref())
-                    .map(|(_, c)| facts::sha256(c.public_key().raw))
-                    .map_err(|e| format!("certificate #{}: {e}", i + 1))?;
+                let spki_sha256 = facts::sha256(parsed.public_key().raw);
                 if let Some(anchor) = store.roots.last() {
                     non_issuing.push(NonIssuingAnchor {
                         anchor: anchor.clone(),
@@ -215,12 +232,6 @@ impl ShieldVerifier {
                 }
             }
         }
-        let crl_next_update = trust
-            .crls
-            .iter()
-            .filter(|c| c.info.in_use)
-            .filter_map(|c| Some((c.issuer_der().to_vec(), c.info.next_update?)))
-            .collect();
         Ok(Self {
             // Security: the names tell a client which certificate to present; hiding them
             // (advertise_ca_names = false) also hides which CAs this origin trusts.
@@ -231,9 +242,8 @@ impl ShieldVerifier {
             },
             roots: store.roots,
             non_issuing,
-            crls: crl::in_force(&trust.crls),
-            crl_next_update,
-            require_crl: trust.require_crl,
+            anchor_keys,
+            revocation: Revocation::new(&trust.crls, trust.require_crl),
             algs: trust.algs,
             allow,
             distribution_points: trust.distribution_points,
@@ -310,35 +320,19 @@ impl ShieldVerifier {
 
         let cert = EndEntityCert::try_from(end_entity)
             .map_err(|e| refuse(Reason::from_webpki(&e), tls_error(e)))?;
-        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
-        let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
-            b.with_depth(RevocationCheckDepth::Chain)
-                // Fail closed: a CRL past its nextUpdate refuses its issuer's clients.
-                .with_expiration_policy(ExpirationPolicy::Enforce)
-                .with_status_policy(if self.require_crl {
-                    UnknownStatusPolicy::Deny
-                } else {
-                    // A CRL applies to its own issuer's certificates only. Without this, one
-                    // CRL in the config would make every client of every other CA fail with
-                    // "unknown revocation status" (the nginx/HAProxy all-or-nothing trap).
-                    // Strict mode is opt-in.
-                    UnknownStatusPolicy::Allow
-                })
-                .build()
-        });
-
         // webpki calls this for each candidate path that it has fully verified up to an
         // anchor; an error makes it try the next candidate. The leaf's facts are needed for
         // the window, so a leaf x509-parser cannot read fails closed below, after WebPKI has
         // had its say (its reason is the more useful one for a damaged certificate).
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let window: RefCell<Option<(i64, i64)>> = RefCell::new(None);
         let found_points: RefCell<Vec<DistributionPoint>> = RefCell::new(Vec::new());
-        let ca_refusal: RefCell<Option<String>> = RefCell::new(None);
+        let path_refusal: RefCell<Option<Refusal>> = RefCell::new(None);
         let on_path = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
             let Some(leaf) = parsed.as_ref() else {
                 return Err(webpki::Error::BadDer);
             };
-            match self.judge_path(path, leaf) {
+            match self.judge_path(path, leaf, now_secs) {
                 Ok(w) => {
                     *window.borrow_mut() = Some(w);
                     if self.distribution_points.is_some() {
@@ -346,27 +340,33 @@ impl ShieldVerifier {
                     }
                     Ok(())
                 }
-                Err(detail) => {
-                    *ca_refusal.borrow_mut() = Some(detail);
-                    Err(webpki::Error::UnknownIssuer)
+                Err(refusal) => {
+                    let error = refusal.error.clone();
+                    *path_refusal.borrow_mut() = Some(refusal);
+                    Err(error)
                 }
             }
         };
+        // Revocation is not webpki's: `judge_path` decides it from the CRLs in force.
         let verified = cert.verify_for_usage(
             self.algs.all,
             &self.roots,
             intermediates,
             now,
             KeyUsage::client_auth(),
-            revocation,
+            None,
             Some(&on_path),
         );
         if let Err(e) = verified {
-            let refused_ca = matches!(e, webpki::Error::UnknownIssuer)
-                .then(|| ca_refusal.borrow_mut().take())
-                .flatten();
+            // The detail is ours when webpki's final answer is the refusal we gave it (webpki
+            // keeps the most specific error over every path it tried).
+            let detail = path_refusal
+                .borrow_mut()
+                .take()
+                .filter(|r| std::mem::discriminant(&r.error) == std::mem::discriminant(&e))
+                .map(|r| r.detail);
             let r = refuse(Reason::from_webpki(&e), tls_error(e));
-            return Err(match refused_ca {
+            return Err(match detail {
                 Some(detail) => r.with_detail(detail),
                 None => r,
             });
@@ -434,31 +434,36 @@ impl ShieldVerifier {
         Ok(())
     }
 
-    /// The checks on one path WebPKI verified, and the window in which it stays valid.
+    /// The checks on one path WebPKI verified (the CAs' keyUsage, then the revocation of each
+    /// certificate), and the window in which the path stays valid.
     fn judge_path(
         &self,
         path: &VerifiedPath<'_>,
         leaf: &X509Certificate<'_>,
-    ) -> Result<(i64, i64), String> {
-        let mut from = leaf.validity().not_before.timestamp();
-        let mut until = leaf.validity().not_after.timestamp().saturating_add(1);
-        until = until.min(self.crl_deadline(leaf.issuer().as_raw()));
-        for ca in path.intermediate_certificates() {
-            let der = ca.der();
-            let (_, c) = X509Certificate::from_der(der.as_ref())
-                .map_err(|e| format!("an intermediate CA certificate cannot be parsed: {e}"))?;
+        now: i64,
+    ) -> Result<(i64, i64), Refusal> {
+        let unknown_ca = |detail| Refusal {
+            error: webpki::Error::UnknownIssuer,
+            detail,
+        };
+        let ders: Vec<CertificateDer<'_>> =
+            path.intermediate_certificates().map(|c| c.der()).collect();
+        let mut cas = Vec::with_capacity(ders.len());
+        for der in &ders {
+            let (_, c) = X509Certificate::from_der(der.as_ref()).map_err(|e| {
+                unknown_ca(format!(
+                    "an intermediate CA certificate cannot be parsed: {e}"
+                ))
+            })?;
             // Security: RFC 5280 §6.1.4(n). A CA key whose keyUsage lacks keyCertSign must not
             // issue certificates; WebPKI treats basicConstraints as enough and never looks.
             if !KeyUsageBits::of(&c).allows_cert_sign() {
-                return Err(format!(
+                return Err(unknown_ca(format!(
                     "intermediate CA {} has a keyUsage extension without keyCertSign, so it may not issue certificates (RFC 5280 §6.1.4(n))",
                     facts::rfc2253(c.subject())
-                ));
+                )));
             }
-            from = from.max(c.validity().not_before.timestamp());
-            until = until
-                .min(c.validity().not_after.timestamp().saturating_add(1))
-                .min(self.crl_deadline(c.issuer().as_raw()));
+            cas.push(c);
         }
         // The same rule for the trust anchor, except when the anchor is the client's own
         // self-signed certificate (a pinned certificate in the truststore): then no CA key
@@ -469,22 +474,60 @@ impl ShieldVerifier {
             .iter()
             .find(|a| a.anchor == *path.anchor() && a.spki_sha256 != leaf_spki)
         {
-            return Err(format!(
+            return Err(unknown_ca(format!(
                 "trust anchor {} has a keyUsage extension without keyCertSign, so it may not issue certificates (RFC 5280 §6.1.4(n))",
                 a.subject
-            ));
+            )));
+        }
+        self.judge_revocation(path, leaf, &cas, now)?;
+        let mut from = leaf.validity().not_before.timestamp();
+        let mut until = leaf.validity().not_after.timestamp().saturating_add(1);
+        until = until.min(self.revocation.deadline(leaf.issuer().as_raw()));
+        for c in &cas {
+            from = from.max(c.validity().not_before.timestamp());
+            until = until
+                .min(c.validity().not_after.timestamp().saturating_add(1))
+                .min(self.revocation.deadline(c.issuer().as_raw()));
         }
         Ok((from, until))
     }
 
-    /// The nextUpdate of the CRL in use for `issuer`, or never.
-    fn crl_deadline(&self, issuer: &[u8]) -> i64 {
-        self.crl_next_update
+    /// Revocation of the leaf and of each intermediate, each against its issuer on this path
+    /// (the anchor itself is trusted as configured, as webpki's `Chain` depth does).
+    fn judge_revocation(
+        &self,
+        path: &VerifiedPath<'_>,
+        leaf: &X509Certificate<'_>,
+        cas: &[X509Certificate<'_>],
+        now: i64,
+    ) -> Result<(), Refusal> {
+        let anchor_spki = path.anchor().subject_public_key_info.as_ref();
+        let anchor = self
+            .anchor_keys
             .iter()
-            .filter(|(name, _)| name.as_slice() == issuer)
-            .map(|(_, next)| *next)
-            .min()
-            .unwrap_or(i64::MAX)
+            .find(|k| k.spki_contents.as_slice() == anchor_spki)
+            .ok_or_else(|| Refusal {
+                // Every anchor webpki can pick is one of ours; fail closed if not.
+                error: webpki::Error::UnknownIssuer,
+                detail: "the path's trust anchor is not in this trust state".to_owned(),
+            })?;
+        let issuer_of = |i: usize| match cas.get(i) {
+            Some(ca) => (ca.public_key().raw, KeyUsageBits::of(ca)),
+            None => (anchor.spki.as_slice(), anchor.usage),
+        };
+        let certs =
+            std::iter::once((leaf, Role::EndEntity)).chain(cas.iter().map(|c| (c, Role::Ca)));
+        for (i, (cert, role)) in certs.enumerate() {
+            let (issuer_spki, issuer_usage) = issuer_of(i);
+            let on = OnPath {
+                cert,
+                role,
+                issuer_spki,
+                issuer_usage,
+            };
+            self.revocation.check(&on, now, &self.algs)?;
+        }
+        Ok(())
     }
 
     /// Whether the leaf's public key can make a CertificateVerify signature that this server

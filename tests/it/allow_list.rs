@@ -182,6 +182,7 @@ fn renew_keeping_key(ca: &Ca, old: &Issued, cn: &str) -> Issued {
         key_pem: old.key_pem.clone(),
         key_der: old.key_der.clone(),
         serial: 777_777,
+        serial_number: rcgen::SerialNumber::from(777_777u64),
     }
 }
 

@@ -51,6 +51,7 @@ fn self_signed_client(cn: &str) -> Issued {
         key_pem: key.serialize_pem(),
         key_der: key.serialize_der(),
         serial: 0,
+        serial_number: rcgen::SerialNumber::from(0u64),
     }
 }
 

@@ -46,6 +46,7 @@ fn rich_client(ca: &Ca, dir: &Path, name: &str) -> (Issued, PathBuf) {
         key_pem: key.serialize_pem(),
         key_der: key.serialize_der(),
         serial: 0,
+        serial_number: rcgen::SerialNumber::from(0u64),
     };
     let (pem, _) = issued.write(dir, name);
     (issued, pem)

@@ -28,6 +28,7 @@ mod core_openssl;
 mod core_reject;
 mod core_resumption;
 mod crl_fetch;
+mod crl_partitions;
 mod identity_headers;
 mod layering;
 mod limits_body;

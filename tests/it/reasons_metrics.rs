@@ -791,7 +791,7 @@ fn crl_next_update_gauge_carries_the_crls_next_update() {
     .to_owned();
     let next = unix_of_openssl_date(after_eq(&openssl_crl(&crl, &["-nextupdate"]), "nextUpdate"));
     let series = format!(
-        r#"mtls_shield_crl_next_update_timestamp_seconds{{issuer="{}"}}"#,
+        r#"mtls_shield_crl_next_update_timestamp_seconds{{issuer="{}",scope="all"}}"#,
         prom_escape(&issuer)
     );
     assert_eq!(proxy.metric(&series), next as f64, "{series}");

@@ -130,7 +130,11 @@ impl Ca {
             None => now + days(spec.not_after_days),
         };
         let serial = next_serial();
-        p.serial_number = Some(SerialNumber::from(serial));
+        let serial_number = match spec.pca_serial {
+            true => pca_serial(serial),
+            false => SerialNumber::from(serial),
+        };
+        p.serial_number = Some(serial_number.clone());
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         Issued {
             cert_pem: cert.pem(),
@@ -138,7 +142,37 @@ impl Ca {
             key_pem: key.serialize_pem(),
             key_der: key.serialize_der(),
             serial,
+            serial_number,
         }
+    }
+
+    /// A partitioned CRL, as AWS Private CA publishes them: a critical issuingDistributionPoint
+    /// naming `partition_url`, revoking `revoked` (which must name that URL as their
+    /// cRLDistributionPoint to be in the partition).
+    pub fn partition_crl(&self, revoked: &[&Issued], number: u64, partition_url: &str) -> String {
+        let now = OffsetDateTime::now_utc();
+        let p = CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + days(7),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec![partition_url.to_owned()],
+                },
+                scope: Some(rcgen::CrlScope::UserCertsOnly),
+            }),
+            revoked_certs: revoked
+                .iter()
+                .map(|i| RevokedCertParams {
+                    serial_number: i.serial_number.clone(),
+                    revocation_time: now - time::Duration::hours(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        p.signed_by(&self.cert, &self.key).unwrap().pem().unwrap()
     }
 
     /// A CRL revoking `serials`, valid from `this_update_days` to `next_update_days` (relative
@@ -187,6 +221,17 @@ impl Ca {
     }
 }
 
+/// A serial number like AWS Private CA's: 16 random-looking bytes with the top bit set, so
+/// its DER INTEGER carries a leading zero byte (unique per `n`).
+fn pca_serial(n: u64) -> SerialNumber {
+    let mut b = [0u8; 16];
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &n.to_be_bytes());
+    b.copy_from_slice(&digest.as_ref()[..16]);
+    b[0] |= 0x80;
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    SerialNumber::from_slice(&b)
+}
+
 fn dn(cn: &str, ou: Option<&str>) -> DistinguishedName {
     let mut d = DistinguishedName::new();
     d.push(DnType::OrganizationName, "mtls-shield tests");
@@ -212,6 +257,8 @@ pub struct Leaf {
     pub not_after_secs: Option<i64>,
     /// CRL distribution point URLs.
     pub crl_dps: Vec<String>,
+    /// A 16-byte serial with its top bit set, as AWS Private CA issues them.
+    pub pca_serial: bool,
 }
 
 impl Leaf {
@@ -228,6 +275,7 @@ impl Leaf {
             not_after_days: 365,
             not_after_secs: None,
             crl_dps: vec![],
+            pca_serial: false,
         }
     }
 
@@ -244,6 +292,7 @@ impl Leaf {
             not_after_days: 365,
             not_after_secs: None,
             crl_dps: vec![],
+            pca_serial: false,
         }
     }
 
@@ -273,6 +322,11 @@ impl Leaf {
         self.crl_dps.push(url.into());
         self
     }
+    /// A serial shaped like AWS Private CA's (see [`pca_serial`]).
+    pub fn pca_serial(mut self) -> Leaf {
+        self.pca_serial = true;
+        self
+    }
     /// notAfter `secs` seconds from now.
     pub fn expires_in_secs(mut self, secs: i64) -> Leaf {
         self.not_after_secs = Some(secs);
@@ -287,7 +341,10 @@ pub struct Issued {
     pub cert_der: CertificateDer<'static>,
     pub key_pem: String,
     pub key_der: Vec<u8>,
+    /// The counter the serial was made from (the serial itself unless `pca_serial`).
     pub serial: u64,
+    /// The serial as issued.
+    pub serial_number: SerialNumber,
 }
 
 impl Issued {
