@@ -581,15 +581,15 @@ pub(crate) fn text(r: &Report) -> String {
         for c in &r.crls {
             let _ = writeln!(
                 o,
-                "  - {}: issuer {}, scope {}, number {}, next update {}, {} revoked",
+                "  - {}: issuer {}, number {}, next update {}, {} revoked{}",
                 c.path.display(),
                 c.issuer,
-                c.scope
-                    .as_ref()
-                    .map_or_else(|| "all certificates".to_owned(), ToString::to_string),
                 c.number.as_deref().unwrap_or("-"),
                 c.next_update.map_or_else(|| "-".to_owned(), rfc3339_z),
-                c.revoked
+                c.revoked,
+                c.scope
+                    .as_ref()
+                    .map_or_else(String::new, |s| format!(", scope {s}"))
             );
             let _ = writeln!(
                 o,

@@ -167,9 +167,19 @@ pub(crate) enum CrlFetchResult {
     updated,
     /// 304: the CRL did not change.
     not_modified,
+    /// 200 with the very bytes of the CRL in force: fetched without a condition because the
+    /// server's only validator was a weak `Last-Modified` (see `app::fetch`).
+    unchanged,
     /// The fetch failed, or what it brought was refused.
     failure,
 }
+
+const CRL_FETCH_RESULTS: [CrlFetchResult; 4] = [
+    CrlFetchResult::updated,
+    CrlFetchResult::not_modified,
+    CrlFetchResult::unchanged,
+    CrlFetchResult::failure,
+];
 
 /// Labels of `mtls_shield_crl_fetch_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -489,18 +499,31 @@ impl Metrics {
             .inc();
     }
 
-    /// Creates the fetch series of a CRL URL at 0, so the first failure shows as an increase.
+    /// Creates the fetch series of a CRL URL at 0, so the first failure shows as an increase,
+    /// and its last success at 0 until it has delivered a CRL.
     pub(crate) fn crl_fetch_series(&self, url: &str) {
-        for result in [
-            CrlFetchResult::updated,
-            CrlFetchResult::not_modified,
-            CrlFetchResult::failure,
-        ] {
+        for result in CRL_FETCH_RESULTS {
             let _ = self.crl_fetches.get_or_create(&CrlFetchLabels {
                 url: TextLabel(url.to_owned()),
                 result,
             });
         }
+        let _ = self.crl_last_success.get_or_create(&UrlLabels {
+            url: TextLabel(url.to_owned()),
+        });
+    }
+
+    /// Removes the series of a CRL URL that is no longer configured.
+    pub(crate) fn crl_url_forget(&self, url: &str) {
+        for result in CRL_FETCH_RESULTS {
+            self.crl_fetches.remove(&CrlFetchLabels {
+                url: TextLabel(url.to_owned()),
+                result,
+            });
+        }
+        self.crl_last_success.remove(&UrlLabels {
+            url: TextLabel(url.to_owned()),
+        });
     }
 
     /// Counts a CRL fetch.

@@ -9,9 +9,16 @@
 //! with the URL and why, and the last good CRL stays in force. A new CRL goes through the
 //! same build-validate-swap as a reload, so it reaches the connections already open.
 //!
-//! Until every configured URL has delivered a usable CRL once (from the network or from
-//! `crl_cache_dir`), readiness is 503: a balancer then sends no traffic to an instance that
-//! cannot check revocation. The process itself starts, so it can be observed.
+//! Until every URL configured at start-up has delivered a usable CRL once (from the network
+//! or from `crl_cache_dir`), readiness is 503: a balancer then sends no traffic to an
+//! instance that cannot check revocation. The process itself starts, so it can be observed.
+//!
+//! Every `crl_*` key takes effect on reload ([`CrlFetch::apply`]): a URL that a reload adds is
+//! fetched at once, one it removes stops being fetched and its CRL leaves the next state, and
+//! the fetch settings (refresh, timeout, size limit, CA, cache dir) apply from the next fetch.
+//! A URL added by a reload does not gate readiness: a fleet-wide reload must not take every
+//! replica out of service at once. The log and `mtls_shield_crl_last_success_timestamp_seconds`
+//! (0 until then) say which URL has not delivered yet.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,20 +55,42 @@ struct Entry {
 }
 
 /// What the fetcher knows about one URL.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Source {
     /// The intermediate that signs it, for a distribution point of an intermediate.
     issuer: Option<CertificateDer<'static>>,
-    /// A configured URL (readiness waits for it), or a distribution point (it does not).
+    /// A configured URL, or a distribution point found in a verified chain.
     configured: bool,
+    /// Readiness waits for it: a URL configured at start-up.
+    gates_readiness: bool,
     last_good: Option<Entry>,
+    /// The task that keeps it fresh, stopped when a reload removes the URL.
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Source {
+    fn new(configured: bool, gates_readiness: bool, last_good: Option<Entry>) -> Self {
+        Source {
+            issuer: None,
+            configured,
+            gates_readiness,
+            last_good,
+            task: None,
+        }
+    }
+}
+
+/// The fetch settings in force: the `crl_*` keys of the current generation.
+#[derive(Debug, Clone)]
+struct Settings {
+    config: CrlFetchConfig,
+    fetcher: Fetcher,
 }
 
 /// The fetched CRLs of the running program, and the tasks that keep them fresh.
 #[derive(Debug)]
 pub(crate) struct CrlFetch {
-    config: CrlFetchConfig,
-    fetcher: Fetcher,
+    settings: Mutex<Settings>,
     sources: Mutex<HashMap<String, Source>>,
     metrics: Arc<Metrics>,
     /// Notified when a new CRL arrived: the app rebuilds the trust state.
@@ -117,36 +146,65 @@ impl CrlFetch {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<CrlFetch>, LoadError> {
         let fetch = CrlFetch {
-            fetcher: Fetcher::new(config)?,
-            config: config.clone(),
+            settings: Mutex::new(Settings {
+                fetcher: Fetcher::new(config)?,
+                config: config.clone(),
+            }),
             sources: Mutex::new(HashMap::new()),
             metrics,
             changed: Notify::new(),
         };
         for url in &config.urls {
             fetch.metrics.crl_fetch_series(url);
-            let last_good = fetch.read_cache(url, anchors);
+            let last_good = fetch.read_cache(config.cache_dir.as_deref(), url, anchors);
             if let Ok(mut s) = fetch.sources.lock() {
-                s.insert(
-                    url.clone(),
-                    Source {
-                        issuer: None,
-                        configured: true,
-                        last_good,
-                    },
-                );
+                s.insert(url.clone(), Source::new(true, true, last_good));
             }
         }
         Ok(Arc::new(fetch))
     }
 
+    /// The HTTP client for `config`'s fetch settings: the running one when they did not change
+    /// (and no `crl_ca` file is read, whose content may have), else a new one. Called while a
+    /// reload builds, so a `crl_ca` that does not load fails the reload, not the fetches.
+    pub(crate) fn prepare(&self, config: &CrlFetchConfig) -> Result<Fetcher, LoadError> {
+        let current = self.settings();
+        if current.config.ca.is_none()
+            && current.config.ca == config.ca
+            && current.config.timeout == config.timeout
+            && current.config.max_bytes == config.max_bytes
+            && current.config.is_active() == config.is_active()
+        {
+            return Ok(current.fetcher);
+        }
+        Fetcher::new(config)
+    }
+
+    fn settings(&self) -> Settings {
+        match self.settings.lock() {
+            Ok(s) => s.clone(),
+            // A poisoned lock only means a panic elsewhere mid-update; the value is whole.
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
     /// The CRLs in force, for a trust-state build.
     pub(crate) fn in_force(&self) -> Vec<FetchedCrl> {
+        self.in_force_for(&self.settings().config)
+    }
+
+    /// The CRLs a state built from `config` would use: those of its URLs, and of distribution
+    /// points when it fetches them. A reload builds with this before [`CrlFetch::apply`], so a
+    /// URL the reload removes is out of the new state at once.
+    pub(crate) fn in_force_for(&self, config: &CrlFetchConfig) -> Vec<FetchedCrl> {
         let Ok(sources) = self.sources.lock() else {
             return Vec::new();
         };
         let mut out: Vec<FetchedCrl> = sources
             .iter()
+            .filter(|(url, s)| {
+                config.urls.contains(url) || (!s.configured && config.from_distribution_points)
+            })
             .filter_map(|(url, s)| {
                 s.last_good.as_ref().map(|e| FetchedCrl {
                     url: url.clone(),
@@ -158,14 +216,14 @@ impl CrlFetch {
         out
     }
 
-    /// The configured URLs that have not delivered a usable CRL yet.
+    /// The URLs configured at start-up that have not delivered a usable CRL yet.
     pub(crate) fn waiting(&self, now: i64) -> Vec<String> {
         let Ok(sources) = self.sources.lock() else {
-            return self.config.urls.clone();
+            return self.settings().config.urls;
         };
         let mut urls: Vec<String> = sources
             .iter()
-            .filter(|(_, s)| s.configured)
+            .filter(|(_, s)| s.gates_readiness)
             .filter(|(_, s)| !s.last_good.as_ref().is_some_and(|e| usable(&e.info, now)))
             .map(|(u, _)| u.clone())
             .collect();
@@ -180,11 +238,98 @@ impl CrlFetch {
 
     /// Starts the background task of every configured URL.
     pub(crate) fn spawn(self: &Arc<Self>, server: Arc<Server>, anchors: AnchorsSource) {
-        for url in &self.config.urls {
-            tokio::spawn(
-                self.clone()
-                    .keep_fresh(url.clone(), server.clone(), anchors.clone()),
+        let Ok(mut sources) = self.sources.lock() else {
+            return;
+        };
+        for (url, source) in sources.iter_mut() {
+            let task = tokio::spawn(self.clone().keep_fresh(
+                url.clone(),
+                server.clone(),
+                anchors.clone(),
+            ));
+            source.task = Some(task.abort_handle());
+        }
+    }
+
+    /// Puts the `crl_*` keys of a reloaded config in force (see the module doc). `fetcher` was
+    /// built from `config` before the new state, so a bad `crl_ca` fails the reload instead.
+    pub(crate) fn apply(
+        self: &Arc<Self>,
+        config: &CrlFetchConfig,
+        fetcher: Fetcher,
+        server: &Arc<Server>,
+        anchors: &AnchorsSource,
+    ) {
+        let refresh_changed = {
+            let Ok(mut settings) = self.settings.lock() else {
+                return;
+            };
+            let changed = settings.config.refresh != config.refresh;
+            *settings = Settings {
+                config: config.clone(),
+                fetcher,
+            };
+            changed
+        };
+        let known: Vec<String> = match self.sources.lock() {
+            Ok(s) => s.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        // Read before the sources are locked: the cache check takes that lock too.
+        let cached: Vec<(String, Option<Entry>)> = config
+            .urls
+            .iter()
+            .filter(|u| !known.contains(u))
+            .map(|u| {
+                (
+                    u.clone(),
+                    self.read_cache(config.cache_dir.as_deref(), u, &anchors()),
+                )
+            })
+            .collect();
+        let Ok(mut sources) = self.sources.lock() else {
+            return;
+        };
+        let removed: Vec<String> = sources
+            .iter()
+            .filter(|(url, s)| match s.configured {
+                true => !config.urls.contains(url),
+                false => !config.from_distribution_points && !config.urls.contains(url),
+            })
+            .map(|(u, _)| u.clone())
+            .collect();
+        for url in removed {
+            if let Some(task) = sources.remove(&url).and_then(|s| s.task) {
+                task.abort();
+            }
+            self.metrics.crl_url_forget(&url);
+            tracing::info!(
+                url,
+                "CRL URL removed by reload: no longer fetched, and its CRL is no longer in force"
             );
+        }
+        for (url, last_good) in cached {
+            self.metrics.crl_fetch_series(&url);
+            tracing::info!(
+                url,
+                cached = last_good.is_some(),
+                "CRL URL added by reload: fetching it now; /readyz does not wait for it"
+            );
+            sources.insert(url, Source::new(true, false, last_good));
+        }
+        for (url, source) in sources.iter_mut() {
+            source.configured |= config.urls.contains(url);
+            if source.task.is_none() || refresh_changed {
+                if let Some(old) = source.task.take() {
+                    old.abort();
+                }
+                let task = tokio::spawn(self.clone().keep_fresh(
+                    url.clone(),
+                    server.clone(),
+                    anchors.clone(),
+                ));
+                source.task = Some(task.abort_handle());
+            }
         }
     }
 
@@ -204,33 +349,27 @@ impl CrlFetch {
         }
         tracing::info!(url = %dp.url, "fetching the CRL of a distribution point found in a verified chain");
         self.metrics.crl_fetch_series(&dp.url);
-        sources.insert(
-            dp.url.clone(),
-            Source {
-                issuer: dp.issuer,
-                configured: false,
-                last_good: None,
-            },
-        );
-        tokio::spawn(self.clone().keep_fresh(dp.url, server, anchors));
+        let task = tokio::spawn(self.clone().keep_fresh(dp.url.clone(), server, anchors));
+        let mut source = Source::new(false, false, None);
+        source.issuer = dp.issuer;
+        source.task = Some(task.abort_handle());
+        sources.insert(dp.url, source);
     }
 
     /// Keeps one URL's CRL fresh until the program drains.
     async fn keep_fresh(self: Arc<Self>, url: String, server: Arc<Server>, anchors: AnchorsSource) {
         let mut failures: u32 = 0;
         loop {
-            let wait = match self.fetch_once(&url, &anchors()).await {
+            let settings = self.settings();
+            let refresh = settings.config.refresh;
+            let wait = match self.fetch_once(&settings, &url, &anchors()).await {
                 Ok(next_update) => {
                     failures = 0;
-                    next_delay(
-                        self.config.refresh,
-                        next_update,
-                        crate::proxy::trust::unix_now(),
-                    )
+                    next_delay(refresh, next_update, crate::proxy::trust::unix_now())
                 }
                 Err(()) => {
                     failures = failures.saturating_add(1);
-                    backoff(failures, self.config.refresh)
+                    backoff(failures, refresh)
                 }
             };
             if server.is_draining() {
@@ -242,9 +381,14 @@ impl CrlFetch {
 
     /// One fetch of `url`: counted, logged, and when a new usable CRL came, stored, cached
     /// and announced. Returns the nextUpdate of the CRL in force for `url`.
-    async fn fetch_once(&self, url: &str, anchors: &[Anchor]) -> Result<Option<i64>, ()> {
+    async fn fetch_once(
+        &self,
+        settings: &Settings,
+        url: &str,
+        anchors: &[Anchor],
+    ) -> Result<Option<i64>, ()> {
         let (validators, issuer) = self.validators_and_issuer(url);
-        match self.fetcher.get(url, &validators).await {
+        match settings.fetcher.get(url, &validators).await {
             Ok(Fetched::NotModified) => {
                 self.metrics.crl_fetch(url, CrlFetchResult::not_modified);
                 self.metrics
@@ -255,7 +399,7 @@ impl CrlFetch {
                 match self.check(url, &bytes, validators, anchors, issuer.as_ref()) {
                     Ok(checked) => {
                         let next = checked.entry.info.next_update;
-                        let changed = self.store(url, checked.entry);
+                        let changed = self.store(&settings.config, url, checked.entry);
                         self.metrics.crl_fetch(url, CrlFetchResult::updated);
                         self.metrics
                             .crl_success(url, crate::proxy::trust::unix_now());
@@ -307,13 +451,14 @@ impl CrlFetch {
         anchors: &[Anchor],
     ) -> Vec<(String, Result<CrlInfo, String>)> {
         let mut out = Vec::new();
-        for url in &self.config.urls {
-            let result = match self.fetcher.get(url, &Validators::default()).await {
+        let settings = self.settings();
+        for url in &settings.config.urls {
+            let result = match settings.fetcher.get(url, &Validators::default()).await {
                 Ok(Fetched::Body { bytes, validators }) => self
                     .check(url, &bytes, validators, anchors, None)
                     .map(|c| {
                         let info = c.info().clone();
-                        self.store(url, c.entry);
+                        self.store(&settings.config, url, c.entry);
                         info
                     })
                     .map_err(|e| format!("refused: {e}")),
@@ -389,7 +534,7 @@ impl CrlFetch {
 
     /// Stores a checked CRL as the last good one of `url` and writes it to the cache dir.
     /// Returns whether it differs from the one stored before.
-    fn store(&self, url: &str, entry: Entry) -> bool {
+    fn store(&self, config: &CrlFetchConfig, url: &str, entry: Entry) -> bool {
         let changed = {
             let Ok(mut sources) = self.sources.lock() else {
                 return false;
@@ -406,7 +551,7 @@ impl CrlFetch {
         };
         if changed {
             tracing::info!(url, issuer = %entry.info.issuer, number = entry.info.number.as_deref().unwrap_or("-"), revoked = entry.info.revoked, "new CRL fetched");
-            if let Some(dir) = &self.config.cache_dir {
+            if let Some(dir) = &config.cache_dir {
                 if let Err(e) = write_cache(dir, url, &entry) {
                     tracing::warn!(url, dir = %dir.display(), error = %e, "cannot write the CRL cache");
                 }
@@ -416,8 +561,8 @@ impl CrlFetch {
     }
 
     /// The last good CRL of `url` from the cache dir, if there is one that still checks.
-    fn read_cache(&self, url: &str, anchors: &[Anchor]) -> Option<Entry> {
-        let dir = self.config.cache_dir.as_ref()?;
+    fn read_cache(&self, dir: Option<&Path>, url: &str, anchors: &[Anchor]) -> Option<Entry> {
+        let dir = dir?;
         let (crl, meta) = cache_paths(dir, url);
         let bytes = std::fs::read(&crl).ok()?;
         let validators = std::fs::read(&meta)

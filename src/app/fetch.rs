@@ -92,6 +92,9 @@ impl Fetcher {
                         .map_err(|e| LoadError::new(ca, format!("unusable CA certificate: {e}")))?;
                 }
             }
+            // Nothing to fetch (yet): no need to read the system store. A reload that adds a
+            // URL builds a new fetcher (`CrlFetch::prepare`).
+            None if !cfg.is_active() => {}
             None => {
                 // Only https URLs need them; a missing or partial system store is not an error
                 // here (plain http CRLs, the common case, still work), it shows up as a TLS

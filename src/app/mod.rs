@@ -69,25 +69,19 @@ pub(crate) async fn start(
     let admin_address = cfg.admin.as_ref().map(|a| a.address);
     let watch_interval = cfg.reload.watch_interval;
     let fetch_cfg = cfg.client_auth.crl_fetch.clone();
-    let crl = if fetch_cfg.is_active() {
-        // The cached CRLs are checked against the truststore before the first state is built
-        // with them.
-        let anchors = load_anchors(&cfg.client_auth.truststore).map_err(BuildError::from)?;
-        Some(CrlFetch::new(&fetch_cfg, &anchors, metrics.clone()).map_err(BuildError::from)?)
+    // The cached CRLs are checked against the truststore before the first state is built with
+    // them. The fetcher exists even with nothing to fetch, so a reload can add a URL.
+    let anchors = if fetch_cfg.urls.is_empty() {
+        Vec::new()
     } else {
-        None
+        load_anchors(&cfg.client_auth.truststore).map_err(BuildError::from)?
     };
+    let crl = CrlFetch::new(&fetch_cfg, &anchors, metrics.clone()).map_err(BuildError::from)?;
     let (dp_tx, dp_rx) = tokio::sync::mpsc::channel(MAX_DISTRIBUTION_POINTS);
-    let distribution_points = fetch_cfg
-        .from_distribution_points
-        .then(|| DistributionPoints::new(dp_tx));
+    let distribution_points = DistributionPoints::new(dp_tx);
     let max_connections = cfg.listener.max_connections;
-    let first = Generation::build(
-        cfg,
-        1,
-        None,
-        &extra(crl.as_deref(), distribution_points.as_ref()),
-    )?;
+    let first_extra = extra(&crl, &distribution_points, &cfg);
+    let first = Generation::build(cfg, 1, None, &first_extra)?;
     // After the config and its files proved usable, so a config error stays the only line.
     raise_file_limit(max_connections);
     let app = App::new(first, metrics, crl.clone(), distribution_points);
@@ -123,9 +117,7 @@ pub(crate) async fn start(
     if let (Some(r), Some(every)) = (&reloader, watch_interval) {
         tokio::spawn(r.clone().watch(every));
     }
-    if let Some(crl) = &crl {
-        start_crl_fetch(&app, crl, reloader.clone(), dp_rx);
-    }
+    start_crl_fetch(&app, reloader.clone(), dp_rx);
     let accept = tokio::spawn(server::serve(listener, app.server().clone()));
     Ok(Running {
         address: bound,
@@ -136,20 +128,16 @@ pub(crate) async fn start(
     })
 }
 
-/// Starts the CRL fetch tasks: readiness waits for every configured URL, each new CRL is put in
-/// force by a reload, and distribution points found in verified chains are fetched too.
+/// Starts the CRL fetch tasks: readiness waits for every URL configured at start-up, each new
+/// CRL is put in force by a reload, and distribution points found in verified chains are
+/// fetched too.
 fn start_crl_fetch(
     app: &Arc<App>,
-    crl: &Arc<CrlFetch>,
     reloader: Option<Arc<Reloader>>,
     mut distribution_points: tokio::sync::mpsc::Receiver<DistributionPoint>,
 ) {
-    let weak = Arc::downgrade(app);
-    let anchors: AnchorsSource = Arc::new(move || {
-        weak.upgrade()
-            .map(|a| a.current().frontend.tls.anchors.clone())
-            .unwrap_or_default()
-    });
+    let crl = app.crl();
+    let anchors: AnchorsSource = app.anchors_source();
     let waiting = crl.clone();
     app.server().set_not_ready(NotReady(Arc::new(move || {
         let urls = waiting.waiting(crate::proxy::trust::unix_now());

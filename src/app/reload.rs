@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::fetch::Fetcher;
 use super::generation::{BuildError, Generation};
 use super::shared::App;
 use crate::config::{Config, ConfigError};
 use crate::metrics::ReloadOutcome;
-use crate::tls::state::Extra;
 use crate::x509::{rfc3339_z, CertInfo, Inventory};
 
 /// Why a reload did not happen; the last good generation stays in service.
@@ -80,10 +80,9 @@ impl Reloader {
         let path = self.config_path.clone();
         let prev = current.clone();
         let running_files = seen.files.clone();
-        let extra = self.app.extra();
+        let app = self.app.clone();
         let attempt =
-            tokio::task::spawn_blocking(move || attempt(&path, &running_files, &prev, &extra))
-                .await;
+            tokio::task::spawn_blocking(move || attempt(&path, &running_files, &prev, &app)).await;
         let built = match attempt {
             Ok(a) => {
                 // Record what this attempt read, even when it failed: the poller then does not
@@ -102,8 +101,16 @@ impl Reloader {
                 tracing::error!(cause, error = %e, generation = current.id, "reload failed; keeping the last good configuration");
                 Err(e)
             }
-            Ok(next) => {
+            Ok((next, fetcher)) => {
                 warn_restart_only(&self.boot, &next.config);
+                // Before the swap, so the tasks of added URLs start as the state that
+                // excludes removed URLs goes in force.
+                self.app.crl().apply(
+                    &next.config.client_auth.crl_fetch,
+                    fetcher,
+                    self.app.server(),
+                    &self.app.anchors_source(),
+                );
                 log_changes(
                     current.inventory(),
                     next.inventory(),
@@ -160,9 +167,10 @@ impl Reloader {
     }
 }
 
-/// One reload attempt's reading: the new generation or why not, and what it read.
+/// One reload attempt's reading: the new generation (with the CRL fetcher's HTTP client for
+/// its settings) or why not, and what it read.
 struct Attempt {
-    result: Result<Generation, ReloadError>,
+    result: Result<(Generation, Fetcher), ReloadError>,
     files: Vec<PathBuf>,
     digest: [u8; 32],
 }
@@ -171,7 +179,7 @@ struct Attempt {
 /// build, and the config file by the very bytes that were parsed: a file that changes while
 /// it is being read then differs from the recorded digest, and the poller reloads again
 /// (digesting after reading could record the new content after reading the old, and miss it).
-fn attempt(path: &Path, running_files: &[PathBuf], prev: &Generation, extra: &Extra) -> Attempt {
+fn attempt(path: &Path, running_files: &[PathBuf], prev: &Generation, app: &App) -> Attempt {
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let bytes = std::fs::read(path);
     update_digest(
@@ -198,7 +206,13 @@ fn attempt(path: &Path, running_files: &[PathBuf], prev: &Generation, extra: &Ex
         );
     }
     let result = config.map_err(ReloadError::from).and_then(|c| {
-        Generation::build(c, prev.id + 1, Some(prev), extra).map_err(ReloadError::from)
+        let fetcher = app
+            .crl()
+            .prepare(&c.client_auth.crl_fetch)
+            .map_err(BuildError::from)?;
+        let extra = app.extra_for(&c);
+        let next = Generation::build(c, prev.id + 1, Some(prev), &extra)?;
+        Ok((next, fetcher))
     });
     Attempt {
         result,
@@ -242,27 +256,35 @@ fn finish(ctx: aws_lc_rs::digest::Context) -> [u8; 32] {
     out
 }
 
-fn warn_restart_only(old: &Config, new: &Config) {
-    let mut ignored = Vec::new();
-    if old.listener.address != new.listener.address {
-        ignored.push("listener.address");
-    }
-    if old.admin.as_ref().map(|a| a.address) != new.admin.as_ref().map(|a| a.address) {
-        ignored.push("admin.address");
-    }
-    if old.listener.max_connections != new.listener.max_connections {
-        ignored.push("listener.max_connections");
-    }
-    if old.runtime.worker_threads != new.runtime.worker_threads {
-        ignored.push("runtime.worker_threads");
-    }
-    if old.log.level != new.log.level || old.log.format != new.log.format {
-        ignored.push("log");
-    }
+/// How to tell that each restart-only key (`config::keys`, `Restart`) changed. A test keeps
+/// this list and the keys table the same, so a key marked restart-only is always warned about.
+const RESTART_CHECKS: &[(&str, fn(&Config, &Config) -> bool)] = &[
+    ("listener.address", |o, n| {
+        o.listener.address != n.listener.address
+    }),
+    ("listener.max_connections", |o, n| {
+        o.listener.max_connections != n.listener.max_connections
+    }),
+    ("admin.address", |o, n| {
+        o.admin.as_ref().map(|a| a.address) != n.admin.as_ref().map(|a| a.address)
+    }),
+    ("log.level", |o, n| o.log.level != n.log.level),
+    ("log.format", |o, n| o.log.format != n.log.format),
     // The poller's period is fixed when it starts (and starting or stopping it is a restart).
-    if old.reload.watch_interval != new.reload.watch_interval {
-        ignored.push("reload.watch_interval");
-    }
+    ("reload.watch_interval", |o, n| {
+        o.reload.watch_interval != n.reload.watch_interval
+    }),
+    ("runtime.worker_threads", |o, n| {
+        o.runtime.worker_threads != n.runtime.worker_threads
+    }),
+];
+
+fn warn_restart_only(old: &Config, new: &Config) {
+    let ignored: Vec<&str> = RESTART_CHECKS
+        .iter()
+        .filter(|(_, changed)| changed(old, new))
+        .map(|(key, _)| *key)
+        .collect();
     if !ignored.is_empty() {
         tracing::warn!(keys = ?ignored, "these settings changed but need a restart; the running values stay in force");
     }
@@ -301,5 +323,17 @@ fn log_changes(old: &Inventory, new: &Inventory, old_cfg: &Config, new_cfg: &Con
     }
     if old_cfg.client_auth.allow != new_cfg.client_auth.allow {
         tracing::info!("allow-list changed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_warning_names_exactly_the_restart_only_keys() {
+        let checked: Vec<&str> = RESTART_CHECKS.iter().map(|(k, _)| *k).collect();
+        let listed: Vec<&str> = crate::config::keys::restart_only().collect();
+        assert_eq!(checked, listed);
     }
 }

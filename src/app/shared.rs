@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::crl::CrlFetch;
+use super::crl::{AnchorsSource, CrlFetch};
 use super::generation::Generation;
 use crate::metrics::Metrics;
 use crate::proxy::server::Server;
@@ -19,10 +19,11 @@ pub(crate) struct App {
     generation: ArcSwap<Generation>,
     server: Arc<Server>,
     metrics: Arc<Metrics>,
-    /// The CRLs fetched from URLs, when there are any to fetch.
-    crl: Option<Arc<CrlFetch>>,
-    /// Where verifiers report distribution points, when `crl_from_distribution_points` is on.
-    distribution_points: Option<DistributionPoints>,
+    /// The CRLs fetched from URLs; always there, so a reload can add the first URL.
+    crl: Arc<CrlFetch>,
+    /// Where verifiers report distribution points (given to them while
+    /// `crl_from_distribution_points` is on).
+    distribution_points: DistributionPoints,
 }
 
 impl App {
@@ -30,8 +31,8 @@ impl App {
     pub(crate) fn new(
         first: Generation,
         metrics: Arc<Metrics>,
-        crl: Option<Arc<CrlFetch>>,
-        distribution_points: Option<DistributionPoints>,
+        crl: Arc<CrlFetch>,
+        distribution_points: DistributionPoints,
     ) -> Arc<Self> {
         metrics.set_inventory(first.inventory());
         metrics.route_series(first.config.routes.routes().iter().map(|r| r.label()));
@@ -52,9 +53,25 @@ impl App {
         })
     }
 
-    /// What a trust-state build takes besides the config's files.
-    pub(crate) fn extra(&self) -> Extra {
-        extra(self.crl.as_deref(), self.distribution_points.as_ref())
+    /// What a trust-state build from `config` takes besides the config's files: the fetched
+    /// CRLs of its URLs, and the distribution-point sink when it fetches those.
+    pub(crate) fn extra_for(&self, config: &crate::config::Config) -> Extra {
+        extra(&self.crl, &self.distribution_points, config)
+    }
+
+    /// The CRL fetcher.
+    pub(crate) fn crl(&self) -> &Arc<CrlFetch> {
+        &self.crl
+    }
+
+    /// The current generation's truststore, for checking fetched CRLs when they arrive.
+    pub(crate) fn anchors_source(self: &Arc<Self>) -> AnchorsSource {
+        let weak = Arc::downgrade(self);
+        Arc::new(move || {
+            weak.upgrade()
+                .map(|a| a.current().frontend.tls.anchors.clone())
+                .unwrap_or_default()
+        })
     }
 
     /// The generation in service.
@@ -95,13 +112,17 @@ impl App {
     }
 }
 
-/// What a trust-state build takes besides the config's files.
+/// What a trust-state build from `config` takes besides the config's files.
 pub(crate) fn extra(
-    crl: Option<&CrlFetch>,
-    distribution_points: Option<&DistributionPoints>,
+    crl: &CrlFetch,
+    distribution_points: &DistributionPoints,
+    config: &crate::config::Config,
 ) -> Extra {
+    let fetch = &config.client_auth.crl_fetch;
     Extra {
-        fetched: crl.map(CrlFetch::in_force).unwrap_or_default(),
-        distribution_points: distribution_points.cloned(),
+        fetched: crl.in_force_for(fetch),
+        distribution_points: fetch
+            .from_distribution_points
+            .then(|| distribution_points.clone()),
     }
 }

@@ -13,6 +13,7 @@
 
 mod allow;
 mod error;
+pub mod keys;
 mod raw;
 mod routes;
 mod sources;

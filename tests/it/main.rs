@@ -29,6 +29,7 @@ mod core_reject;
 mod core_resumption;
 mod crl_fetch;
 mod crl_partitions;
+mod crl_reload;
 mod identity_headers;
 mod layering;
 mod limits_body;
