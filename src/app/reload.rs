@@ -256,9 +256,12 @@ fn finish(ctx: aws_lc_rs::digest::Context) -> [u8; 32] {
     out
 }
 
+/// Whether a key differs between the running config and the reloaded one.
+type Changed = fn(&Config, &Config) -> bool;
+
 /// How to tell that each restart-only key (`config::keys`, `Restart`) changed. A test keeps
 /// this list and the keys table the same, so a key marked restart-only is always warned about.
-const RESTART_CHECKS: &[(&str, fn(&Config, &Config) -> bool)] = &[
+const RESTART_CHECKS: &[(&str, Changed)] = &[
     ("listener.address", |o, n| {
         o.listener.address != n.listener.address
     }),
