@@ -400,7 +400,13 @@ impl CrlFetch {
                     Ok(checked) => {
                         let next = checked.entry.info.next_update;
                         let changed = self.store(&settings.config, url, checked.entry);
-                        self.metrics.crl_fetch(url, CrlFetchResult::updated);
+                        // A 200 with the bytes already in force (an unconditional fetch after
+                        // a weak validator) is not a 304: counted apart.
+                        let result = match changed {
+                            true => CrlFetchResult::updated,
+                            false => CrlFetchResult::unchanged,
+                        };
+                        self.metrics.crl_fetch(url, result);
                         self.metrics
                             .crl_success(url, crate::proxy::trust::unix_now());
                         if changed {

@@ -2,6 +2,13 @@
 //! limit enforced while the body streams, at most a few redirects, and a conditional request
 //! (`If-None-Match` / `If-Modified-Since`) so an unchanged CRL costs a 304.
 //!
+//! Security: a `Last-Modified` is used for `If-Modified-Since` only when it is a *strong*
+//! validator, at least 60 seconds older than the response's `Date` (RFC 9110 §8.8.2.2). Many
+//! servers (Python's `http.server` among them) date files to the second: a CA that rewrites
+//! its CRL within the second it was fetched would otherwise get a 304 for ever after, and the
+//! revocation would never arrive. With only a weak validator the CRL is fetched without a
+//! condition, and the caller compares it with the CRL in force.
+//!
 //! It uses hyper's connection-level client directly (a CRL URL is fetched every few minutes
 //! at most, so there is no pool to keep) over plain TCP or rustls. For `https://`, the system's
 //! roots are trusted (read once by rustls-native-certs), or only `client_auth.crl_ca` when it
@@ -160,7 +167,8 @@ impl Fetcher {
             };
             let validators = Validators {
                 etag: header(header::ETAG),
-                last_modified: header(header::LAST_MODIFIED),
+                last_modified: header(header::LAST_MODIFIED)
+                    .filter(|lm| strong_last_modified(lm, header(header::DATE).as_deref())),
             };
             let declared = resp
                 .headers()
@@ -256,6 +264,20 @@ impl Fetcher {
     }
 }
 
+/// Whether `last_modified` can serve as a strong validator: the response has a `Date`, and
+/// the `Last-Modified` is at least 60 seconds before it (RFC 9110 §8.8.2.2). Anything that
+/// does not parse is weak.
+fn strong_last_modified(last_modified: &str, date: Option<&str>) -> bool {
+    let (Ok(modified), Some(Ok(date))) = (
+        httpdate::parse_http_date(last_modified),
+        date.map(httpdate::parse_http_date),
+    ) else {
+        return false;
+    };
+    date.duration_since(modified)
+        .is_ok_and(|age| age >= Duration::from_secs(60))
+}
+
 /// A redirect's `Location`, absolute or relative to `base`.
 fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
     let bad = |e: &dyn std::fmt::Display| FetchError::Url(format!("redirect to {location:?}: {e}"));
@@ -275,6 +297,25 @@ fn resolve(base: &Uri, location: &str) -> Result<Uri, FetchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_last_modified_is_strong_only_a_minute_before_the_date() {
+        let date = "Mon, 07 Dec 2026 15:00:00 GMT";
+        assert!(strong_last_modified(
+            "Mon, 07 Dec 2026 14:59:00 GMT",
+            Some(date)
+        ));
+        assert!(!strong_last_modified(
+            "Mon, 07 Dec 2026 14:59:01 GMT",
+            Some(date)
+        ));
+        assert!(!strong_last_modified(
+            "Mon, 07 Dec 2026 15:00:00 GMT",
+            Some(date)
+        ));
+        assert!(!strong_last_modified("Mon, 07 Dec 2026 14:00:00 GMT", None));
+        assert!(!strong_last_modified("yesterday", Some(date)));
+    }
 
     #[test]
     fn relative_redirects_keep_the_origin() {

@@ -324,3 +324,34 @@ fn a_distribution_point_crl_reaches_the_connections_of_its_clients() {
     proxy.wait_log(&["open connection no longer trusted", "reason=\"revoked\""]);
     assert_handshake_refused(&proxy, &up, &pki, &client, "revoked");
 }
+
+/// A CA that republishes within the second its CRL was fetched, behind a server whose only
+/// validator is a one-second `Last-Modified` (Python's `http.server`): the revocation must
+/// still arrive. With `If-Modified-Since` sent from that weak validator, every later answer
+/// would be a 304 and the client would be served for ever.
+#[test]
+fn a_crl_republished_within_the_same_second_is_still_fetched() {
+    let pki = Pki::new();
+    let up = Upstream::start();
+    let crl = CrlServer::start();
+    // The same Last-Modified for both CRLs: the second one was written in the same second.
+    crl.last_modified_only(std::time::SystemTime::now());
+    crl.put(PATH, pki.root.crl(&[], 1, -1, 7));
+    let proxy = Proxy::start(&write_config(&pki, &up, &crl, "1s", ""));
+    wait_ready(&proxy);
+    let mut open = KeepAlive::open(proxy.addr, &pki.root, &pki.client);
+    assert_eq!(open.get("/pets").unwrap(), pets());
+
+    crl.put(PATH, pki.root.crl(&[pki.client.serial], 2, -1, 7));
+    assert!(
+        open.wait_closed(DEADLINE),
+        "the revocation never arrived: the CRL was never fetched again"
+    );
+    assert_handshake_refused(&proxy, &up, &pki, &pki.client, "revoked");
+    // No 304 was ever asked for, so none is counted; refetches of the same bytes are
+    // `unchanged`, not `not_modified`.
+    assert_eq!(proxy.metric(&fetch_metric(&crl, "not_modified")), 0.0);
+    wait_until("an unchanged refetch to be counted", DEADLINE, || {
+        proxy.metric(&fetch_metric(&crl, "unchanged")) >= 1.0
+    });
+}

@@ -1418,6 +1418,9 @@ pub struct CrlServer {
     mode: Arc<Mutex<CrlMode>>,
     /// Requests seen: (path, If-None-Match sent).
     seen: Seen,
+    /// When set, the server answers like Python's `http.server`: this `Last-Modified` (one-second
+    /// granularity), no ETag, and 304 when `If-Modified-Since` is not older.
+    last_modified: Arc<Mutex<Option<String>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -1435,16 +1438,22 @@ impl CrlServer {
         let files: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();
         let mode = Arc::new(Mutex::new(CrlMode::Serve));
         let seen: Seen = Arc::default();
-        let (f, m, s) = (files.clone(), mode.clone(), seen.clone());
+        let last_modified: Arc<Mutex<Option<String>>> = Arc::default();
+        let (f, m, s, lm) = (
+            files.clone(),
+            mode.clone(),
+            seen.clone(),
+            last_modified.clone(),
+        );
         rt.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (f, m, s) = (f.clone(), m.clone(), s.clone());
+                let (f, m, s, lm) = (f.clone(), m.clone(), s.clone(), lm.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (f, m, s) = (f.clone(), m.clone(), s.clone());
+                        let (f, m, s, lm) = (f.clone(), m.clone(), s.clone(), lm.clone());
                         async move {
                             let path = req.uri().path().to_owned();
                             let inm = req
@@ -1461,6 +1470,24 @@ impl CrlServer {
                                 *resp.status_mut() = hyper::StatusCode::NOT_FOUND;
                                 return Ok(resp);
                             };
+                            if let Some(lm) = lm.lock().unwrap().clone() {
+                                let ims = req
+                                    .headers()
+                                    .get("if-modified-since")
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(|v| httpdate::parse_http_date(v).ok());
+                                let modified = httpdate::parse_http_date(&lm).unwrap();
+                                if ims.is_some_and(|ims| modified <= ims) {
+                                    *resp.status_mut() = hyper::StatusCode::NOT_MODIFIED;
+                                } else {
+                                    *resp.body_mut() = Full::new(Bytes::from(body));
+                                }
+                                let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+                                resp.headers_mut()
+                                    .insert("last-modified", lm.parse().unwrap());
+                                resp.headers_mut().insert("date", now.parse().unwrap());
+                                return Ok(resp);
+                            }
                             let etag = format!(
                                 "\"{}\"",
                                 hex::encode(aws_lc_rs::digest::digest(
@@ -1488,8 +1515,16 @@ impl CrlServer {
             files,
             mode,
             seen,
+            last_modified,
             _rt: rt,
         }
+    }
+
+    /// Answers from now on like a server that dates files to the second and sends no ETag:
+    /// `Last-Modified: <last_modified>` on every answer, 304 when `If-Modified-Since` is not
+    /// older than it.
+    pub fn last_modified_only(&self, last_modified: std::time::SystemTime) {
+        *self.last_modified.lock().unwrap() = Some(httpdate::fmt_http_date(last_modified));
     }
 
     /// Serves `body` at `path` from now on.
