@@ -45,12 +45,10 @@ const CLOCK_SKEW: i64 = 300;
 /// The longest wait between two attempts after failures (and while a CRL is stale).
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// The last good CRL of one URL.
+/// The last good CRL of one URL, parsed once (the trust states built with it share the parse).
 #[derive(Debug, Clone)]
 struct Entry {
-    der: CertificateRevocationListDer<'static>,
-    info: CrlInfo,
-    number: Option<BigUint>,
+    crl: Crl,
     validators: Validators,
 }
 
@@ -106,7 +104,7 @@ pub(crate) struct Checked {
 impl Checked {
     /// The CRL's facts.
     pub(crate) fn info(&self) -> &CrlInfo {
-        &self.entry.info
+        &self.entry.crl.info
     }
 }
 
@@ -208,7 +206,7 @@ impl CrlFetch {
             .filter_map(|(url, s)| {
                 s.last_good.as_ref().map(|e| FetchedCrl {
                     url: url.clone(),
-                    der: e.der.clone(),
+                    crl: e.crl.clone(),
                 })
             })
             .collect();
@@ -224,7 +222,11 @@ impl CrlFetch {
         let mut urls: Vec<String> = sources
             .iter()
             .filter(|(_, s)| s.gates_readiness)
-            .filter(|(_, s)| !s.last_good.as_ref().is_some_and(|e| usable(&e.info, now)))
+            .filter(|(_, s)| {
+                !s.last_good
+                    .as_ref()
+                    .is_some_and(|e| usable(&e.crl.info, now))
+            })
             .map(|(u, _)| u.clone())
             .collect();
         urls.sort();
@@ -362,7 +364,7 @@ impl CrlFetch {
         loop {
             let settings = self.settings();
             let refresh = settings.config.refresh;
-            let wait = match self.fetch_once(&settings, &url, &anchors()).await {
+            let wait = match self.fetch_once(&settings, &url, anchors()).await {
                 Ok(next_update) => {
                     failures = 0;
                     next_delay(refresh, next_update, crate::proxy::trust::unix_now())
@@ -382,10 +384,10 @@ impl CrlFetch {
     /// One fetch of `url`: counted, logged, and when a new usable CRL came, stored, cached
     /// and announced. Returns the nextUpdate of the CRL in force for `url`.
     async fn fetch_once(
-        &self,
+        self: &Arc<Self>,
         settings: &Settings,
         url: &str,
-        anchors: &[Anchor],
+        anchors: Vec<Anchor>,
     ) -> Result<Option<i64>, ()> {
         let (validators, issuer) = self.validators_and_issuer(url);
         match settings.fetcher.get(url, &validators).await {
@@ -396,9 +398,18 @@ impl CrlFetch {
                 Ok(self.next_update(url))
             }
             Ok(Fetched::Body { bytes, validators }) => {
-                match self.check(url, &bytes, validators, anchors, issuer.as_ref()) {
+                // Parsing, indexing and verifying a CRL of a million entries takes a CPU for
+                // a good fraction of a second: on the blocking pool, never on a worker that
+                // accepts and serves connections.
+                let (this, owned_url) = (self.clone(), url.to_owned());
+                let checked = tokio::task::spawn_blocking(move || {
+                    this.check(&owned_url, bytes, validators, &anchors, issuer.as_ref())
+                })
+                .await
+                .unwrap_or_else(|e| Err(Refused::Parse(format!("the CRL check failed: {e}"))));
+                match checked {
                     Ok(checked) => {
-                        let next = checked.entry.info.next_update;
+                        let next = checked.entry.crl.info.next_update;
                         let changed = self.store(&settings.config, url, checked.entry);
                         // A 200 with the bytes already in force (an unconditional fetch after
                         // a weak validator) is not a 304: counted apart.
@@ -447,7 +458,7 @@ impl CrlFetch {
 
     fn next_update(&self, url: &str) -> Option<i64> {
         let sources = self.sources.lock().ok()?;
-        sources.get(url)?.last_good.as_ref()?.info.next_update
+        sources.get(url)?.last_good.as_ref()?.crl.info.next_update
     }
 
     /// Fetches every configured URL once and keeps what checks (for `check` and `verify`, which
@@ -461,7 +472,7 @@ impl CrlFetch {
         for url in &settings.config.urls {
             let result = match settings.fetcher.get(url, &Validators::default()).await {
                 Ok(Fetched::Body { bytes, validators }) => self
-                    .check(url, &bytes, validators, anchors, None)
+                    .check(url, bytes, validators, anchors, None)
                     .map(|c| {
                         let info = c.info().clone();
                         self.store(&settings.config, url, c.entry);
@@ -482,13 +493,13 @@ impl CrlFetch {
     pub(crate) fn check(
         &self,
         url: &str,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         validators: Validators,
         anchors: &[Anchor],
         issuer: Option<&CertificateDer<'static>>,
     ) -> Result<Checked, Refused> {
         let der = to_der(bytes).map_err(Refused::Parse)?;
-        let mut crl = Crl::parse(Path::new(url), der.clone()).map_err(Refused::Parse)?;
+        let mut crl = Crl::parse(Path::new(url), der).map_err(Refused::Parse)?;
         crl.verify_signature(
             anchors,
             &crate::tls::provider().signature_verification_algorithms,
@@ -506,23 +517,17 @@ impl CrlFetch {
                 crl.info.this_update,
             )));
         }
-        let number = crl.number().cloned();
         if let Some(in_use) = self.number_in_use(&crl.info.issuer, crl.scope()) {
-            if number.as_ref().is_none_or(|n| *n < in_use) {
+            if crl.number().is_none_or(|n| *n < in_use) {
                 return Err(Refused::Rollback {
-                    offered: number.map_or("none".to_owned(), |n| n.to_string()),
+                    offered: crl.number().map_or("none".to_owned(), ToString::to_string),
                     in_use: in_use.to_string(),
                     issuer: crl.info.issuer.clone(),
                 });
             }
         }
         Ok(Checked {
-            entry: Entry {
-                der,
-                info: crl.info,
-                number,
-                validators,
-            },
+            entry: Entry { crl, validators },
         })
     }
 
@@ -533,8 +538,8 @@ impl CrlFetch {
         sources
             .values()
             .filter_map(|s| s.last_good.as_ref())
-            .filter(|e| e.info.issuer == issuer && e.info.scope.as_ref() == scope)
-            .filter_map(|e| e.number.clone())
+            .filter(|e| e.crl.info.issuer == issuer && e.crl.scope() == scope)
+            .filter_map(|e| e.crl.number().cloned())
             .max()
     }
 
@@ -551,12 +556,13 @@ impl CrlFetch {
             let changed = source
                 .last_good
                 .as_ref()
-                .is_none_or(|old| old.der != entry.der);
+                .is_none_or(|old| !old.crl.same_bytes(&entry.crl));
             source.last_good = Some(entry.clone());
             changed
         };
         if changed {
-            tracing::info!(url, issuer = %entry.info.issuer, number = entry.info.number.as_deref().unwrap_or("-"), revoked = entry.info.revoked, "new CRL fetched");
+            let info = &entry.crl.info;
+            tracing::info!(url, issuer = %info.issuer, number = info.number.as_deref().unwrap_or("-"), revoked = info.revoked, "new CRL fetched");
             if let Some(dir) = &config.cache_dir {
                 if let Err(e) = write_cache(dir, url, &entry) {
                     tracing::warn!(url, dir = %dir.display(), error = %e, "cannot write the CRL cache");
@@ -577,9 +583,9 @@ impl CrlFetch {
             .filter(|m| m.url == url)
             .map(|m| m.validators)
             .unwrap_or_default();
-        match self.check(url, &bytes, validators, anchors, None) {
+        match self.check(url, bytes, validators, anchors, None) {
             Ok(c) => {
-                tracing::info!(url, file = %crl.display(), number = c.entry.info.number.as_deref().unwrap_or("-"), "CRL read from the cache dir");
+                tracing::info!(url, file = %crl.display(), number = c.entry.crl.info.number.as_deref().unwrap_or("-"), "CRL read from the cache dir");
                 Some(c.entry)
             }
             Err(e) => {
@@ -644,15 +650,16 @@ pub(crate) fn backoff(failures: u32, refresh: Duration) -> Duration {
     Duration::from_secs(secs).min(refresh).min(MAX_BACKOFF)
 }
 
-/// A CRL as DER: PEM (`-----BEGIN X509 CRL-----`) is converted, anything else is taken as DER.
-fn to_der(bytes: &[u8]) -> Result<CertificateRevocationListDer<'static>, String> {
-    let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(bytes)
+/// A CRL as DER: PEM (`-----BEGIN X509 CRL-----`) is converted, anything else is taken as DER
+/// (without a copy: a large CRL is tens of megabytes).
+fn to_der(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("not valid PEM: {e}"))?;
     let mut pem = pem.into_iter();
     match (pem.next(), pem.next()) {
-        (None, _) => Ok(CertificateRevocationListDer::from(bytes.to_vec())),
-        (Some(one), None) => Ok(one),
+        (None, _) => Ok(bytes),
+        (Some(one), None) => Ok(one.as_ref().to_vec()),
         (Some(_), Some(_)) => {
             Err("several CRLs in one response; a CRL URL serves one CRL".to_owned())
         }
@@ -686,7 +693,7 @@ fn write_cache(dir: &Path, url: &str, entry: &Entry) -> std::io::Result<()> {
         validators: entry.validators.clone(),
     })
     .map_err(std::io::Error::other)?;
-    for (path, bytes) in [(&crl, entry.der.as_ref()), (&meta, meta_text.as_slice())] {
+    for (path, bytes) in [(&crl, entry.crl.der()), (&meta, meta_text.as_slice())] {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)?;

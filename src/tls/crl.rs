@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls_pki_types::CertificateDer;
 use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -197,11 +197,8 @@ pub(crate) struct Crl {
 
 impl Crl {
     /// Parses one CRL. `source` names it in the facts (a file, or a URL).
-    pub(crate) fn parse(
-        source: &Path,
-        der: CertificateRevocationListDer<'static>,
-    ) -> Result<Crl, String> {
-        let parsed = parse_shared(der.as_ref().to_vec())?;
+    pub(crate) fn parse(source: &Path, der: Vec<u8>) -> Result<Crl, String> {
+        let parsed = parse_shared(der)?;
         let h = parsed.header();
         let info = CrlInfo {
             path: source.to_owned(),
@@ -220,6 +217,16 @@ impl Crl {
     /// The shared parse, for the verifier.
     pub(crate) fn parsed(&self) -> &Arc<ParsedCrl> {
         &self.parsed
+    }
+
+    /// The DER.
+    pub(crate) fn der(&self) -> &[u8] {
+        &self.parsed.der
+    }
+
+    /// Whether `other` is the very same CRL (the same bytes).
+    pub(crate) fn same_bytes(&self, other: &Crl) -> bool {
+        Arc::ptr_eq(&self.parsed, &other.parsed) || self.der() == other.der()
     }
 
     /// Checks the signature against the truststore CA the CRL names, if it is one.
@@ -461,7 +468,7 @@ mod tests {
             .signed_by(&issuer.cert, &issuer.key)
             .unwrap()
             .der()
-            .clone();
+            .to_vec();
         Crl::parse(&PathBuf::from(format!("crl-{number}.pem")), der).unwrap()
     }
 

@@ -244,7 +244,7 @@ mod tests {
         CrlIssuingDistributionPoint, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
         KeyUsagePurpose as Ku, RevokedCertParams, SerialNumber,
     };
-    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+    use rustls_pki_types::CertificateDer;
     use std::path::PathBuf;
 
     fn scope(uris: &[&str], user: bool, ca: bool) -> CrlScope {
@@ -362,8 +362,7 @@ mod tests {
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        let der: CertificateRevocationListDer<'static> =
-            p.signed_by(&ca.cert, &ca.key).unwrap().der().clone();
+        let der = p.signed_by(&ca.cert, &ca.key).unwrap().der().to_vec();
         let name = format!(
             "{}-{number}.crl",
             idp.map_or("full", |u| &u[u.len() - 10..])

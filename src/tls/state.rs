@@ -10,7 +10,6 @@ use rustls::server::{
 };
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use rustls_pki_types::CertificateRevocationListDer;
 
 use super::crl::{self, Anchor, Crl, DistributionPoints};
 use super::load::{self, LoadError};
@@ -40,8 +39,8 @@ pub struct TlsState {
 pub(crate) struct FetchedCrl {
     /// The URL it came from.
     pub(crate) url: String,
-    /// The CRL.
-    pub(crate) der: CertificateRevocationListDer<'static>,
+    /// The CRL, parsed when it arrived (the state shares that parse).
+    pub(crate) crl: Crl,
 }
 
 /// What a trust state takes besides the config's files.
@@ -88,8 +87,8 @@ impl TlsState {
             // Fetched CRLs were checked when they arrived. One that no longer verifies (its
             // CA was re-keyed in the truststore since) is left out rather than failing a
             // reload the operator did not ask for; the fetcher's next CRL replaces it.
-            let checked = Crl::parse(Path::new(&f.url), f.der.clone())
-                .and_then(|mut c| c.verify_signature(&anchors, &algs).map(|()| c));
+            let mut c = f.crl.clone();
+            let checked = c.verify_signature(&anchors, &algs).map(|()| c);
             match checked {
                 Ok(c) => crls.push(c),
                 Err(e) => tracing::warn!(url = %f.url, error = %e, "fetched CRL left out"),
@@ -185,10 +184,9 @@ fn report_only_verifier(
         None => enforced_crls.to_vec(),
     };
     for f in &extra.fetched {
-        if let Ok(mut c) = Crl::parse(Path::new(&f.url), f.der.clone()) {
-            if c.verify_signature(&anchors, &algs).is_ok() {
-                crls.push(c);
-            }
+        let mut c = f.crl.clone();
+        if c.verify_signature(&anchors, &algs).is_ok() {
+            crls.push(c);
         }
     }
     let trust = Trust {
@@ -242,7 +240,8 @@ pub(crate) fn load_crl_file(
     load::crls(path)?
         .into_iter()
         .map(|der| {
-            let mut c = Crl::parse(path, der).map_err(|m| LoadError::new(path, m))?;
+            let mut c =
+                Crl::parse(path, der.as_ref().to_vec()).map_err(|m| LoadError::new(path, m))?;
             c.verify_signature(anchors, algs)
                 .map_err(|m| LoadError::new(path, m))?;
             Ok(c)

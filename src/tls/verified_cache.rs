@@ -195,7 +195,7 @@ mod tests {
                     revoked_certs: vec![],
                     key_identifier_method: KeyIdMethod::Sha256,
                 };
-                let der = p.signed_by(&root.cert, &root.key).unwrap().der().clone();
+                let der = p.signed_by(&root.cert, &root.key).unwrap().der().to_vec();
                 let mut c = Crl::parse(std::path::Path::new("crl.pem"), der).unwrap();
                 c.verify_signature(&anchors, &algs).unwrap();
                 c
