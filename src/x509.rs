@@ -132,8 +132,11 @@ pub(crate) fn crl_header(der: &[u8]) -> Result<CrlHeader, String> {
         format!("cannot parse CRL ({what}); expected PEM (-----BEGIN X509 CRL-----) or DER")
     };
     let (rest, outer) = Any::from_der(der).map_err(|_| bad("not a DER SEQUENCE"))?;
+    if outer.tag() != Tag::Sequence {
+        return Err(bad("not a DER SEQUENCE"));
+    }
     if !rest.is_empty() {
-        return Err("CRL has trailing bytes after the DER structure".into());
+        return Err(bad("trailing bytes after the DER structure"));
     }
     let (_, tbs) = Any::from_der(outer.data).map_err(|_| bad("no tbsCertList"))?;
     let mut i = tbs.data;

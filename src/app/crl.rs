@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls_pki_types::{pem::PemObject, CertificateDer, CertificateRevocationListDer};
+use rustls_pki_types::CertificateDer;
 use tokio::sync::Notify;
 use x509_parser::num_bigint::BigUint;
 
@@ -244,13 +244,22 @@ impl CrlFetch {
             return;
         };
         for (url, source) in sources.iter_mut() {
-            let task = tokio::spawn(self.clone().keep_fresh(
-                url.clone(),
-                server.clone(),
-                anchors.clone(),
-            ));
-            source.task = Some(task.abort_handle());
+            source.task = Some(self.start_task(url, &server, &anchors));
         }
+    }
+
+    /// Starts the task that keeps `url` fresh; its handle stops it.
+    fn start_task(
+        self: &Arc<Self>,
+        url: &str,
+        server: &Arc<Server>,
+        anchors: &AnchorsSource,
+    ) -> tokio::task::AbortHandle {
+        tokio::spawn(
+            self.clone()
+                .keep_fresh(url.to_owned(), server.clone(), anchors.clone()),
+        )
+        .abort_handle()
     }
 
     /// Puts the `crl_*` keys of a reloaded config in force (see the module doc). `fetcher` was
@@ -325,12 +334,7 @@ impl CrlFetch {
                 if let Some(old) = source.task.take() {
                     old.abort();
                 }
-                let task = tokio::spawn(self.clone().keep_fresh(
-                    url.clone(),
-                    server.clone(),
-                    anchors.clone(),
-                ));
-                source.task = Some(task.abort_handle());
+                source.task = Some(self.start_task(url, server, anchors));
             }
         }
     }
@@ -351,10 +355,9 @@ impl CrlFetch {
         }
         tracing::info!(url = %dp.url, "fetching the CRL of a distribution point found in a verified chain");
         self.metrics.crl_fetch_series(&dp.url);
-        let task = tokio::spawn(self.clone().keep_fresh(dp.url.clone(), server, anchors));
         let mut source = Source::new(false, false, None);
         source.issuer = dp.issuer;
-        source.task = Some(task.abort_handle());
+        source.task = Some(self.start_task(&dp.url, &server, &anchors));
         sources.insert(dp.url, source);
     }
 
@@ -653,13 +656,11 @@ pub(crate) fn backoff(failures: u32, refresh: Duration) -> Duration {
 /// A CRL as DER: PEM (`-----BEGIN X509 CRL-----`) is converted, anything else is taken as DER
 /// (without a copy: a large CRL is tens of megabytes).
 fn to_der(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-    let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("not valid PEM: {e}"))?;
+    let pem = crate::tls::load::crl_sections(&bytes).map_err(|e| format!("not valid PEM: {e}"))?;
     let mut pem = pem.into_iter();
     match (pem.next(), pem.next()) {
         (None, _) => Ok(bytes),
-        (Some(one), None) => Ok(one.as_ref().to_vec()),
+        (Some(one), None) => Ok(one),
         (Some(_), Some(_)) => {
             Err("several CRLs in one response; a CRL URL serves one CRL".to_owned())
         }

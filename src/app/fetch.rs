@@ -179,7 +179,9 @@ impl Fetcher {
                 return Err(FetchError::TooLarge(self.max_bytes));
             }
             let mut body = resp.into_body();
-            let mut bytes = Vec::new();
+            // Sized from Content-Length (already bounded by max_bytes): a CRL of tens of
+            // megabytes then takes one allocation instead of doubling its way there.
+            let mut bytes = Vec::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| FetchError::Transport(e.to_string()))?;
                 if let Some(data) = frame.data_ref() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A file-level error: one line that names the file.
 #[derive(Debug, thiserror::Error)]
@@ -86,36 +86,28 @@ pub(crate) fn parse_private_key(
 }
 
 /// Reads CRLs: PEM (one or more `X509 CRL` blocks) or a single DER CRL.
-pub(crate) fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
+pub(crate) fn crls(path: &Path) -> Result<Vec<Vec<u8>>, LoadError> {
     let bytes = read(path, "CRL")?;
-    let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
+    let pem = crl_sections(&bytes)
         .map_err(|e| LoadError::new(path, format!("CRL is not valid PEM: {e}")))?;
-    let crls = if pem.is_empty() {
-        // Not PEM: treat the file as one DER CRL; parsing below rejects anything else.
-        vec![CertificateRevocationListDer::from(bytes)]
-    } else {
-        pem
-    };
-    for crl in &crls {
-        parse_crl(crl.as_ref()).map_err(|m| LoadError::new(path, m))?;
-    }
-    Ok(crls)
+    // Not PEM: the file is one DER CRL. Either way `tls::crl::Crl::parse` reads every byte
+    // (header and each revoked entry) before anything is used, so a damaged file stops
+    // start-up or a reload with its name, and a CRL of a million entries is walked once
+    // without building a parse tree of it.
+    Ok(if pem.is_empty() { vec![bytes] } else { pem })
 }
 
-/// Parses one DER CRL fully, so a damaged file stops start-up or a reload instead of being
-/// half-applied.
-pub(crate) fn parse_crl(
-    der: &[u8],
-) -> Result<x509_parser::revocation_list::CertificateRevocationList<'_>, String> {
-    use x509_parser::prelude::FromDer;
-    match x509_parser::revocation_list::CertificateRevocationList::from_der(der) {
-        Ok(([], crl)) => Ok(crl),
-        Ok(_) => Err("CRL has trailing bytes after the DER structure".into()),
-        Err(e) => Err(format!(
-            "cannot parse CRL ({e}); expected PEM (-----BEGIN X509 CRL-----) or DER"
-        )),
-    }
+/// The `X509 CRL` sections of PEM text, each decoded into its own buffer (no second copy of a
+/// CRL of tens of megabytes); none when `bytes` is not PEM.
+pub(crate) fn crl_sections(bytes: &[u8]) -> Result<Vec<Vec<u8>>, rustls_pki_types::pem::Error> {
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+    <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes)
+        .filter_map(|section| match section {
+            Ok((SectionKind::Crl, der)) => Some(Ok(der)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect()
 }
 
 /// Loads the server chain and key and proves that the key belongs to the leaf.

@@ -240,8 +240,7 @@ pub(crate) fn load_crl_file(
     load::crls(path)?
         .into_iter()
         .map(|der| {
-            let mut c =
-                Crl::parse(path, der.as_ref().to_vec()).map_err(|m| LoadError::new(path, m))?;
+            let mut c = Crl::parse(path, der).map_err(|m| LoadError::new(path, m))?;
             c.verify_signature(anchors, algs)
                 .map_err(|m| LoadError::new(path, m))?;
             Ok(c)
