@@ -470,3 +470,53 @@ fn a_huge_common_name_is_capped_in_the_connection_log() {
     assert!(line.contains("more bytes]"), "{line}");
     assert_eq!(up.hits(), 0);
 }
+
+/// Partitions made by `openssl ca` itself (its issuingDistributionPoint syntax), as a CA's own
+/// tooling makes them: each client's partition decides, in either order of the files.
+#[test]
+fn openssl_made_partitions_each_cover_their_own_clients() {
+    let dir = pki(r#"
+crl_ca root 01
+printf '[ p1 ]\nauthorityKeyIdentifier = keyid:always\nissuingDistributionPoint = critical, @idp1\n[ idp1 ]\nfullname = URI:http://pki.example/p1.crl\nonlyuser = TRUE\n' >> root.cnf
+printf '[ p2 ]\nauthorityKeyIdentifier = keyid:always\nissuingDistributionPoint = critical, @idp2\n[ idp2 ]\nfullname = URI:http://pki.example/p2.crl\nonlyuser = TRUE\n' >> root.cnf
+issue victim root "/CN=victim" "${client_ext[@]}" "crlDistributionPoints=URI:http://pki.example/p1.crl"
+issue bystander root "/CN=bystander" "${client_ext[@]}" "crlDistributionPoints=URI:http://pki.example/p2.crl"
+openssl ca -config root.cnf -gencrl -crlexts p2 -out p2.crl 2>/dev/null
+revoke root victim.pem
+openssl ca -config root.cnf -gencrl -crlexts p1 -out p1.crl 2>/dev/null
+"#);
+    for order in [r#"["p1.crl", "p2.crl"]"#, r#"["p2.crl", "p1.crl"]"#] {
+        let config = write_config(
+            dir.path(),
+            "http://127.0.0.1:9",
+            &format!("crls = {order}\nrequire_crl = true"),
+        );
+        let proxy = Proxy::start(&config);
+        assert_ne!(curl_as(dir.path(), "victim", &proxy, &[]).0, 0, "{order}");
+        proxy.wait_log(&["handshake rejected", "reason=\"revoked\"", "CN=victim"]);
+        let (code, _, err) = curl_as(dir.path(), "bystander", &proxy, &["-o", "/dev/null"]);
+        // The upstream is a closed port: 502 from the shield means the handshake passed.
+        assert_eq!(code, 0, "{order}: {err}");
+    }
+}
+
+/// A CRL partitioned by revocation reason (IDP onlySomeReasons) cannot be honoured: it is
+/// refused at start-up with the file and the reason, never silently ignored.
+#[test]
+fn a_crl_partitioned_by_reason_is_refused_naming_the_file_and_why() {
+    let dir = pki(r#"
+crl_ca root 01
+printf '[ reasons ]\nissuingDistributionPoint = critical, @idp\n[ idp ]\nfullname = URI:http://pki.example/kc.crl\nonlysomereasons = keyCompromise\n' >> root.cnf
+openssl ca -config root.cnf -gencrl -crlexts reasons -out kc.crl 2>/dev/null
+"#);
+    let config = write_config(dir.path(), "http://127.0.0.1:9", "crls = [\"kc.crl\"]");
+    let out = shield_cmd(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let kc = dir.path().join("kc.crl").display().to_string();
+    assert!(stderr.contains(&kc), "{stderr}");
+    assert!(
+        stderr.contains("partitioned by revocation reason"),
+        "{stderr}"
+    );
+}
