@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::app::Generation;
+use crate::config::OcspMode;
 use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
 use crate::tls::load::{self, LoadError};
 use crate::tls::state::{self, Extra};
@@ -88,6 +89,23 @@ pub(crate) struct Report {
     pub(crate) sources: Option<SourcesReport>,
     /// Each `[[routes]]` entry, in config order.
     pub(crate) routes: Vec<RouteReport>,
+    /// `client_auth.ocsp*`.
+    pub(crate) ocsp: Option<OcspReport>,
+}
+
+/// OCSP as `run` would apply it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct OcspReport {
+    /// `off`, `if_no_crl` or `always`.
+    pub(crate) mode: OcspMode,
+    /// `ocsp_responder`, when set (else each certificate's AIA URL).
+    pub(crate) responder: Option<String>,
+    /// `ocsp_timeout`, seconds.
+    pub(crate) timeout_seconds: f64,
+    /// `ocsp_refresh`, seconds.
+    pub(crate) refresh_seconds: u64,
+    /// `ocsp_soft_fail`.
+    pub(crate) soft_fail: bool,
 }
 
 /// Who may connect at all.
@@ -142,6 +160,7 @@ impl Report {
             crls: Vec::new(),
             allow: None,
             upstream: None,
+            ocsp: None,
             crl_urls: Vec::new(),
             sources: None,
             routes: Vec::new(),
@@ -179,6 +198,14 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
     report.truststore = Some(config.client_auth.truststore.clone());
     report.allow = Some(config.client_auth.allow.source().clone());
     report.upstream = Some(config.upstream.clone());
+    let ocsp = &config.client_auth.ocsp;
+    report.ocsp = Some(OcspReport {
+        mode: ocsp.mode,
+        responder: ocsp.responder.clone(),
+        timeout_seconds: ocsp.timeout.as_secs_f64(),
+        refresh_seconds: ocsp.refresh.as_secs(),
+        soft_fail: ocsp.soft_fail,
+    });
     report.routes = config
         .routes
         .routes()
@@ -238,6 +265,7 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
             Extra {
                 fetched,
                 distribution_points: None,
+                ocsp: None,
             }
         }
         Err(e) => {
@@ -608,6 +636,26 @@ pub(crate) fn text(r: &Report) -> String {
                 }
             );
         }
+    }
+    if let Some(oc) = r.ocsp.as_ref().filter(|oc| oc.mode != OcspMode::Off) {
+        let _ = writeln!(
+            o,
+            "OCSP: {} at {}, timeout {}s, refresh every {}s{}",
+            match oc.mode {
+                OcspMode::Always => "always",
+                _ => "for certificates no CRL covers",
+            },
+            oc.responder
+                .as_deref()
+                .unwrap_or("each certificate's AIA OCSP URL"),
+            oc.timeout_seconds,
+            oc.refresh_seconds,
+            if oc.soft_fail {
+                "; soft fail: a client is accepted when no answer comes"
+            } else {
+                ""
+            }
+        );
     }
     if let Some(a) = &r.allow {
         if a.is_empty() {

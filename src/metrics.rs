@@ -188,6 +188,28 @@ struct CrlFetchLabels {
     result: CrlFetchResult,
 }
 
+/// How an OCSP lookup ended: the `result` label of `mtls_shield_ocsp_requests_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum OcspResult {
+    /// The responder says good.
+    good,
+    /// The responder says revoked.
+    revoked,
+    /// The responder does not know the certificate.
+    unknown,
+    /// No usable answer: unreachable, too slow, or an answer that failed its checks.
+    error,
+    /// No usable answer, and `ocsp_soft_fail` let the client in.
+    soft_fail,
+}
+
+/// Labels of `mtls_shield_ocsp_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OcspLabels {
+    result: OcspResult,
+}
+
 /// Labels of `mtls_shield_crl_last_success_timestamp_seconds`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UrlLabels {
@@ -264,6 +286,12 @@ pub(crate) struct Metrics {
     connections_closed: Family<ClosedLabels, Counter>,
     /// `mtls_shield_crl_fetch_total`
     crl_fetches: Family<CrlFetchLabels, Counter>,
+    /// `mtls_shield_ocsp_requests_total`
+    ocsp_requests: Family<OcspLabels, Counter>,
+    /// `mtls_shield_ocsp_cache_entries`
+    ocsp_cache_entries: Gauge,
+    /// `mtls_shield_ocsp_oldest_answer_age_seconds`
+    ocsp_oldest_answer: Gauge,
     /// `mtls_shield_report_only_total`
     report_only: Family<ReportOnlyLabels, Counter>,
     /// `mtls_shield_requests_denied_total`
@@ -321,6 +349,9 @@ impl Metrics {
             reloads: Family::default(),
             connections_closed: Family::default(),
             crl_fetches: Family::default(),
+            ocsp_requests: Family::default(),
+            ocsp_cache_entries: Gauge::default(),
+            ocsp_oldest_answer: Gauge::default(),
             report_only: Family::default(),
             requests_denied: Family::default(),
             crl_last_success: Family::default(),
@@ -398,6 +429,21 @@ impl Metrics {
             "crl_fetch",
             "CRL fetches by URL and result",
             m.crl_fetches.clone(),
+        );
+        registry.register(
+            "ocsp_requests",
+            "OCSP lookups of client certificates by result (good, revoked, unknown, error, soft_fail)",
+            m.ocsp_requests.clone(),
+        );
+        registry.register(
+            "ocsp_cache_entries",
+            "OCSP answers kept in the cache",
+            m.ocsp_cache_entries.clone(),
+        );
+        registry.register(
+            "ocsp_oldest_answer_age_seconds",
+            "Age (now minus thisUpdate) of the oldest OCSP answer in the cache, seconds",
+            m.ocsp_oldest_answer.clone(),
         );
         registry.register(
             "crl_last_success_timestamp_seconds",
@@ -511,6 +557,20 @@ impl Metrics {
         let _ = self.crl_last_success.get_or_create(&UrlLabels {
             url: TextLabel(url.to_owned()),
         });
+    }
+
+    /// Counts an OCSP lookup.
+    pub(crate) fn ocsp(&self, result: OcspResult) {
+        self.ocsp_requests
+            .get_or_create(&OcspLabels { result })
+            .inc();
+    }
+
+    /// Sets the OCSP cache gauges: answers kept, age of the oldest.
+    pub(crate) fn ocsp_cache(&self, entries: usize, oldest_age: i64) {
+        self.ocsp_cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.ocsp_oldest_answer.set(oldest_age);
     }
 
     /// Removes the series of a CRL URL that is no longer configured.

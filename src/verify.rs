@@ -13,9 +13,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rustls_pki_types::UnixTime;
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use crate::app::ocsp::Resolver;
+use crate::config::{Config, OcspMode};
 use crate::identity::ClientIdentity;
-use crate::tls::state::Extra;
+use crate::metrics::Metrics;
+use crate::tls::ocsp::{OcspCache, OcspQuery, OcspResolver};
+use crate::tls::state::{Extra, OcspSetup};
 use crate::tls::{load, TlsState};
 use crate::x509::rfc3339_z;
 
@@ -82,11 +87,27 @@ pub(crate) fn run(
             Err(e) => println!("CRL {url}: {e} (the cached CRL, if any, is used)"),
         }
     }
+    // OCSP as admission would ask it, once, with a cache of this run's own.
+    let ocsp = &config.client_auth.ocsp;
+    let resolver = (ocsp.mode != OcspMode::Off).then(|| {
+        let cache = Arc::new(OcspCache::default());
+        let r = Arc::new(Resolver::new(
+            ocsp,
+            cache.clone(),
+            Arc::new(Metrics::new()),
+            Arc::default(),
+        ));
+        (cache, r)
+    });
     let state = TlsState::build_with(
         &config,
         &Extra {
             fetched,
             distribution_points: None,
+            ocsp: resolver.as_ref().map(|(cache, r)| OcspSetup {
+                cache: cache.clone(),
+                resolver: r.clone(),
+            }),
         },
     )?;
 
@@ -100,6 +121,10 @@ pub(crate) fn run(
         .context("no certificate to verify")?;
     let now = UnixTime::since_unix_epoch(Duration::from_secs(secs));
     let outcome = state.verifier.check(leaf, intermediates, now);
+    let ocsp_refusal = match (&outcome, &resolver) {
+        (Ok(a), Some((_, r))) if !a.ocsp_pending.is_empty() => ask_ocsp(r, &a.ocsp_pending)?,
+        _ => None,
+    };
     let candidate = if report_only {
         Some(
             state
@@ -137,18 +162,47 @@ pub(crate) fn run(
             }
         }
     }
-    match outcome {
-        Ok(_) => {
+    let refused = match outcome {
+        Ok(_) => ocsp_refusal,
+        Err(r) => Some((r.reason, r.detail)),
+    };
+    match refused {
+        None => {
             println!("result: accepted");
             Ok(ExitCode::SUCCESS)
         }
-        Err(r) => {
-            println!("result: refused: {}", r.reason);
-            println!("  reason: {}", r.reason.explain());
-            println!("  detail: {}", r.detail);
+        Some((reason, detail)) => {
+            println!("result: refused: {reason}");
+            println!("  reason: {}", reason.explain());
+            println!("  detail: {detail}");
             Ok(ExitCode::from(REFUSED))
         }
     }
+}
+
+/// Asks the OCSP responders the handshake's admission stage would ask, prints each answer,
+/// and returns the refusal admission would make, if any.
+fn ask_ocsp(
+    resolver: &Resolver,
+    queries: &[OcspQuery],
+) -> anyhow::Result<Option<(crate::tls::Reason, String)>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime for OCSP")?;
+    for q in queries {
+        match rt.block_on(resolver.ask(q)) {
+            Ok(a) => println!(
+                "OCSP {} for {}: {:?}, next update {}",
+                q.url,
+                q.subject,
+                a.status,
+                a.next_update.map_or_else(|| "-".to_owned(), rfc3339_z)
+            ),
+            Err(e) => println!("OCSP {} for {}: no usable answer: {e}", q.url, q.subject),
+        }
+    }
+    Ok(rt.block_on(resolver.resolve(queries)).err())
 }
 
 #[cfg(test)]

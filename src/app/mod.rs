@@ -6,6 +6,7 @@
 pub(crate) mod crl;
 pub(crate) mod fetch;
 pub(crate) mod generation;
+pub(crate) mod ocsp;
 pub(crate) mod reload;
 pub(crate) mod shared;
 
@@ -23,8 +24,7 @@ use crate::tls::state::load_anchors;
 use crl::{AnchorsSource, CrlFetch};
 pub(crate) use generation::{BuildError, Generation};
 pub(crate) use reload::Reloader;
-use shared::extra;
-pub(crate) use shared::App;
+pub(crate) use shared::{App, Inputs};
 
 /// Why the program could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +78,19 @@ pub(crate) async fn start(
     };
     let crl = CrlFetch::new(&fetch_cfg, &anchors, metrics.clone()).map_err(BuildError::from)?;
     let (dp_tx, dp_rx) = tokio::sync::mpsc::channel(MAX_DISTRIBUTION_POINTS);
-    let distribution_points = DistributionPoints::new(dp_tx);
+    let inputs = Inputs {
+        crl,
+        distribution_points: DistributionPoints::new(dp_tx),
+        ocsp_cache: Arc::default(),
+        ocsp_changed: Arc::default(),
+        metrics: metrics.clone(),
+    };
     let max_connections = cfg.listener.max_connections;
-    let first_extra = extra(&crl, &distribution_points, &cfg);
+    let first_extra = inputs.extra_for(&cfg);
     let first = Generation::build(cfg, 1, None, &first_extra)?;
     // After the config and its files proved usable, so a config error stays the only line.
     raise_file_limit(max_connections);
-    let app = App::new(first, metrics, crl.clone(), distribution_points);
+    let app = App::new(first, metrics, inputs);
 
     let bind_error = |key, address| {
         move |reason| StartError::Bind {
@@ -118,6 +124,7 @@ pub(crate) async fn start(
         tokio::spawn(r.clone().watch(every));
     }
     start_crl_fetch(&app, reloader.clone(), dp_rx);
+    start_ocsp_refresh(&app, reloader.clone());
     let accept = tokio::spawn(server::serve(listener, app.server().clone()));
     Ok(Running {
         address: bound,
@@ -169,6 +176,36 @@ fn start_crl_fetch(
                 None => {
                     tracing::warn!("a new CRL arrived but there is no config file to rebuild from")
                 }
+            }
+        }
+    });
+}
+
+/// Keeps the OCSP answers in use fresh, and rebuilds the trust state when one changes status,
+/// so the open connections are judged again by the same build-validate-swap as a reload.
+fn start_ocsp_refresh(app: &Arc<App>, reloader: Option<Arc<Reloader>>) {
+    let weak = Arc::downgrade(app);
+    let draining = app.server().clone();
+    tokio::spawn(ocsp::keep_fresh(
+        app.inputs().ocsp_cache.clone(),
+        move || {
+            let app = weak.upgrade()?;
+            let config = &app.current().config.client_auth.ocsp;
+            (config.mode != crate::config::OcspMode::Off).then(|| app.inputs().resolver(config))
+        },
+        move || draining.is_draining(),
+    ));
+    let changed = app.inputs().ocsp_changed.clone();
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            match &reloader {
+                Some(r) => {
+                    let _ = r.reload("OCSP update").await;
+                }
+                None => tracing::warn!(
+                    "an OCSP answer changed but there is no config file to rebuild from"
+                ),
             }
         }
     });

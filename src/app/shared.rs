@@ -5,13 +5,19 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use tokio::sync::Notify;
+
 use super::crl::{AnchorsSource, CrlFetch};
 use super::generation::Generation;
+use super::ocsp::Resolver;
+use crate::config::{OcspConfig, OcspMode};
 use crate::metrics::Metrics;
 use crate::proxy::server::Server;
 use crate::proxy::trust::Judged;
 use crate::tls::crl::DistributionPoints;
+use crate::tls::ocsp::OcspCache;
 use crate::tls::state::Extra;
+use crate::tls::state::OcspSetup;
 
 /// The current generation and the data plane it feeds.
 #[derive(Debug)]
@@ -19,21 +25,60 @@ pub(crate) struct App {
     generation: ArcSwap<Generation>,
     server: Arc<Server>,
     metrics: Arc<Metrics>,
+    /// What every generation's trust state is built with besides the config's files.
+    inputs: Inputs,
+}
+
+/// What a trust state takes from the running program, besides the config's files: the CRL
+/// fetcher, the distribution-point sink and the OCSP answers. Made before the first
+/// generation, held by [`App`] for every later one.
+#[derive(Debug)]
+pub(crate) struct Inputs {
     /// The CRLs fetched from URLs; always there, so a reload can add the first URL.
-    crl: Arc<CrlFetch>,
+    pub(crate) crl: Arc<CrlFetch>,
     /// Where verifiers report distribution points (given to them while
     /// `crl_from_distribution_points` is on).
-    distribution_points: DistributionPoints,
+    pub(crate) distribution_points: DistributionPoints,
+    /// The OCSP answers, shared by every generation.
+    pub(crate) ocsp_cache: Arc<OcspCache>,
+    /// Notified when an OCSP answer changed status.
+    pub(crate) ocsp_changed: Arc<Notify>,
+    /// The metrics.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Inputs {
+    /// What a trust-state build from `config` takes besides the config's files: the fetched
+    /// CRLs of its URLs, the distribution-point sink when it fetches those, and OCSP when on.
+    pub(crate) fn extra_for(&self, config: &crate::config::Config) -> Extra {
+        let fetch = &config.client_auth.crl_fetch;
+        let ocsp = &config.client_auth.ocsp;
+        Extra {
+            fetched: self.crl.in_force_for(fetch),
+            distribution_points: fetch
+                .from_distribution_points
+                .then(|| self.distribution_points.clone()),
+            ocsp: (ocsp.mode != OcspMode::Off).then(|| OcspSetup {
+                cache: self.ocsp_cache.clone(),
+                resolver: Arc::new(self.resolver(ocsp)),
+            }),
+        }
+    }
+
+    /// The OCSP client for `config`'s settings.
+    pub(crate) fn resolver(&self, config: &OcspConfig) -> Resolver {
+        Resolver::new(
+            config,
+            self.ocsp_cache.clone(),
+            self.metrics.clone(),
+            self.ocsp_changed.clone(),
+        )
+    }
 }
 
 impl App {
     /// Wraps the first generation.
-    pub(crate) fn new(
-        first: Generation,
-        metrics: Arc<Metrics>,
-        crl: Arc<CrlFetch>,
-        distribution_points: DistributionPoints,
-    ) -> Arc<Self> {
+    pub(crate) fn new(first: Generation, metrics: Arc<Metrics>, inputs: Inputs) -> Arc<Self> {
         metrics.set_inventory(first.inventory());
         metrics.route_series(first.config.routes.routes().iter().map(|r| r.label()));
         if first.config.client_auth.report_only.is_some() {
@@ -48,20 +93,24 @@ impl App {
             generation: ArcSwap::from_pointee(first),
             server,
             metrics,
-            crl,
-            distribution_points,
+            inputs,
         })
     }
 
     /// What a trust-state build from `config` takes besides the config's files: the fetched
     /// CRLs of its URLs, and the distribution-point sink when it fetches those.
     pub(crate) fn extra_for(&self, config: &crate::config::Config) -> Extra {
-        extra(&self.crl, &self.distribution_points, config)
+        self.inputs.extra_for(config)
+    }
+
+    /// What trust states are built with.
+    pub(crate) fn inputs(&self) -> &Inputs {
+        &self.inputs
     }
 
     /// The CRL fetcher.
     pub(crate) fn crl(&self) -> &Arc<CrlFetch> {
-        &self.crl
+        &self.inputs.crl
     }
 
     /// The current generation's truststore, for checking fetched CRLs when they arrive.
@@ -109,20 +158,5 @@ impl App {
     /// The metrics.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-}
-
-/// What a trust-state build from `config` takes besides the config's files.
-pub(crate) fn extra(
-    crl: &CrlFetch,
-    distribution_points: &DistributionPoints,
-    config: &crate::config::Config,
-) -> Extra {
-    let fetch = &config.client_auth.crl_fetch;
-    Extra {
-        fetched: crl.in_force_for(fetch),
-        distribution_points: fetch
-            .from_distribution_points
-            .then(|| distribution_points.clone()),
     }
 }

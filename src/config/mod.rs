@@ -163,6 +163,38 @@ pub struct ClientAuthConfig {
     pub advertise_ca_names: bool,
     /// A candidate policy judged on every handshake beside the enforced one, never enforced.
     pub report_only: Option<ReportOnlyConfig>,
+    /// OCSP for client certificates (`client_auth.ocsp*`).
+    pub ocsp: OcspConfig,
+}
+
+/// `client_auth.ocsp`: when the shield asks an OCSP responder about a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OcspMode {
+    /// Never.
+    #[default]
+    Off,
+    /// For a certificate no CRL in force covers.
+    IfNoCrl,
+    /// For every certificate on the path that names a responder, CRLs or not.
+    Always,
+}
+
+/// OCSP for client certificates (`client_auth.ocsp`, `ocsp_responder`, `ocsp_timeout`,
+/// `ocsp_soft_fail`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspConfig {
+    /// When to ask.
+    pub mode: OcspMode,
+    /// Ask this `http://` URL instead of the certificate's AIA OCSP URL.
+    pub responder: Option<String>,
+    /// One lookup (connect, request, answer) takes at most this long.
+    pub timeout: Duration,
+    /// No usable answer in time: accept the client and count it (never the default).
+    pub soft_fail: bool,
+    /// An answer in use is asked for again after at most this long (and halfway to its
+    /// nextUpdate when that comes sooner).
+    pub refresh: Duration,
 }
 
 /// `[client_auth.report_only]`: a candidate policy, to rotate pins and CAs without an outage.
@@ -356,6 +388,16 @@ pub mod defaults {
     /// `client_auth.crl_fetch_timeout`
     pub fn crl_fetch_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    /// `client_auth.ocsp_timeout`: the lookup holds a new connection before its first request;
+    /// a responder that needs longer is down for practical purposes.
+    pub fn ocsp_timeout() -> Duration {
+        Duration::from_secs(3)
+    }
+    /// `client_auth.ocsp_refresh`: a revocation reaches open connections within this long even
+    /// when the responder's answers are valid for days.
+    pub fn ocsp_refresh() -> Duration {
+        Duration::from_secs(300)
     }
     /// `client_auth.crl_max_bytes`: far above any real CRL a client CA publishes, far below
     /// what would hurt the process.

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use super::sources::parse_allow_sources;
 use super::{
     defaults, AdminConfig, AllowConfig, AllowList, ClientAuthConfig, Config, ConfigError,
-    CrlFetchConfig, ForwardConfig, ListenerConfig, LogConfig, RawRoute, ReloadConfig,
-    ReportOnlyConfig, RouteTable, RuntimeConfig, UpstreamClientCert, UpstreamConfig,
+    CrlFetchConfig, ForwardConfig, ListenerConfig, LogConfig, OcspConfig, OcspMode, RawRoute,
+    ReloadConfig, ReportOnlyConfig, RouteTable, RuntimeConfig, UpstreamClientCert, UpstreamConfig,
     UpstreamTarget, UpstreamTls,
 };
 
@@ -69,6 +69,16 @@ struct RawClientAuth {
     advertise_ca_names: bool,
     #[serde(default)]
     report_only: Option<RawReportOnly>,
+    #[serde(default)]
+    ocsp: OcspMode,
+    #[serde(default)]
+    ocsp_responder: String,
+    #[serde(default = "defaults::ocsp_timeout", with = "humantime_serde")]
+    ocsp_timeout: Duration,
+    #[serde(default)]
+    ocsp_soft_fail: bool,
+    #[serde(default = "defaults::ocsp_refresh", with = "humantime_serde")]
+    ocsp_refresh: Duration,
 }
 
 /// `[client_auth.report_only]`
@@ -238,6 +248,7 @@ impl RawClientAuth {
             ));
         }
         let crl_fetch = self.crl_fetch(ctx)?;
+        let ocsp = self.ocsp(ctx)?;
         let allow = AllowList::compile(&self.allow)
             .map_err(|e| ctx.invalid(&format!("client_auth.allow.{}", e.key), e.message))?;
         Ok(ClientAuthConfig {
@@ -249,6 +260,35 @@ impl RawClientAuth {
             crl_fetch,
             advertise_ca_names: self.advertise_ca_names,
             report_only: self.report_only.map(|r| r.into_typed(ctx)).transpose()?,
+            ocsp,
+        })
+    }
+
+    fn ocsp(&self, ctx: &Ctx<'_>) -> Result<OcspConfig, ConfigError> {
+        let responder = self.ocsp_responder.trim();
+        if !responder.is_empty() && !responder.starts_with("http://") {
+            // OCSP is plain HTTP by design (RFC 6960 §A.1): the answer is signed, and an
+            // https responder would need its own revocation check to be trusted.
+            return Err(ctx.invalid(
+                "client_auth.ocsp_responder",
+                format!("{responder:?} is not an http:// URL; OCSP responders are reached over plain HTTP (the answers are signed)"),
+            ));
+        }
+        if self.ocsp_timeout.is_zero() {
+            return Err(ctx.invalid(
+                "client_auth.ocsp_timeout",
+                "must be greater than zero, e.g. \"3s\"",
+            ));
+        }
+        if self.ocsp_refresh < Duration::from_secs(1) {
+            return Err(ctx.invalid("client_auth.ocsp_refresh", "must be at least 1s"));
+        }
+        Ok(OcspConfig {
+            refresh: self.ocsp_refresh,
+            mode: self.ocsp,
+            responder: (!responder.is_empty()).then(|| responder.to_owned()),
+            timeout: self.ocsp_timeout,
+            soft_fail: self.ocsp_soft_fail,
         })
     }
 

@@ -229,6 +229,7 @@ pub(crate) async fn admit(
         }
         _ => recheck_resumed(conn, peer, frontend, tls_version)?,
     };
+    let accepted = resolve_ocsp(accepted, peer, frontend, tls_version).await?;
     Ok(Some(Admitted {
         tls,
         peer,
@@ -238,6 +239,48 @@ pub(crate) async fn admit(
         candidate,
         sni,
     }))
+}
+
+/// Security: the handshake cannot wait on the network, so a chain whose OCSP status was not
+/// in the cache is accepted there with the queries pending. They are resolved here, after the
+/// handshake and before a single request byte is read: a revoked client gets no HTTP byte,
+/// exactly as if the handshake had refused it. The acceptance then holds only until the
+/// earliest nextUpdate of the answers, when live trust judges the connection again.
+async fn resolve_ocsp(
+    accepted: Arc<Accepted>,
+    peer: SocketAddr,
+    frontend: &Frontend,
+    tls_version: Option<&'static str>,
+) -> Result<Arc<Accepted>, Refusal> {
+    if accepted.ocsp_pending.is_empty() {
+        return Ok(accepted);
+    }
+    let Some(resolver) = &frontend.tls.ocsp else {
+        // Queries exist only when a generation has OCSP on, and then it has a resolver; fail
+        // closed if that ever stops being true.
+        return Err(Refusal {
+            tls_version,
+            certificate: Some(accepted.identity.clone()),
+            ..Refusal::new(
+                peer,
+                Reason::RevocationUnknown,
+                "OCSP queries without a resolver",
+            )
+        });
+    };
+    match resolver.resolve(&accepted.ocsp_pending).await {
+        Ok(until) => Ok(Arc::new(Accepted {
+            identity: accepted.identity.clone(),
+            valid_from: accepted.valid_from,
+            valid_until: accepted.valid_until.min(until),
+            ocsp_pending: Vec::new(),
+        })),
+        Err((reason, detail)) => Err(Refusal {
+            tls_version,
+            certificate: Some(accepted.identity.clone()),
+            ..Refusal::new(peer, reason, detail)
+        }),
+    }
 }
 
 /// A PROXY protocol header from a load balancer comes before TLS and names the real client,

@@ -218,6 +218,16 @@ impl ConnTrust {
             u64::try_from(now).unwrap_or(0),
         ));
         match verifier.check(&self.identity.leaf, &self.identity.intermediates, at) {
+            // Security: an open connection cannot wait on a responder. An OCSP answer that went
+            // stale (its refresh failed) is an unknown status, which closes the connection as a
+            // stale CRL does, unless the operator chose soft fail.
+            Ok(accepted) if !accepted.ocsp_pending.is_empty() && !verifier.ocsp_soft_fail() => {
+                Err(self.close(
+                    Reason::RevocationUnknown,
+                    generation,
+                    "no fresh OCSP answer for the chain (the responder did not answer the refresh)",
+                ))
+            }
             Ok(accepted) => {
                 self.valid_until
                     .store(accepted.valid_until, Ordering::Relaxed);
@@ -334,6 +344,7 @@ mod tests {
             algs: crate::tls::provider().signature_verification_algorithms,
             distribution_points: None,
             advertise_ca_names: true,
+            ocsp: None,
         };
         let allow = AllowList::compile(&AllowConfig::default()).unwrap();
         Arc::new(ShieldVerifier::new(trust, allow, 16).unwrap())
@@ -394,6 +405,7 @@ mod tests {
             identity,
             valid_from: 0,
             valid_until: unix_now() - 1,
+            ocsp_pending: Vec::new(),
         });
         let live = Arc::new(LiveTrust::new(v, 1, Arc::new(Metrics::new())));
         // Registration already sees the stale acceptance and judges it.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::ocsp::OcspQuery;
 use crate::identity::ClientIdentity;
 
 /// A chain that was accepted, and for how long that answer holds.
@@ -14,8 +15,11 @@ pub struct Accepted {
     pub valid_from: i64,
     /// The first second at which the answer may change on its own: the earliest notAfter on
     /// the verified path plus one (validity is inclusive), or the nextUpdate of a CRL that
-    /// was consulted, whichever comes first.
+    /// was consulted, or of an OCSP answer used, whichever comes first.
     pub valid_until: i64,
+    /// OCSP queries without a fresh answer in the cache: admission resolves them before any
+    /// request is read (empty when OCSP is off or every answer was cached).
+    pub(crate) ocsp_pending: Vec<OcspQuery>,
 }
 
 impl Accepted {

@@ -8,6 +8,7 @@
 pub mod accepted;
 pub(crate) mod crl;
 pub mod load;
+pub(crate) mod ocsp;
 pub(crate) mod provider;
 pub mod reason;
 pub(crate) mod revocation;

@@ -19,6 +19,13 @@
 //! - **Fail closed on what is consulted.** A covering CRL past its nextUpdate refuses
 //!   (`crl_expired`); a CRL whose signature does not verify with the issuer on this path, or an
 //!   issuer whose keyUsage forbids cRLSign, refuses too, as webpki would.
+//! - **OCSP** (`client_auth.ocsp`), after the CRLs: with `always`, or with `if_no_crl` for a
+//!   certificate no CRL covers, a certificate that names a responder (or every one, with
+//!   `ocsp_responder`) is judged by the cached answer: `revoked` refuses, `unknown` refuses as
+//!   `revocation_unknown`, `good` accepts until its nextUpdate, and no fresh answer makes a
+//!   pending query that admission resolves before any request is read (see `tls::ocsp`). A
+//!   certificate with a responder is then "known" without a CRL, so `require_crl` does not
+//!   refuse it; one without a responder is judged by the CRLs alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +35,8 @@ use rustls_pki_types::UnixTime;
 use x509_parser::prelude::X509Certificate;
 
 use super::crl::{Crl, ParsedCrl};
+use super::ocsp::{query_for, OcspCache, OcspQuery, OcspStatus};
+use crate::config::OcspMode;
 use crate::x509::{crl_scope_uris, rfc3339_z, serial_hex, CrlScope, KeyUsageBits};
 
 /// Why a certificate on the path is refused: the webpki error that names the reason (the
@@ -70,14 +79,58 @@ struct InForce {
     source: String,
 }
 
-/// The CRLs in force of one trust state, by issuer Name.
+/// OCSP as one trust state applies it.
+#[derive(Debug, Clone)]
+pub(crate) struct OcspPolicy {
+    /// When to ask.
+    pub(crate) mode: OcspMode,
+    /// `client_auth.ocsp_responder`.
+    pub(crate) responder: Option<String>,
+    /// The answers, shared by every state.
+    pub(crate) cache: Arc<OcspCache>,
+    /// `client_auth.ocsp_soft_fail`: an open connection whose answer went stale stays open.
+    pub(crate) soft_fail: bool,
+}
+
+/// What a path's revocation check leaves besides its verdict: the OCSP queries admission must
+/// resolve, and until when the OCSP answers used hold.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Queries without a fresh answer.
+    pub(crate) queries: Vec<OcspQuery>,
+    /// The earliest nextUpdate of the answers used.
+    pub(crate) deadline: i64,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            queries: Vec::new(),
+            deadline: i64::MAX,
+        }
+    }
+}
+
+/// The CRLs in force of one trust state, by issuer Name, and its OCSP policy.
 #[derive(Debug, Default)]
 pub(crate) struct Revocation {
     by_issuer: HashMap<Vec<u8>, Vec<InForce>>,
     require_crl: bool,
+    ocsp: Option<OcspPolicy>,
 }
 
 impl Revocation {
+    /// Whether a connection may stay open without a fresh OCSP answer.
+    pub(crate) fn ocsp_soft_fail(&self) -> bool {
+        self.ocsp.as_ref().is_some_and(|p| p.soft_fail)
+    }
+
+    /// With OCSP, as `policy` says (`Off` leaves it out).
+    pub(crate) fn with_ocsp(mut self, policy: Option<OcspPolicy>) -> Self {
+        self.ocsp = policy.filter(|p| p.mode != OcspMode::Off);
+        self
+    }
+
     /// The CRLs of `crls` that are in use, with the `require_crl` policy.
     pub(crate) fn new(crls: &[Crl], require_crl: bool) -> Self {
         let mut by_issuer: HashMap<Vec<u8>, Vec<InForce>> = HashMap::new();
@@ -93,6 +146,7 @@ impl Revocation {
         Self {
             by_issuer,
             require_crl,
+            ocsp: None,
         }
     }
 
@@ -108,20 +162,91 @@ impl Revocation {
             .unwrap_or(i64::MAX)
     }
 
-    /// Decides one certificate of a verified path at `now` (see the module doc).
+    /// Decides one certificate of a verified path at `now` (see the module doc); OCSP queries
+    /// without a fresh answer go to `pending`.
     pub(crate) fn check(
         &self,
         on: &OnPath<'_>,
         now: i64,
         algs: &WebPkiSupportedAlgorithms,
+        pending: &mut Pending,
     ) -> Result<(), Refusal> {
+        let covered = self.check_crls(on, now, algs)?;
+        if self.check_ocsp(on, &covered, now, pending)? {
+            return Ok(());
+        }
+        match covered {
+            Covered::Yes => Ok(()),
+            Covered::NoCrl => self.unknown(on.cert, "no CRL of its issuer is loaded"),
+            Covered::NotPartition(dps) => self.unknown(
+                on.cert,
+                &format!("no CRL in force covers its partition: {dps}"),
+            ),
+        }
+    }
+
+    /// OCSP for one certificate, when the policy applies to it: `Ok(true)` when OCSP decides
+    /// (a fresh `good`, or a query left pending), `Ok(false)` when the CRLs alone decide.
+    fn check_ocsp(
+        &self,
+        on: &OnPath<'_>,
+        covered: &Covered,
+        now: i64,
+        pending: &mut Pending,
+    ) -> Result<bool, Refusal> {
+        let Some(policy) = &self.ocsp else {
+            return Ok(false);
+        };
+        if policy.mode == OcspMode::IfNoCrl && *covered == Covered::Yes {
+            return Ok(false);
+        }
+        let Some(query) = query_for(on.cert, on.issuer_spki, policy.responder.as_deref()) else {
+            return Ok(false);
+        };
+        let Some(answer) = policy.cache.fresh(&query.key, now) else {
+            pending.queries.push(query);
+            return Ok(true);
+        };
+        match answer.status {
+            OcspStatus::Good => {
+                pending.deadline = pending.deadline.min(answer.fresh_until());
+                Ok(true)
+            }
+            OcspStatus::Revoked { since } => Err(Refusal {
+                error: webpki::Error::CertRevoked,
+                detail: format!(
+                    "the OCSP responder {} says serial {} is revoked since {}",
+                    query.url,
+                    serial_hex(on.cert.raw_serial()),
+                    rfc3339_z(since)
+                ),
+            }),
+            OcspStatus::Unknown => Err(Refusal {
+                error: webpki::Error::UnknownRevocationStatus,
+                detail: format!(
+                    "the OCSP responder {} does not know serial {} (status unknown)",
+                    query.url,
+                    serial_hex(on.cert.raw_serial())
+                ),
+            }),
+        }
+    }
+
+    /// The CRLs' verdict on one certificate: an error when a CRL refuses it, else whether one
+    /// covers it.
+    fn check_crls(
+        &self,
+        on: &OnPath<'_>,
+        now: i64,
+        algs: &WebPkiSupportedAlgorithms,
+    ) -> Result<Covered, Refusal> {
         let cert = on.cert;
         let crls = self
             .by_issuer
             .get(cert.issuer().as_raw())
             .map_or(&[][..], Vec::as_slice);
         if crls.is_empty() {
-            return self.unknown(cert, "no CRL of its issuer is loaded");
+            return Ok(Covered::NoCrl);
         }
         if !on.issuer_usage.allows_crl_sign() {
             return Err(Refusal {
@@ -180,16 +305,12 @@ impl Revocation {
             }
         }
         if covered {
-            return Ok(());
+            return Ok(Covered::Yes);
         }
-        let dps = match dps {
+        Ok(Covered::NotPartition(match dps {
             None => "it has no cRLDistributionPoints, and only a CRL without an issuingDistributionPoint covers such a certificate".to_owned(),
             Some(uris) => format!("its cRLDistributionPoints name {}", uris.join(" ")),
-        };
-        self.unknown(
-            cert,
-            &format!("no CRL in force covers its partition: {dps}"),
-        )
+        }))
     }
 
     fn unknown(&self, cert: &X509Certificate<'_>, why: &str) -> Result<(), Refusal> {
@@ -208,6 +329,17 @@ impl Revocation {
             ),
         })
     }
+}
+
+/// Whether a CRL in force covers a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Covered {
+    /// One does.
+    Yes,
+    /// Its issuer has no CRL loaded.
+    NoCrl,
+    /// Its issuer has CRLs, none for its partition (why, in words).
+    NotPartition(String),
 }
 
 /// Whether a CRL of `scope` is authoritative for a certificate of `role` whose
@@ -382,6 +514,7 @@ mod tests {
             algs: crate::tls::provider().signature_verification_algorithms,
             distribution_points: None,
             advertise_ca_names: true,
+            ocsp: None,
         };
         let allow = AllowList::compile(&AllowConfig::default()).unwrap();
         ShieldVerifier::new(trust, allow, 0).unwrap()

@@ -13,7 +13,9 @@ use rustls::ServerConfig;
 
 use super::crl::{self, Anchor, Crl, DistributionPoints};
 use super::load::{self, LoadError};
+use super::ocsp::{OcspCache, OcspResolver};
 use super::provider::provider;
+use super::revocation::OcspPolicy;
 use super::verifier::{ShieldVerifier, Trust};
 use crate::config::{Config, ReportOnlyConfig};
 use crate::x509::{cert_info, CertInfo, CrlInfo, Inventory};
@@ -32,6 +34,8 @@ pub struct TlsState {
     pub(crate) inventory: Inventory,
     /// The truststore, for checking fetched CRLs before they are used.
     pub(crate) anchors: Vec<Anchor>,
+    /// Asks OCSP responders for pending queries, when `client_auth.ocsp` is on.
+    pub(crate) ocsp: Option<Arc<dyn OcspResolver>>,
 }
 
 /// A CRL that did not come from a file: fetched from a URL, or from the cache of one.
@@ -51,6 +55,29 @@ pub(crate) struct Extra {
     /// Where the verifier reports the CRL distribution points of chains that verified, when
     /// `client_auth.crl_from_distribution_points` is on.
     pub(crate) distribution_points: Option<DistributionPoints>,
+    /// The OCSP answers and the client that asks responders, when `client_auth.ocsp` is on.
+    pub(crate) ocsp: Option<OcspSetup>,
+}
+
+/// What OCSP needs from the running program: the answers shared by every state, and the
+/// client that asks responders on the admission path.
+#[derive(Debug, Clone)]
+pub(crate) struct OcspSetup {
+    /// The answers.
+    pub(crate) cache: Arc<OcspCache>,
+    /// Asks responders, with this generation's timeout and soft-fail policy.
+    pub(crate) resolver: Arc<dyn OcspResolver>,
+}
+
+/// The OCSP policy of `config` over `setup`.
+fn ocsp_policy(config: &Config, setup: Option<&OcspSetup>) -> Option<OcspPolicy> {
+    let o = &config.client_auth.ocsp;
+    setup.map(|s| OcspPolicy {
+        mode: o.mode,
+        responder: o.responder.clone(),
+        cache: s.cache.clone(),
+        soft_fail: o.soft_fail,
+    })
 }
 
 #[derive(Debug)]
@@ -107,6 +134,7 @@ impl TlsState {
             algs,
             distribution_points: extra.distribution_points.clone(),
             advertise_ca_names: ca.advertise_ca_names,
+            ocsp: ocsp_policy(config, extra.ocsp.as_ref()),
         };
         let mut verifier = ShieldVerifier::new(trust, ca.allow.clone(), ca.verified_chain_cache)
             .map_err(|m| LoadError::new(&ca.truststore, m))?;
@@ -154,6 +182,11 @@ impl TlsState {
             verifier,
             inventory,
             anchors,
+            ocsp: extra
+                .ocsp
+                .as_ref()
+                .filter(|_| ca.ocsp.mode != crate::config::OcspMode::Off)
+                .map(|s| s.resolver.clone()),
         })
     }
 }
@@ -196,6 +229,7 @@ fn report_only_verifier(
         algs,
         distribution_points: None,
         advertise_ca_names: ca.advertise_ca_names,
+        ocsp: ocsp_policy(config, extra.ocsp.as_ref()),
     };
     let allow = candidate.allow.clone().unwrap_or_else(|| ca.allow.clone());
     let truststore = candidate.truststore.as_deref().unwrap_or(&ca.truststore);

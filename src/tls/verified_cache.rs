@@ -214,6 +214,7 @@ mod tests {
             algs,
             distribution_points: None,
             advertise_ca_names: true,
+            ocsp: None,
         };
         ShieldVerifier::new(trust, allow, capacity).unwrap()
     }

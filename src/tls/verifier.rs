@@ -47,7 +47,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub use super::accepted::Accepted;
 use super::crl::{Anchor, Crl, DistributionPoint, DistributionPoints};
 use super::reason::Reason;
-use super::revocation::{OnPath, Refusal, Revocation, Role};
+use super::revocation::{OcspPolicy, OnPath, Pending, Refusal, Revocation, Role};
 use super::verified_cache::VerifiedChains;
 use crate::config::AllowList;
 use crate::identity::ClientIdentity;
@@ -156,6 +156,8 @@ pub(crate) struct Trust {
     pub(crate) distribution_points: Option<DistributionPoints>,
     /// Send the anchors' names in the CertificateRequest.
     pub(crate) advertise_ca_names: bool,
+    /// OCSP, when `client_auth.ocsp` is on.
+    pub(crate) ocsp: Option<OcspPolicy>,
 }
 
 /// A trust anchor whose certificate carries a keyUsage without keyCertSign.
@@ -243,7 +245,7 @@ impl ShieldVerifier {
             roots: store.roots,
             non_issuing,
             anchor_keys,
-            revocation: Revocation::new(&trust.crls, trust.require_crl),
+            revocation: Revocation::new(&trust.crls, trust.require_crl).with_ocsp(trust.ocsp),
             algs: trust.algs,
             allow,
             distribution_points: trust.distribution_points,
@@ -273,6 +275,12 @@ impl ShieldVerifier {
                 .map(|_| ())
                 .map_err(|r| (r.reason, r.detail)),
         )
+    }
+
+    /// Whether an open connection may stay open when its OCSP answer went stale and no fresh
+    /// one came (`client_auth.ocsp_soft_fail`).
+    pub fn ocsp_soft_fail(&self) -> bool {
+        self.revocation.ocsp_soft_fail()
     }
 
     /// Chains remembered as accepted (for tests and diagnostics).
@@ -328,13 +336,16 @@ impl ShieldVerifier {
         let window: RefCell<Option<(i64, i64)>> = RefCell::new(None);
         let found_points: RefCell<Vec<DistributionPoint>> = RefCell::new(Vec::new());
         let path_refusal: RefCell<Option<Refusal>> = RefCell::new(None);
+        let pending: RefCell<Pending> = RefCell::new(Pending::default());
         let on_path = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
             let Some(leaf) = parsed.as_ref() else {
                 return Err(webpki::Error::BadDer);
             };
-            match self.judge_path(path, leaf, now_secs) {
+            let mut this_path = Pending::default();
+            match self.judge_path(path, leaf, now_secs, &mut this_path) {
                 Ok(w) => {
                     *window.borrow_mut() = Some(w);
+                    *pending.borrow_mut() = this_path;
                     if self.distribution_points.is_some() {
                         *found_points.borrow_mut() = distribution_points_of(path, leaf);
                     }
@@ -395,10 +406,12 @@ impl ShieldVerifier {
                 sink.report(dp);
             }
         }
+        let pending = pending.into_inner();
         Ok(Accepted {
             identity,
             valid_from,
-            valid_until,
+            valid_until: valid_until.min(pending.deadline),
+            ocsp_pending: pending.queries,
         })
     }
 
@@ -441,6 +454,7 @@ impl ShieldVerifier {
         path: &VerifiedPath<'_>,
         leaf: &X509Certificate<'_>,
         now: i64,
+        pending: &mut Pending,
     ) -> Result<(i64, i64), Refusal> {
         let unknown_ca = |detail| Refusal {
             error: webpki::Error::UnknownIssuer,
@@ -479,7 +493,7 @@ impl ShieldVerifier {
                 a.subject
             )));
         }
-        self.judge_revocation(path, leaf, &cas, now)?;
+        self.judge_revocation(path, leaf, &cas, now, pending)?;
         let mut from = leaf.validity().not_before.timestamp();
         let mut until = leaf.validity().not_after.timestamp().saturating_add(1);
         until = until.min(self.revocation.deadline(leaf.issuer().as_raw()));
@@ -500,6 +514,7 @@ impl ShieldVerifier {
         leaf: &X509Certificate<'_>,
         cas: &[X509Certificate<'_>],
         now: i64,
+        pending: &mut Pending,
     ) -> Result<(), Refusal> {
         let anchor_spki = path.anchor().subject_public_key_info.as_ref();
         let anchor = self
@@ -525,7 +540,7 @@ impl ShieldVerifier {
                 issuer_spki,
                 issuer_usage,
             };
-            self.revocation.check(&on, now, &self.algs)?;
+            self.revocation.check(&on, now, &self.algs, pending)?;
         }
         Ok(())
     }
@@ -758,6 +773,7 @@ mod tests {
             algs: crate::tls::provider().signature_verification_algorithms,
             distribution_points: None,
             advertise_ca_names: true,
+            ocsp: None,
         };
         let allow = AllowList::compile(&AllowConfig::default()).unwrap();
         ShieldVerifier::new(trust, allow, 0).unwrap()

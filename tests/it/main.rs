@@ -38,6 +38,7 @@ mod limits_h2;
 mod limits_timeouts;
 mod live_trust;
 mod logging;
+mod ocsp;
 mod ops_check;
 mod ops_reload;
 mod ops_shutdown;

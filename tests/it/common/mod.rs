@@ -125,6 +125,9 @@ impl Ca {
                 uris: spec.crl_dps.clone(),
             }];
         }
+        if let Some(url) = &spec.ocsp_url {
+            p.custom_extensions = vec![aia_ocsp(url)];
+        }
         p.not_after = match spec.not_after_secs {
             Some(secs) => now + time::Duration::seconds(secs),
             None => now + days(spec.not_after_days),
@@ -221,6 +224,19 @@ impl Ca {
     }
 }
 
+/// DER tag-length-value (short lengths only: test extensions are small).
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    assert!(content.len() < 128);
+    [&[tag, content.len() as u8][..], content].concat()
+}
+
+/// `authorityInfoAccess` with one `id-ad-ocsp` URI.
+fn aia_ocsp(url: &str) -> rcgen::CustomExtension {
+    let ad_ocsp = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+    let access = tlv(0x30, &[&ad_ocsp[..], &tlv(0x86, url.as_bytes())].concat());
+    rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], tlv(0x30, &access))
+}
+
 /// A serial number like AWS Private CA's: 16 random-looking bytes with the top bit set, so
 /// its DER INTEGER carries a leading zero byte (unique per `n`).
 fn pca_serial(n: u64) -> SerialNumber {
@@ -259,6 +275,8 @@ pub struct Leaf {
     pub crl_dps: Vec<String>,
     /// A 16-byte serial with its top bit set, as AWS Private CA issues them.
     pub pca_serial: bool,
+    /// An authorityInfoAccess OCSP responder URL.
+    pub ocsp_url: Option<String>,
 }
 
 impl Leaf {
@@ -276,6 +294,7 @@ impl Leaf {
             not_after_secs: None,
             crl_dps: vec![],
             pca_serial: false,
+            ocsp_url: None,
         }
     }
 
@@ -293,6 +312,7 @@ impl Leaf {
             not_after_secs: None,
             crl_dps: vec![],
             pca_serial: false,
+            ocsp_url: None,
         }
     }
 
@@ -320,6 +340,11 @@ impl Leaf {
     /// A CRL distribution point.
     pub fn crl_dp(mut self, url: &str) -> Leaf {
         self.crl_dps.push(url.into());
+        self
+    }
+    /// An authorityInfoAccess extension naming `url` as the OCSP responder.
+    pub fn ocsp_url(mut self, url: &str) -> Leaf {
+        self.ocsp_url = Some(url.into());
         self
     }
     /// A serial shaped like AWS Private CA's (see [`pca_serial`]).
@@ -1550,4 +1575,137 @@ impl CrlServer {
             .map(|(_, inm)| inm.clone())
             .collect()
     }
+}
+
+// ---- An OCSP responder of the test's own: `openssl ocsp` over an index file it re-reads ----
+
+/// `openssl ocsp` answering for `ca`, signing with `signer` (the CA itself, or a delegated
+/// responder certificate), from an index file; revoking rewrites it and restarts the responder.
+pub struct OcspResponder {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+    entries: Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl OcspResponder {
+    /// Starts a responder on loopback `port`; `valid` are the certificates it knows.
+    pub fn start_on(port: u16, ca: &Ca, signer: (&str, &str), valid: &[&Issued]) -> OcspResponder {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("signer.pem"), signer.0).unwrap();
+        std::fs::write(dir.path().join("signer.key"), signer.1).unwrap();
+        let entries: Vec<(String, Option<String>)> =
+            valid.iter().map(|i| (index_serial(i), None)).collect();
+        write_index(dir.path(), &entries);
+        let child = spawn_ocsp(dir.path(), port);
+        OcspResponder {
+            port,
+            dir,
+            child,
+            entries: Mutex::new(entries),
+        }
+    }
+
+    /// The responder's URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Marks `cert` revoked from now on (the responder re-reads its index when it changes).
+    pub fn revoke(&mut self, cert: &Issued) {
+        let serial = index_serial(cert);
+        let mut entries = self.entries.lock().unwrap();
+        for e in entries.iter_mut().filter(|e| e.0 == serial) {
+            e.1 = Some(openssl_time(
+                OffsetDateTime::now_utc() - time::Duration::minutes(1),
+            ));
+        }
+        write_index(self.dir.path(), &entries);
+        // `openssl ocsp` 3.0 reads its index once: start it again, on the same port.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_ocsp(self.dir.path(), self.port);
+    }
+}
+
+impl Drop for OcspResponder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A serial as `openssl ca` writes it in its index: upper-case hex, no leading zero bytes.
+fn index_serial(cert: &Issued) -> String {
+    let bytes = cert.serial_number.to_bytes();
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len() - 1);
+    hex::encode_upper(&bytes[first..])
+}
+
+fn openssl_time(t: OffsetDateTime) -> String {
+    format!(
+        "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+        t.year() % 100,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Starts `openssl ocsp` in `dir` on `port` and waits until it says it is listening.
+fn spawn_ocsp(dir: &Path, port: u16) -> Child {
+    let mut child = Command::new("openssl")
+        .args([
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-CA",
+            "ca.pem",
+            "-rsigner",
+            "signer.pem",
+        ])
+        .args(["-rkey", "signer.key", "-nmin", "10", "-ignore_err"])
+        .args(["-port", &port.to_string()])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed (apt-get install -y openssl)");
+    // Wait for its own word, not a probe connection: `openssl ocsp` serves one connection
+    // at a time and would sit on a probe that sends nothing.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stderr = child.stderr.take().unwrap();
+    let flag = ready.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("waiting for OCSP client connections") {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    wait_until("the OCSP responder to listen", DEADLINE, || {
+        ready.load(Ordering::SeqCst)
+    });
+    child
+}
+
+/// An `openssl ca` index: V(alid) or R(evoked) lines, written through a rename.
+fn write_index(dir: &Path, entries: &[(String, Option<String>)]) {
+    let expiry = openssl_time(OffsetDateTime::now_utc() + time::Duration::days(365));
+    let mut text = String::new();
+    for (serial, revoked) in entries {
+        match revoked {
+            None => text.push_str(&format!("V\t{expiry}\t\t{serial}\tunknown\t/CN=x\n")),
+            Some(at) => text.push_str(&format!("R\t{expiry}\t{at}\t{serial}\tunknown\t/CN=x\n")),
+        }
+    }
+    let tmp = dir.join("index.txt.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("index.txt")).unwrap();
 }

@@ -1,0 +1,263 @@
+//! OCSP for client certificates (issue 20, part 4), against `openssl ocsp` as the responder:
+//! the status is known before any HTTP byte, an answer that turns to revoked reaches the
+//! connections already open, and an answer nobody stands behind is never believed.
+use crate::common::*;
+
+use std::path::PathBuf;
+
+/// A CA, a client whose certificate names the responder in its AIA, and a responder signing
+/// with a delegated certificate that carries id-kp-OCSPSigning (as AWS Private CA's does).
+struct Setup {
+    pki: Pki,
+    up: Upstream,
+    client: Issued,
+    responder: OcspResponder,
+}
+
+fn delegated(ca: &Ca, eku: bool) -> (String, String) {
+    let ekus = if eku {
+        vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning]
+    } else {
+        vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]
+    };
+    let signer = ca.issue(Leaf::client("OCSP responder").eku(ekus));
+    (signer.cert_pem, signer.key_pem)
+}
+
+/// The responder is started before the client is issued, so the AIA can name its port.
+fn setup(signer: impl Fn(&Ca) -> (String, String)) -> Setup {
+    let pki = Pki::new();
+    let up = Upstream::start();
+    // A placeholder client first: the responder must know the real one, made below.
+    let port_probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = port_probe.local_addr().unwrap().port();
+    drop(port_probe);
+    let url = format!("http://127.0.0.1:{port}/");
+    let client = pki
+        .root
+        .issue(Leaf::client("ocsp-client").ocsp_url(&url).pca_serial());
+    client.write(pki.dir.path(), "ocsp-client");
+    let (cert, key) = signer(&pki.root);
+    let responder = OcspResponder::start_on(port, &pki.root, (&cert, &key), &[&client]);
+    Setup {
+        pki,
+        up,
+        client,
+        responder,
+    }
+}
+
+fn write_config(s: &Setup, client_auth: &str) -> PathBuf {
+    let path = s.pki.path("mtls-shield.toml");
+    std::fs::write(&path, config_with(&s.up.url(), "", client_auth, "")).unwrap();
+    path
+}
+
+fn curl_client(s: &Setup, proxy: &Proxy) -> (i32, Vec<u8>, String) {
+    curl_pki(
+        &s.pki,
+        Some(("ocsp-client.pem", "ocsp-client.key")),
+        &[],
+        &url(proxy, "/pets"),
+    )
+}
+
+fn metric(result: &str) -> String {
+    format!("mtls_shield_ocsp_requests_total{{result=\"{result}\"}}")
+}
+
+#[test]
+fn a_client_the_responder_calls_good_is_served() {
+    let s = setup(|ca| delegated(ca, true));
+    let proxy = Proxy::start(&write_config(&s, "ocsp = \"always\""));
+    let (code, body, err) = curl_client(&s, &proxy);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&body), mtls_shield::demo::PETS);
+    assert_eq!(proxy.metric(&metric("good")), 1.0);
+    // A second connection uses the cached answer: no second request.
+    assert_eq!(curl_client(&s, &proxy).0, 0);
+    assert_eq!(proxy.metric(&metric("good")), 1.0);
+    assert_eq!(proxy.metric("mtls_shield_ocsp_cache_entries"), 1.0);
+}
+
+#[test]
+fn a_client_the_responder_calls_revoked_gets_no_http_byte() {
+    let mut s = setup(|ca| delegated(ca, true));
+    s.responder.revoke(&s.client);
+    let proxy = Proxy::start(&write_config(&s, "ocsp = \"always\""));
+    let (code, body, _) = curl_client(&s, &proxy);
+    assert_ne!(code, 0);
+    assert!(body.is_empty(), "{}", String::from_utf8_lossy(&body));
+    let line = proxy.wait_log(&["handshake rejected", "reason=\"revoked\"", "OCSP"]);
+    assert!(line.contains(&s.responder.url()), "{line}");
+    assert_eq!(s.up.hits(), 0);
+    assert_eq!(proxy.metric(&metric("revoked")), 1.0);
+}
+
+#[test]
+fn a_revocation_at_the_responder_closes_the_open_connection() {
+    let mut s = setup(|ca| delegated(ca, true));
+    let other = s.pki.root.issue(Leaf::client("no-ocsp-url"));
+    let proxy = Proxy::start(&write_config(
+        &s,
+        "ocsp = \"always\"\nocsp_refresh = \"1s\"",
+    ));
+    let mut open = KeepAlive::open(proxy.addr, &s.pki.root, &s.client);
+    let mut kept = KeepAlive::open(proxy.addr, &s.pki.root, &other);
+    assert_eq!(open.get("/pets").unwrap().0, 200);
+    s.responder.revoke(&s.client);
+    assert!(
+        open.wait_closed(DEADLINE),
+        "the connection of the revoked client stayed open"
+    );
+    proxy.wait_log(&["open connection no longer trusted", "reason=\"revoked\""]);
+    assert_eq!(
+        kept.get("/pets").unwrap().0,
+        200,
+        "another client is untouched"
+    );
+}
+
+/// A port with nothing listening on it.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_responder_that_is_down_refuses_the_client_as_revocation_unknown() {
+    let s = setup(|ca| delegated(ca, true));
+    let config = format!(
+        "ocsp = \"always\"\nocsp_timeout = \"2s\"\nocsp_responder = \"http://127.0.0.1:{}/\"",
+        closed_port()
+    );
+    let proxy = Proxy::start(&write_config(&s, &config));
+    let (code, body, _) = curl_client(&s, &proxy);
+    assert_ne!(code, 0);
+    assert!(body.is_empty());
+    proxy.wait_log(&[
+        "handshake rejected",
+        "reason=\"revocation_unknown\"",
+        "no usable OCSP answer",
+    ]);
+    assert_eq!(proxy.metric(&metric("error")), 1.0);
+    assert_eq!(s.up.hits(), 0);
+}
+
+#[test]
+fn a_responder_that_is_down_lets_the_client_in_with_soft_fail_and_counts_it() {
+    let s = setup(|ca| delegated(ca, true));
+    let config = format!(
+        "ocsp = \"always\"\nocsp_soft_fail = true\nocsp_responder = \"http://127.0.0.1:{}/\"",
+        closed_port()
+    );
+    let proxy = Proxy::start(&write_config(&s, &config));
+    let (code, _, err) = curl_client(&s, &proxy);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(proxy.metric(&metric("soft_fail")), 1.0);
+    proxy.wait_log(&["no usable OCSP answer; accepted because client_auth.ocsp_soft_fail is on"]);
+}
+
+#[test]
+fn an_answer_signed_by_another_ca_is_not_believed() {
+    let forger = Ca::root("Forger CA");
+    let s = setup(|_| delegated(&forger, true));
+    let proxy = Proxy::start(&write_config(&s, "ocsp = \"always\""));
+    assert_ne!(curl_client(&s, &proxy).0, 0);
+    proxy.wait_log(&[
+        "handshake rejected",
+        "reason=\"revocation_unknown\"",
+        "not trusted",
+    ]);
+    assert_eq!(s.up.hits(), 0);
+}
+
+#[test]
+fn a_delegated_responder_without_ocsp_signing_is_not_believed() {
+    let s = setup(|ca| delegated(ca, false));
+    let proxy = Proxy::start(&write_config(&s, "ocsp = \"always\""));
+    assert_ne!(curl_client(&s, &proxy).0, 0);
+    proxy.wait_log(&[
+        "handshake rejected",
+        "reason=\"revocation_unknown\"",
+        "lacks id-kp-OCSPSigning",
+    ]);
+}
+
+#[test]
+fn the_ca_itself_may_sign_the_answers() {
+    let s = setup(|ca| (ca.pem(), ca.key.serialize_pem()));
+    let proxy = Proxy::start(&write_config(&s, "ocsp = \"always\""));
+    assert_eq!(curl_client(&s, &proxy).0, 0);
+    assert_eq!(proxy.metric(&metric("good")), 1.0);
+}
+
+#[test]
+fn with_if_no_crl_a_client_covered_by_a_crl_is_not_asked_about() {
+    let s = setup(|ca| delegated(ca, true));
+    std::fs::write(s.pki.path("root.crl"), s.pki.root.crl(&[], 1, -1, 7)).unwrap();
+    let proxy = Proxy::start(&write_config(
+        &s,
+        "crls = [\"root.crl\"]\nocsp = \"if_no_crl\"",
+    ));
+    assert_eq!(curl_client(&s, &proxy).0, 0);
+    assert_eq!(proxy.metric(&metric("good")), 0.0);
+}
+
+#[test]
+fn verify_gives_the_responders_answer() {
+    let mut s = setup(|ca| delegated(ca, true));
+    let config = write_config(&s, "ocsp = \"always\"");
+    let cert = s.pki.path("ocsp-client.pem");
+    let args = |c: &PathBuf| {
+        shield_cmd(&[
+            "verify".as_ref(),
+            "--config".as_ref(),
+            c.as_os_str(),
+            cert.as_os_str(),
+        ])
+    };
+    let good = args(&config);
+    let text = String::from_utf8_lossy(&good.stdout);
+    let err = String::from_utf8_lossy(&good.stderr);
+    assert_eq!(good.status.code(), Some(0), "{text}{err}");
+    assert!(
+        text.contains("OCSP http://127.0.0.1:") && text.contains("Good"),
+        "{text}"
+    );
+    s.responder.revoke(&s.client);
+    let revoked = args(&config);
+    let text = String::from_utf8_lossy(&revoked.stdout);
+    assert_eq!(revoked.status.code(), Some(2), "{text}");
+    assert!(text.contains("result: refused: revoked"), "{text}");
+}
+
+#[test]
+fn turning_ocsp_on_by_reload_applies_to_the_next_connection() {
+    let mut s = setup(|ca| delegated(ca, true));
+    s.responder.revoke(&s.client);
+    let config = write_config(&s, "");
+    let proxy = Proxy::start(&config);
+    assert_eq!(curl_client(&s, &proxy).0, 0, "OCSP is off: served");
+    write_config(&s, "ocsp = \"always\"");
+    proxy.signal("HUP");
+    wait_until("one successful reload", DEADLINE, || {
+        proxy.metric("mtls_shield_reloads_total{result=\"success\"}") >= 1.0
+    });
+    assert_ne!(curl_client(&s, &proxy).0, 0, "OCSP is on: refused");
+    proxy.wait_log(&["handshake rejected", "reason=\"revoked\""]);
+}
+
+#[test]
+fn check_reports_the_ocsp_policy() {
+    let s = setup(|ca| delegated(ca, true));
+    let config = write_config(&s, "ocsp = \"always\"\nocsp_soft_fail = true");
+    let out = shield_cmd(&["check".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("OCSP: always at each certificate's AIA OCSP URL, timeout 3s")
+            && text.contains("soft fail"),
+        "{text}"
+    );
+}
