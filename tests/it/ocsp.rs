@@ -261,3 +261,39 @@ fn check_reports_the_ocsp_policy() {
         "{text}"
     );
 }
+
+/// The same refusal seen by `openssl s_client` over TLS 1.2 and 1.3: the handshake itself may
+/// complete (the lookup comes after it), but not one HTTP byte comes back.
+#[test]
+fn openssl_s_client_of_a_revoked_client_receives_no_http_byte() {
+    let mut s = setup(|ca| delegated(ca, true));
+    s.responder.revoke(&s.client);
+    let proxy = Proxy::start(&write_config(&s, "ocsp = \"always\""));
+    let (cert, key, ca) = (
+        s.pki.path("ocsp-client.pem"),
+        s.pki.path("ocsp-client.key"),
+        s.pki.path("root.pem"),
+    );
+    for version in ["-tls1_2", "-tls1_3"] {
+        let (_, stdout, _) = s_client(
+            proxy.addr,
+            &[
+                version,
+                "-cert",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+                "-CAfile",
+                ca.to_str().unwrap(),
+            ],
+            b"GET /pets HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        );
+        assert!(!stdout.contains("HTTP/1.1"), "{version}: {stdout}");
+    }
+    assert_eq!(s.up.hits(), 0);
+    assert_eq!(
+        proxy.metric(&metric("revoked")),
+        1.0,
+        "the second lookup came from the cache"
+    );
+}
