@@ -164,21 +164,14 @@ fn start_crl_fetch(
         }
     });
     let crl = crl.clone();
-    tokio::spawn(async move {
-        loop {
-            crl.changed().await;
-            match &reloader {
-                // The same build-validate-swap as any reload: the new CRL reaches the open
-                // connections through it.
-                Some(r) => {
-                    let _ = r.reload("CRL update").await;
-                }
-                None => {
-                    tracing::warn!("a new CRL arrived but there is no config file to rebuild from")
-                }
-            }
-        }
-    });
+    reload_when(
+        move || {
+            let crl = crl.clone();
+            async move { crl.changed().await }
+        },
+        reloader,
+        "CRL update",
+    );
 }
 
 /// Keeps the OCSP answers in use fresh, and rebuilds the trust state when one changes status,
@@ -196,15 +189,34 @@ fn start_ocsp_refresh(app: &Arc<App>, reloader: Option<Arc<Reloader>>) {
         move || draining.is_draining(),
     ));
     let changed = app.inputs().ocsp_changed.clone();
+    reload_when(
+        move || {
+            let changed = changed.clone();
+            async move { changed.notified().await }
+        },
+        reloader,
+        "OCSP update",
+    );
+}
+
+/// Rebuilds the trust state each time `changed` resolves, with the same build-validate-swap
+/// as any reload, so what changed (a fetched CRL, an OCSP answer) reaches the open
+/// connections through it.
+fn reload_when<F, Fut>(changed: F, reloader: Option<Arc<Reloader>>, cause: &'static str)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         loop {
-            changed.notified().await;
+            changed().await;
             match &reloader {
                 Some(r) => {
-                    let _ = r.reload("OCSP update").await;
+                    let _ = r.reload(cause).await;
                 }
                 None => tracing::warn!(
-                    "an OCSP answer changed but there is no config file to rebuild from"
+                    cause,
+                    "the trust state changed but there is no config file to rebuild it from"
                 ),
             }
         }
