@@ -200,7 +200,13 @@ impl Revocation {
         if policy.mode == OcspMode::IfNoCrl && *covered == Covered::Yes {
             return Ok(false);
         }
-        let Some(query) = query_for(on.cert, on.issuer_spki, policy.responder.as_deref()) else {
+        // `ocsp_responder` answers for the clients' CA: an intermediate is asked about only at
+        // the responder its own AIA names (its issuer's), never there.
+        let responder = match on.role {
+            Role::EndEntity => policy.responder.as_deref(),
+            Role::Ca => None,
+        };
+        let Some(query) = query_for(on.cert, on.issuer_spki, responder) else {
             return Ok(false);
         };
         let Some(answer) = policy.cache.fresh(&query.key, now) else {

@@ -38,7 +38,8 @@ fn setup(signer: impl Fn(&Ca) -> (String, String)) -> Setup {
         .issue(Leaf::client("ocsp-client").ocsp_url(&url).pca_serial());
     client.write(pki.dir.path(), "ocsp-client");
     let (cert, key) = signer(&pki.root);
-    let responder = OcspResponder::start_on(port, &pki.root, (&cert, &key), &[&client]);
+    let responder =
+        OcspResponder::start_on(port, &pki.root, (&cert, &key), &[&client.serial_number]);
     Setup {
         pki,
         up,
@@ -83,7 +84,7 @@ fn a_client_the_responder_calls_good_is_served() {
 #[test]
 fn a_client_the_responder_calls_revoked_gets_no_http_byte() {
     let mut s = setup(|ca| delegated(ca, true));
-    s.responder.revoke(&s.client);
+    s.responder.revoke(&s.client.serial_number);
     let proxy = Proxy::start(&write_config(&s, "ocsp = \"always\""));
     let (code, body, _) = curl_client(&s, &proxy);
     assert_ne!(code, 0);
@@ -105,7 +106,7 @@ fn a_revocation_at_the_responder_closes_the_open_connection() {
     let mut open = KeepAlive::open(proxy.addr, &s.pki.root, &s.client);
     let mut kept = KeepAlive::open(proxy.addr, &s.pki.root, &other);
     assert_eq!(open.get("/pets").unwrap().0, 200);
-    s.responder.revoke(&s.client);
+    s.responder.revoke(&s.client.serial_number);
     assert!(
         open.wait_closed(DEADLINE),
         "the connection of the revoked client stayed open"
@@ -225,7 +226,7 @@ fn verify_gives_the_responders_answer() {
         text.contains("OCSP http://127.0.0.1:") && text.contains("Good"),
         "{text}"
     );
-    s.responder.revoke(&s.client);
+    s.responder.revoke(&s.client.serial_number);
     let revoked = args(&config);
     let text = String::from_utf8_lossy(&revoked.stdout);
     assert_eq!(revoked.status.code(), Some(2), "{text}");
@@ -235,7 +236,7 @@ fn verify_gives_the_responders_answer() {
 #[test]
 fn turning_ocsp_on_by_reload_applies_to_the_next_connection() {
     let mut s = setup(|ca| delegated(ca, true));
-    s.responder.revoke(&s.client);
+    s.responder.revoke(&s.client.serial_number);
     let config = write_config(&s, "");
     let proxy = Proxy::start(&config);
     assert_eq!(curl_client(&s, &proxy).0, 0, "OCSP is off: served");
@@ -267,7 +268,7 @@ fn check_reports_the_ocsp_policy() {
 #[test]
 fn openssl_s_client_of_a_revoked_client_receives_no_http_byte() {
     let mut s = setup(|ca| delegated(ca, true));
-    s.responder.revoke(&s.client);
+    s.responder.revoke(&s.client.serial_number);
     let proxy = Proxy::start(&write_config(&s, "ocsp = \"always\""));
     let (cert, key, ca) = (
         s.pki.path("ocsp-client.pem"),
@@ -296,4 +297,55 @@ fn openssl_s_client_of_a_revoked_client_receives_no_http_byte() {
         1.0,
         "the second lookup came from the cache"
     );
+}
+
+/// A chain root → issuing CA → client, each certificate naming its issuer's responder: the
+/// issuing CA revoked at the root's responder refuses its clients, whatever the leaf's answer.
+#[test]
+fn an_intermediate_revoked_at_its_issuers_responder_refuses_its_clients() {
+    let pki = Pki::new();
+    let up = Upstream::start();
+    let (root_port, int_port) = (closed_port(), closed_port());
+    let root_url = format!("http://127.0.0.1:{root_port}/");
+    let int_url = format!("http://127.0.0.1:{int_port}/");
+    let (issuing, issuing_serial) = pki.root.intermediate_with_ocsp("Issuing CA", &root_url);
+    let leaf = issuing.issue(Leaf::client("chained").ocsp_url(&int_url).pca_serial());
+    std::fs::write(
+        pki.path("chained.pem"),
+        format!("{}{}", leaf.cert_pem, issuing.pem()),
+    )
+    .unwrap();
+    std::fs::write(pki.path("chained.key"), &leaf.key_pem).unwrap();
+    let root_signer = (pki.root.pem(), pki.root.key.serialize_pem());
+    let mut root_responder = OcspResponder::start_on(
+        root_port,
+        &pki.root,
+        (&root_signer.0, &root_signer.1),
+        &[&issuing_serial],
+    );
+    let int_signer = (issuing.pem(), issuing.key.serialize_pem());
+    let _int_responder = OcspResponder::start_on(
+        int_port,
+        &issuing,
+        (&int_signer.0, &int_signer.1),
+        &[&leaf.serial_number],
+    );
+    root_responder.revoke(&issuing_serial);
+    let config = pki.path("mtls-shield.toml");
+    std::fs::write(&config, config_with(&up.url(), "", "ocsp = \"always\"", "")).unwrap();
+    let proxy = Proxy::start(&config);
+    let (code, body, _) = curl_pki(
+        &pki,
+        Some(("chained.pem", "chained.key")),
+        &[],
+        &url(&proxy, "/pets"),
+    );
+    assert_ne!(code, 0);
+    assert!(body.is_empty());
+    let line = proxy.wait_log(&["handshake rejected", "reason=\"revoked\""]);
+    assert!(
+        line.contains("Issuing CA") && line.contains(&root_url),
+        "{line}"
+    );
+    assert_eq!(up.hits(), 0);
 }

@@ -99,6 +99,30 @@ impl Ca {
         self.cert.pem()
     }
 
+    /// An intermediate signed by `self` whose AIA names `ocsp_url` (its issuer's responder),
+    /// and its serial.
+    pub fn intermediate_with_ocsp(&self, name: &str, ocsp_url: &str) -> (Ca, SerialNumber) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(name, None);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = OffsetDateTime::now_utc() - days(1);
+        p.not_after = OffsetDateTime::now_utc() + days(1000);
+        let serial = pca_serial(next_serial());
+        p.serial_number = Some(serial.clone());
+        p.custom_extensions = vec![aia_ocsp(ocsp_url)];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (
+            Ca {
+                cert,
+                key,
+                name: name.into(),
+            },
+            serial,
+        )
+    }
+
     /// Issues a leaf from `spec`.
     pub fn issue(&self, spec: Leaf) -> Issued {
         let key = KeyPair::generate().unwrap();
@@ -1590,13 +1614,18 @@ pub struct OcspResponder {
 
 impl OcspResponder {
     /// Starts a responder on loopback `port`; `valid` are the certificates it knows.
-    pub fn start_on(port: u16, ca: &Ca, signer: (&str, &str), valid: &[&Issued]) -> OcspResponder {
+    pub fn start_on(
+        port: u16,
+        ca: &Ca,
+        signer: (&str, &str),
+        valid: &[&SerialNumber],
+    ) -> OcspResponder {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("signer.pem"), signer.0).unwrap();
         std::fs::write(dir.path().join("signer.key"), signer.1).unwrap();
         let entries: Vec<(String, Option<String>)> =
-            valid.iter().map(|i| (index_serial(i), None)).collect();
+            valid.iter().map(|sn| (index_serial(sn), None)).collect();
         write_index(dir.path(), &entries);
         let child = spawn_ocsp(dir.path(), port);
         OcspResponder {
@@ -1613,8 +1642,8 @@ impl OcspResponder {
     }
 
     /// Marks `cert` revoked from now on (the responder re-reads its index when it changes).
-    pub fn revoke(&mut self, cert: &Issued) {
-        let serial = index_serial(cert);
+    pub fn revoke(&mut self, serial: &SerialNumber) {
+        let serial = index_serial(serial);
         let mut entries = self.entries.lock().unwrap();
         for e in entries.iter_mut().filter(|e| e.0 == serial) {
             e.1 = Some(openssl_time(
@@ -1637,8 +1666,8 @@ impl Drop for OcspResponder {
 }
 
 /// A serial as `openssl ca` writes it in its index: upper-case hex, no leading zero bytes.
-fn index_serial(cert: &Issued) -> String {
-    let bytes = cert.serial_number.to_bytes();
+fn index_serial(serial: &SerialNumber) -> String {
+    let bytes = serial.to_bytes();
     let first = bytes
         .iter()
         .position(|b| *b != 0)
