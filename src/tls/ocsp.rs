@@ -36,7 +36,6 @@ use crate::x509::{signed_parts, spki_parts, SignedParts};
 
 const SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 const OCSP_BASIC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
-const KP_OCSP_SIGNING: &str = "1.3.6.1.5.5.7.3.9";
 const AD_OCSP: &str = "1.3.6.1.5.5.7.48.1";
 
 /// A thisUpdate this far ahead of our clock is still taken.
@@ -267,7 +266,8 @@ fn sha1(data: &[u8]) -> [u8; 20] {
     out
 }
 
-/// DER tag-length-value.
+/// DER tag-length-value. The casts cannot truncate: a short length is below 0x80, and a long
+/// length's byte count is at most `size_of::<usize>()`.
 fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     let len = content.len();
@@ -437,13 +437,7 @@ fn check_signer(
             .extended_key_usage()
             .ok()
             .flatten()
-            .is_some_and(|eku| {
-                eku.value
-                    .other
-                    .iter()
-                    .any(|o| o.to_id_string() == KP_OCSP_SIGNING)
-                    || eku.value.ocsp_signing
-            });
+            .is_some_and(|eku| eku.value.ocsp_signing);
         if !ocsp_signing {
             why = "its responder certificate lacks id-kp-OCSPSigning, so the CA did not delegate OCSP to it";
             continue;
