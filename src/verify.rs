@@ -94,6 +94,7 @@ pub(crate) fn run(
         let r = Arc::new(Resolver::new(
             ocsp,
             cache.clone(),
+            Arc::default(),
             Arc::new(Metrics::new()),
             Arc::default(),
         ));

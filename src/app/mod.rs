@@ -82,6 +82,7 @@ pub(crate) async fn start(
         crl,
         distribution_points: DistributionPoints::new(dp_tx),
         ocsp_cache: Arc::default(),
+        ocsp_in_flight: Arc::default(),
         ocsp_changed: Arc::default(),
         metrics: metrics.clone(),
     };

@@ -4,9 +4,10 @@
 //! stay open never meet a stale answer. An answer that changes (good to revoked) rebuilds the
 //! trust state, which judges every open connection again, exactly as a new CRL does.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,14 +15,14 @@ use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 
 use crate::config::OcspConfig;
 use crate::metrics::{Metrics, OcspResult};
 use crate::proxy::trust::unix_now;
 use crate::tls::ocsp::{
-    check_response, nonce, request_der, Answer, OcspCache, OcspQuery, OcspResolver, OcspStatus,
-    Resolved,
+    check_response, nonce, request_der, Answer, OcspCache, OcspKey, OcspQuery, OcspResolver,
+    OcspStatus, Resolved,
 };
 use crate::tls::Reason;
 
@@ -33,10 +34,16 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// its answer must stay fresh all that time. The cache's bound keeps the work bounded.
 const KEEP_FRESH_FOR: i64 = 7 * 24 * 3600;
 
+/// Lookups under way, by CertID, shared by every generation: connections that arrive together
+/// with the same uncached chain (CloudFront opens many at once) wait for one POST, instead of
+/// each sending its own to the responder.
+pub(crate) type InFlight = Arc<Mutex<HashMap<OcspKey, Arc<OnceCell<Result<Answer, String>>>>>>;
+
 /// Asks responders for one generation: its timeout and soft-fail policy over the shared cache.
 #[derive(Debug)]
 pub(crate) struct Resolver {
     cache: Arc<OcspCache>,
+    in_flight: InFlight,
     timeout: Duration,
     soft_fail: bool,
     /// `ocsp_refresh`, seconds.
@@ -51,11 +58,13 @@ impl Resolver {
     pub(crate) fn new(
         config: &OcspConfig,
         cache: Arc<OcspCache>,
+        in_flight: InFlight,
         metrics: Arc<Metrics>,
         changed: Arc<Notify>,
     ) -> Self {
         Resolver {
             cache,
+            in_flight,
             timeout: config.timeout,
             soft_fail: config.soft_fail,
             refresh_every: i64::try_from(config.refresh.as_secs()).unwrap_or(i64::MAX),
@@ -102,12 +111,31 @@ impl Resolver {
         outcome
     }
 
+    /// [`Resolver::ask`], joined with a lookup of the same CertID already under way.
+    async fn ask_once(&self, query: &OcspQuery) -> Result<Answer, String> {
+        let cell = self
+            .in_flight
+            .lock()
+            .ok()
+            .map(|mut m| m.entry(query.key.clone()).or_default().clone());
+        let Some(cell) = cell else {
+            return self.ask(query).await;
+        };
+        let answer = cell.get_or_init(|| self.ask(query)).await.clone();
+        if let Ok(mut m) = self.in_flight.lock() {
+            if m.get(&query.key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                m.remove(&query.key);
+            }
+        }
+        answer
+    }
+
     async fn resolve_all(&self, queries: &[OcspQuery]) -> Resolved {
         let mut until = i64::MAX;
         for query in queries {
             let answer = match self.cache.fresh(&query.key, unix_now()) {
                 Some(a) => Ok(a),
-                None => self.ask(query).await,
+                None => self.ask_once(query).await,
             };
             match answer {
                 Ok(a) => match a.status {

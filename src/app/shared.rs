@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::crl::{AnchorsSource, CrlFetch};
 use super::generation::Generation;
-use super::ocsp::Resolver;
+use super::ocsp::{InFlight, Resolver};
 use crate::config::{OcspConfig, OcspMode};
 use crate::metrics::Metrics;
 use crate::proxy::server::Server;
@@ -41,6 +41,8 @@ pub(crate) struct Inputs {
     pub(crate) distribution_points: DistributionPoints,
     /// The OCSP answers, shared by every generation.
     pub(crate) ocsp_cache: Arc<OcspCache>,
+    /// OCSP lookups under way, shared by every generation.
+    pub(crate) ocsp_in_flight: InFlight,
     /// Notified when an OCSP answer changed status.
     pub(crate) ocsp_changed: Arc<Notify>,
     /// The metrics.
@@ -70,6 +72,7 @@ impl Inputs {
         Resolver::new(
             config,
             self.ocsp_cache.clone(),
+            self.ocsp_in_flight.clone(),
             self.metrics.clone(),
             self.ocsp_changed.clone(),
         )

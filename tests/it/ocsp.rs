@@ -349,3 +349,57 @@ fn an_intermediate_revoked_at_its_issuers_responder_refuses_its_clients() {
     );
     assert_eq!(up.hits(), 0);
 }
+
+/// A responder 400 ms away: a relay that holds each connection that long before passing it
+/// on to `target`, and counts the connections it got.
+fn slow_relay(target: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            seen.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                // Latency of the responder being simulated, not a wait for a condition.
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    return;
+                };
+                let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                let (mut c, mut u) = (client, upstream);
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut u2);
+                    let _ = u2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut u, &mut c);
+                let _ = t.join();
+            });
+        }
+    });
+    (port, count)
+}
+
+/// CloudFront opens many connections at once: with the cache cold, they wait for one lookup
+/// instead of each sending the responder its own.
+#[test]
+fn connections_arriving_together_share_one_lookup() {
+    let s = setup(|ca| delegated(ca, true));
+    let (relay, lookups) = slow_relay(s.responder.port);
+    let config = format!("ocsp = \"always\"\nocsp_responder = \"http://127.0.0.1:{relay}/\"");
+    let proxy = Proxy::start(&write_config(&s, &config));
+    let codes: Vec<i32> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| curl_client(&s, &proxy).0))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(codes.iter().all(|c| *c == 0), "{codes:?}");
+    assert_eq!(
+        proxy.metric(&metric("good")),
+        1.0,
+        "one lookup for 12 connections"
+    );
+    assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
