@@ -79,6 +79,16 @@ impl Ca {
 
     /// An intermediate signed by `self`.
     pub fn intermediate(&self, name: &str) -> Ca {
+        self.signed_intermediate(name, SerialNumber::from(next_serial()), vec![])
+    }
+
+    /// An intermediate CA certificate for `name` signed by `self`, with `serial` and `extensions`.
+    fn signed_intermediate(
+        &self,
+        name: &str,
+        serial: SerialNumber,
+        extensions: Vec<rcgen::CustomExtension>,
+    ) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name = dn(name, None);
@@ -86,7 +96,8 @@ impl Ca {
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         p.not_before = OffsetDateTime::now_utc() - days(1);
         p.not_after = OffsetDateTime::now_utc() + days(1000);
-        p.serial_number = Some(SerialNumber::from(next_serial()));
+        p.serial_number = Some(serial);
+        p.custom_extensions = extensions;
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         Ca {
             cert,
@@ -102,25 +113,9 @@ impl Ca {
     /// An intermediate signed by `self` whose AIA names `ocsp_url` (its issuer's responder),
     /// and its serial.
     pub fn intermediate_with_ocsp(&self, name: &str, ocsp_url: &str) -> (Ca, SerialNumber) {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name = dn(name, None);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        p.not_before = OffsetDateTime::now_utc() - days(1);
-        p.not_after = OffsetDateTime::now_utc() + days(1000);
         let serial = pca_serial(next_serial());
-        p.serial_number = Some(serial.clone());
-        p.custom_extensions = vec![aia_ocsp(ocsp_url)];
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        (
-            Ca {
-                cert,
-                key,
-                name: name.into(),
-            },
-            serial,
-        )
+        let ca = self.signed_intermediate(name, serial.clone(), vec![aia_ocsp(ocsp_url)]);
+        (ca, serial)
     }
 
     /// Issues a leaf from `spec`.
