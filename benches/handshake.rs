@@ -219,7 +219,8 @@ fn main() {
             &dir.path().join("c.toml"),
         )
         .unwrap();
-        mtls_shield::tls::TlsState::build(&cfg).unwrap()
+        let policy = mtls_shield::policy::Policy::compile(&cfg).unwrap();
+        mtls_shield::tls::TlsState::build(&cfg, &policy).unwrap()
     };
     let state = state_with("");
     let no_memo = state_with("verified_chain_cache = 0");

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::app::Generation;
 use crate::config::OcspMode;
 use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
+use crate::policy::Policy;
 use crate::tls::load::{self, LoadError};
 use crate::tls::state::{self, Extra};
 use crate::x509::{cert_info, rfc3339_z, CertInfo, CrlInfo, CrlSignature};
@@ -196,7 +197,7 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
     };
     report.listener = Some(config.listener.clone());
     report.truststore = Some(config.client_auth.truststore.clone());
-    report.allow = Some(config.client_auth.allow.source().clone());
+    report.allow = Some(config.client_auth.allow.clone());
     report.upstream = Some(config.upstream.clone());
     let ocsp = &config.client_auth.ocsp;
     report.ocsp = Some(OcspReport {
@@ -206,7 +207,14 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
         refresh_seconds: ocsp.refresh.as_secs(),
         soft_fail: ocsp.soft_fail,
     });
-    report.routes = config
+    let policy = match Policy::compile(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            report.error(e);
+            return report;
+        }
+    };
+    report.routes = policy
         .routes
         .routes()
         .iter()

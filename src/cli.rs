@@ -101,6 +101,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
+            // A malformed allow-list entry or route is a config error, refused before
+            // anything starts, like every other key (the generation compiles it again).
+            crate::policy::Policy::compile(&cfg)?;
             init_logging(&cfg.log);
             let result = runtime(cfg.runtime.worker_threads)?.block_on(run(cfg, Some(config)));
             // Every connection has drained: write the access lines still pending.

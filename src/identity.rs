@@ -15,7 +15,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::*;
 
-use crate::config::{AllowList, ForwardConfig, HeaderFamily};
+use crate::config::{ForwardConfig, HeaderFamily};
 use crate::x509::{attr_string, rfc2253, rfc3339_z, serial_hex, sha256};
 
 /// The identity headers this proxy owns. Inbound copies are always stripped
@@ -222,37 +222,6 @@ impl ClientIdentity {
             push_xfcc_value(&mut s, dns);
         }
         s
-    }
-}
-
-impl AllowList {
-    /// Whether a verified identity may connect: it matches at least one entry of any list,
-    /// or the allow-list is empty.
-    pub fn allows(&self, id: &ClientIdentity) -> bool {
-        if self.is_empty() {
-            return true;
-        }
-        self.fingerprints.contains(&id.fingerprint)
-            || self.spkis.contains(&id.spki_sha256)
-            || id
-                .common_names
-                .iter()
-                .any(|cn| self.common_names.contains(cn))
-            || id
-                .organizational_units
-                .iter()
-                .any(|ou| self.organizational_units.contains(ou))
-            || id
-                .dns_names
-                .iter()
-                .any(|d| self.dns_names.contains(&d.to_ascii_lowercase()))
-            || id.uris.iter().any(|u| {
-                self.uris_exact.contains(u)
-                    || self
-                        .uri_prefixes
-                        .iter()
-                        .any(|p| u.len() > p.len() && u.starts_with(p.as_str()))
-            })
     }
 }
 
@@ -614,84 +583,5 @@ mod tests {
         let id = ClientIdentity::parse(&der, &[]).unwrap();
         assert_eq!(id.subject, "CN=Zoë,1.2.3.4=#0C0178");
         assert_eq!(id.common_names, vec!["Zoë".to_owned()]);
-    }
-}
-
-#[cfg(test)]
-mod allow_tests {
-    //! Matching an identity against an allow-list.
-    use super::*;
-    use crate::config::AllowConfig;
-
-    fn id() -> ClientIdentity {
-        ClientIdentity {
-            subject: "CN=my-client".into(),
-            issuer: "CN=ca".into(),
-            serial_hex: "01".into(),
-            common_names: vec!["my-client".into()],
-            organizational_units: vec!["batch".into()],
-            dns_names: vec!["API.example.com".into()],
-            uris: vec!["spiffe://example.org/ns/a".into()],
-            fingerprint: [7; 32],
-            spki_sha256: [9; 32],
-            not_before: 0,
-            not_after: 0,
-            leaf: Vec::new().into(),
-            intermediates: vec![],
-        }
-    }
-
-    fn allow(f: impl FnOnce(&mut AllowConfig)) -> AllowList {
-        let mut c = AllowConfig::default();
-        f(&mut c);
-        AllowList::compile(&c).unwrap()
-    }
-
-    #[test]
-    fn empty_allows_all() {
-        assert!(allow(|_| {}).allows(&id()));
-    }
-
-    #[test]
-    fn each_kind_matches_and_misses() {
-        assert!(allow(|c| c.common_names = vec!["my-client".into()]).allows(&id()));
-        assert!(!allow(|c| c.common_names = vec!["other".into()]).allows(&id()));
-        assert!(allow(|c| c.organizational_units = vec!["batch".into()]).allows(&id()));
-        assert!(allow(|c| c.dns_names = vec!["api.EXAMPLE.com".into()]).allows(&id()));
-        assert!(allow(|c| c.uris = vec!["spiffe://example.org/*".into()]).allows(&id()));
-        assert!(!allow(|c| c.uris = vec!["spiffe://other.org/*".into()]).allows(&id()));
-        assert!(allow(|c| c.uris = vec!["spiffe://example.org/ns/a".into()]).allows(&id()));
-        let fp = hex::encode_upper([7u8; 32]);
-        let colons: Vec<_> = fp
-            .as_bytes()
-            .chunks(2)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        assert!(allow(|c| c.fingerprints_sha256 = vec![colons.join(":")]).allows(&id()));
-        let b64 = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
-        assert!(allow(|c| c.spki_sha256 = vec![b64.clone()]).allows(&id()));
-        assert!(allow(|c| c.spki_sha256 = vec![format!("sha256//{b64}")]).allows(&id()));
-        assert!(allow(|c| c.spki_sha256 = vec![hex::encode([9u8; 32])]).allows(&id()));
-    }
-
-    #[test]
-    fn uri_prefix_stops_at_a_path_boundary() {
-        let list = allow(|c| c.uris = vec!["spiffe://example.org/ns/*".into()]);
-        let mut i = id();
-        i.uris = vec!["spiffe://example.org/ns-evil/a".into()];
-        assert!(!list.allows(&i));
-        i.uris = vec!["spiffe://example.org/ns/".into()];
-        assert!(!list.allows(&i), "the bare prefix is not a path under it");
-    }
-
-    #[test]
-    fn spki_hex_with_colons_is_accepted() {
-        let colons = hex::encode([9u8; 32])
-            .as_bytes()
-            .chunks(2)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect::<Vec<_>>()
-            .join(":");
-        assert!(allow(|c| c.spki_sha256 = vec![colons]).allows(&id()));
     }
 }

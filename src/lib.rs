@@ -17,6 +17,7 @@ mod logs;
 mod metrics;
 #[cfg(feature = "demo")]
 mod pki;
+pub mod policy;
 pub mod proxy;
 pub mod tls;
 mod verify;

@@ -19,6 +19,7 @@ use crate::app::ocsp::Resolver;
 use crate::config::{Config, OcspMode};
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::tls::ocsp::{OcspCache, OcspQuery, OcspResolver};
 use crate::tls::state::{Extra, OcspSetup};
 use crate::tls::{load, TlsState};
@@ -100,8 +101,10 @@ pub(crate) fn run(
         ));
         (cache, r)
     });
+    let policy = Policy::compile(&config)?;
     let state = TlsState::build_with(
         &config,
+        &policy,
         &Extra {
             fetched,
             distribution_points: None,

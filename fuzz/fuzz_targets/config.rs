@@ -1,15 +1,18 @@
-//! The config loader on arbitrary text: `Config::from_toml` must return a config or an error
-//! that names the file, never panic.
+//! The config loader on arbitrary text: `Config::from_toml`, then `Policy::compile` (the
+//! allow-lists and routes), must return a config or an error that names the file, never panic.
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use mtls_shield::config::Config;
+use mtls_shield::policy::Policy;
 
 fuzz_target!(|text: &str| {
     let path = Path::new("/etc/mtls-shield/fuzz.toml");
-    match Config::from_toml(text, path) {
+    let loaded = Config::from_toml(text, path)
+        .and_then(|c| Policy::compile(&c).map(|_| c));
+    match loaded {
         Ok(c) => {
             // Whatever validated must be internally consistent.
             assert!(c.listener.max_connections >= 1);

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use mtls_shield::config::{normalize_path, Lookup, RawRoute, RouteTable};
+use mtls_shield::config::RawRoute;
+use mtls_shield::policy::{normalize_path, Lookup, RouteTable};
 
 fn table() -> &'static RouteTable {
     static TABLE: OnceLock<RouteTable> = OnceLock::new();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::config::{parse_sources_file, SourcePolicy, SourcesFileError};
+use crate::policy::{parse_sources_file, Policy, SourcePolicy, SourcesFileError};
 use crate::proxy::connector::Material;
 use crate::proxy::frontend::Frontend;
 use crate::proxy::upstream::Upstream;
@@ -21,6 +21,8 @@ pub(crate) struct Generation {
     pub(crate) id: u64,
     /// The config it was built from.
     pub(crate) config: Arc<Config>,
+    /// Its allow-lists and routes, compiled.
+    pub(crate) policy: Arc<Policy>,
     /// What the data path uses.
     pub(crate) frontend: Arc<Frontend>,
 }
@@ -34,6 +36,9 @@ pub(crate) enum BuildError {
     /// `listener.allow_sources_file` is not a list of networks.
     #[error(transparent)]
     Sources(#[from] SourcesFileError),
+    /// An allow-list entry or a route does not compile.
+    #[error(transparent)]
+    Policy(#[from] crate::config::ConfigError),
 }
 
 /// The client of one upstream: `previous`'s, with its warm pool, when its settings and TLS files
@@ -72,7 +77,8 @@ impl Generation {
         previous: Option<&Generation>,
         extra: &Extra,
     ) -> Result<Self, BuildError> {
-        let tls = Arc::new(TlsState::build_with(&config, extra)?);
+        let policy = Arc::new(Policy::compile(&config)?);
+        let tls = Arc::new(TlsState::build_with(&config, &policy, extra)?);
         let previous = previous.map(|p| &p.frontend);
         let upstream = client_for(&config.upstream, previous.map(|f| &f.upstream))?;
         let mut upstreams = HashMap::new();
@@ -82,11 +88,12 @@ impl Generation {
         }
         let sources = source_policy(&config)?;
         let frontend = Arc::new(Frontend::new(
-            id, &config, tls, upstream, upstreams, sources,
+            id, &config, &policy, tls, upstream, upstreams, sources,
         ));
         Ok(Self {
             id,
             config: Arc::new(config),
+            policy,
             frontend,
         })
     }

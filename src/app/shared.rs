@@ -83,7 +83,7 @@ impl App {
     /// Wraps the first generation.
     pub(crate) fn new(first: Generation, metrics: Arc<Metrics>, inputs: Inputs) -> Arc<Self> {
         metrics.set_inventory(first.inventory());
-        metrics.route_series(first.config.routes.routes().iter().map(|r| r.label()));
+        metrics.route_series(first.policy.routes.routes().iter().map(|r| r.label()));
         if first.config.client_auth.report_only.is_some() {
             metrics.report_only_series();
         }
@@ -136,7 +136,7 @@ impl App {
     pub(crate) fn swap(&self, next: Generation) -> Judged {
         self.metrics.set_inventory(next.inventory());
         self.metrics
-            .route_series(next.config.routes.routes().iter().map(|r| r.label()));
+            .route_series(next.policy.routes.routes().iter().map(|r| r.label()));
         if next.config.client_auth.report_only.is_some() {
             self.metrics.report_only_series();
         }

@@ -3,8 +3,9 @@
 //!
 //! Loading parses, it does not merely validate: the TOML is read into the raw tables of
 //! `raw`, which are then turned into the types the rest of the program takes (a parsed
-//! [`UpstreamTarget`], a compiled [`AllowList`]), so nothing is parsed twice and nothing
-//! downstream has to handle a value that the config should have refused.
+//! [`UpstreamTarget`], parsed networks), so nothing is parsed twice and nothing downstream has
+//! to handle a value that the config should have refused. The allow-lists and `[[routes]]`
+//! stay as written: `policy` compiles them (and refuses a malformed entry, naming its key).
 //!
 //! Every relative path in the file is resolved against the folder of the config file, so a
 //! config can be moved together with its certificates.
@@ -25,12 +26,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use allow::{AllowConfig, AllowError, AllowList};
+pub use allow::AllowConfig;
 pub use error::ConfigError;
-pub use routes::{normalize_path, HostPattern, Lookup, RawRoute, Route, RouteTable};
-pub use sources::{
-    parse_allow_sources, parse_sources_file, SourcePolicy, SourceSet, SourcesFileError,
-};
+pub use routes::RawRoute;
+pub use sources::{parse_allow_sources, parse_cidr};
 pub use upstream::{
     UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls, UpstreamUrlError,
 };
@@ -46,8 +45,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// `[upstreams.NAME]`: more upstreams, for routes.
     pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
-    /// `[[routes]]`: per-route policy and upstream.
-    pub routes: RouteTable,
+    /// `[[routes]]` as written; `policy::Policy::compile` checks and compiles them.
+    pub routes: Vec<RawRoute>,
     /// `listener.allow_sources`, parsed (`None`: the key is absent).
     pub allow_sources: Option<Vec<ipnet::IpNet>>,
     /// Which identity headers the upstream receives.
@@ -154,8 +153,8 @@ pub struct ClientAuthConfig {
     /// Accepted chains remembered per trust state, so a client presenting the same
     /// certificate again skips re-verifying its signatures; 0 turns the memo off.
     pub verified_chain_cache: usize,
-    /// Identity allow-list; empty means any certificate that verifies.
-    pub allow: AllowList,
+    /// Identity allow-list as written; empty means any certificate that verifies.
+    pub allow: AllowConfig,
     /// CRLs the shield fetches itself.
     pub crl_fetch: CrlFetchConfig,
     /// Send the truststore's CA names in the CertificateRequest (clients pick a certificate
@@ -205,8 +204,8 @@ pub struct ReportOnlyConfig {
     pub truststore: Option<PathBuf>,
     /// The candidate CRL files; `None`: the enforced ones (fetched CRLs included).
     pub crls: Option<Vec<PathBuf>>,
-    /// The candidate allow-list; `None`: the enforced one.
-    pub allow: Option<AllowList>,
+    /// The candidate allow-list as written; `None`: the enforced one.
+    pub allow: Option<AllowConfig>,
 }
 
 /// The CRLs fetched from URLs (`client_auth.crl_*`).

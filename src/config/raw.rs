@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use super::sources::parse_allow_sources;
 use super::{
-    defaults, AdminConfig, AllowConfig, AllowList, ClientAuthConfig, Config, ConfigError,
-    CrlFetchConfig, ForwardConfig, ListenerConfig, LogConfig, OcspConfig, OcspMode, RawRoute,
-    ReloadConfig, ReportOnlyConfig, RouteTable, RuntimeConfig, UpstreamClientCert, UpstreamConfig,
-    UpstreamTarget, UpstreamTls,
+    defaults, AdminConfig, AllowConfig, ClientAuthConfig, Config, ConfigError, CrlFetchConfig,
+    ForwardConfig, ListenerConfig, LogConfig, OcspConfig, OcspMode, RawRoute, ReloadConfig,
+    ReportOnlyConfig, RuntimeConfig, UpstreamClientCert, UpstreamConfig, UpstreamTarget,
+    UpstreamTls,
 };
 
 /// The whole file.
@@ -172,8 +172,7 @@ impl RawConfig {
             }
             upstreams.insert(name, raw.into_typed(&ctx, &table)?);
         }
-        let routes =
-            RouteTable::compile(self.routes, upstreams.keys().map(String::as_str), source)?;
+        let routes = self.routes;
         if matches!(self.runtime.worker_threads, Some(0)) {
             return Err(ctx.invalid("runtime.worker_threads", "must be at least 1"));
         }
@@ -249,8 +248,7 @@ impl RawClientAuth {
         }
         let crl_fetch = self.crl_fetch(ctx)?;
         let ocsp = self.ocsp(ctx)?;
-        let allow = AllowList::compile(&self.allow)
-            .map_err(|e| ctx.invalid(&format!("client_auth.allow.{}", e.key), e.message))?;
+        let allow = self.allow.clone();
         Ok(ClientAuthConfig {
             truststore: ctx.resolve(self.truststore),
             crls: self.crls.into_iter().map(|p| ctx.resolve(p)).collect(),
@@ -337,17 +335,7 @@ impl RawClientAuth {
 
 impl RawReportOnly {
     fn into_typed(self, ctx: &Ctx<'_>) -> Result<ReportOnlyConfig, ConfigError> {
-        let allow = self
-            .allow
-            .map(|a| {
-                AllowList::compile(&a).map_err(|e| {
-                    ctx.invalid(
-                        &format!("client_auth.report_only.allow.{}", e.key),
-                        e.message,
-                    )
-                })
-            })
-            .transpose()?;
+        let allow = self.allow;
         Ok(ReportOnlyConfig {
             truststore: self.truststore.map(|p| ctx.resolve(p)),
             crls: self

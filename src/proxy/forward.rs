@@ -19,9 +19,9 @@ use super::frontend::Frontend;
 use super::headers;
 use super::trust::ConnTrust;
 use super::upstream::{Upstream, UpstreamFailure};
-use crate::config::Lookup;
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
+use crate::policy::Lookup;
 
 /// What every request on one accepted connection shares. Built once per connection.
 #[derive(Debug)]

@@ -10,7 +10,8 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
 use super::upstream::Upstream;
-use crate::config::{Config, ForwardConfig, ListenerConfig, RouteTable, SourcePolicy};
+use crate::config::{Config, ForwardConfig, ListenerConfig};
+use crate::policy::{Policy, RouteTable, SourcePolicy};
 use crate::tls::TlsState;
 
 /// What the data path needs from one generation. Connections keep the frontend they started
@@ -54,6 +55,7 @@ impl Frontend {
     pub(crate) fn new(
         generation: u64,
         config: &Config,
+        policy: &Policy,
         tls: Arc<TlsState>,
         upstream: Arc<Upstream>,
         upstreams: HashMap<String, Arc<Upstream>>,
@@ -69,7 +71,7 @@ impl Frontend {
             listener: config.listener.clone(),
             forward: config.forward.clone(),
             access_log: config.log.access_log,
-            routes: config.routes.clone(),
+            routes: policy.routes.clone(),
             sources,
         }
     }

@@ -298,7 +298,8 @@ pub(crate) fn unix_now() -> i64 {
 mod tests {
     //! The request-path and re-judgement rules, on a real verifier.
     use super::*;
-    use crate::config::{AllowConfig, AllowList};
+    use crate::config::AllowConfig;
+    use crate::policy::AllowList;
     use crate::tls::crl::Anchor;
     use crate::tls::verifier::Trust;
     use rcgen::{

@@ -373,7 +373,8 @@ fn unix(secs: i64) -> UnixTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AllowConfig, AllowList};
+    use crate::config::AllowConfig;
+    use crate::policy::AllowList;
     use crate::tls::crl::{choose, Anchor};
     use crate::tls::verifier::{ShieldVerifier, Trust};
     use crate::tls::Reason;

@@ -18,6 +18,7 @@ use super::provider::provider;
 use super::revocation::OcspPolicy;
 use super::verifier::{ShieldVerifier, Trust};
 use crate::config::{Config, ReportOnlyConfig};
+use crate::policy::Policy;
 use crate::x509::{cert_info, CertInfo, CrlInfo, Inventory};
 
 /// Sessions kept per trust state when `listener.session_resumption = true`.
@@ -92,12 +93,16 @@ impl ResolvesServerCert for FixedCert {
 impl TlsState {
     /// Loads every file the config names and builds the server config. Any failure names
     /// the file and leaves nothing half-built.
-    pub fn build(config: &Config) -> Result<TlsState, LoadError> {
-        Self::build_with(config, &Extra::default())
+    pub fn build(config: &Config, policy: &Policy) -> Result<TlsState, LoadError> {
+        Self::build_with(config, policy, &Extra::default())
     }
 
     /// [`TlsState::build`], with fetched CRLs and a distribution-point sink.
-    pub(crate) fn build_with(config: &Config, extra: &Extra) -> Result<TlsState, LoadError> {
+    pub(crate) fn build_with(
+        config: &Config,
+        policy: &Policy,
+        extra: &Extra,
+    ) -> Result<TlsState, LoadError> {
         let provider = provider();
         let l = &config.listener;
         let ca = &config.client_auth;
@@ -136,11 +141,12 @@ impl TlsState {
             advertise_ca_names: ca.advertise_ca_names,
             ocsp: ocsp_policy(config, extra.ocsp.as_ref()),
         };
-        let mut verifier = ShieldVerifier::new(trust, ca.allow.clone(), ca.verified_chain_cache)
-            .map_err(|m| LoadError::new(&ca.truststore, m))?;
+        let mut verifier =
+            ShieldVerifier::new(trust, policy.allow.clone(), ca.verified_chain_cache)
+                .map_err(|m| LoadError::new(&ca.truststore, m))?;
         if let Some(candidate) = &ca.report_only {
             verifier = verifier.with_report_only(report_only_verifier(
-                config, candidate, &anchors, &file_crls, extra,
+                config, policy, candidate, &anchors, &file_crls, extra,
             )?);
         }
         let verifier = Arc::new(verifier);
@@ -195,6 +201,7 @@ impl TlsState {
 /// where it names them, the enforced ones where it does not (fetched CRLs apply to both).
 fn report_only_verifier(
     config: &Config,
+    policy: &Policy,
     candidate: &ReportOnlyConfig,
     enforced_anchors: &[Anchor],
     enforced_crls: &[Crl],
@@ -231,7 +238,10 @@ fn report_only_verifier(
         advertise_ca_names: ca.advertise_ca_names,
         ocsp: ocsp_policy(config, extra.ocsp.as_ref()),
     };
-    let allow = candidate.allow.clone().unwrap_or_else(|| ca.allow.clone());
+    let allow = policy
+        .report_only_allow
+        .clone()
+        .unwrap_or_else(|| policy.allow.clone());
     let truststore = candidate.truststore.as_deref().unwrap_or(&ca.truststore);
     ShieldVerifier::new(trust, allow, ca.verified_chain_cache)
         .map_err(|m| LoadError::new(truststore, m))

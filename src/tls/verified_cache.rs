@@ -116,7 +116,8 @@ mod tests {
     //! The memo is exercised through the real verifier, with `now` chosen by the test, so each
     //! test shows that a hit never accepts what the full check would refuse at that moment.
     use super::*;
-    use crate::config::{AllowConfig, AllowList};
+    use crate::config::AllowConfig;
+    use crate::policy::AllowList;
     use crate::tls::crl::{Anchor, Crl};
     use crate::tls::verifier::{ShieldVerifier, Trust};
     use crate::tls::Reason;

@@ -49,8 +49,8 @@ use super::crl::{Anchor, Crl, DistributionPoint, DistributionPoints};
 use super::reason::Reason;
 use super::revocation::{OcspPolicy, OnPath, Pending, Refusal, Revocation, Role};
 use super::verified_cache::VerifiedChains;
-use crate::config::AllowList;
 use crate::identity::ClientIdentity;
+use crate::policy::AllowList;
 use crate::x509::{self as facts, KeyUsageBits};
 
 /// What the verifier learnt during one handshake.
