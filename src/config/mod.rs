@@ -330,126 +330,142 @@ pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
 }
 
-/// Every default value, in one place.
+/// Every default value, as constants that [`keys::KEYS`] (the reference) and the serde
+/// attributes both use, and the functions serde's `default = "…"` needs. Why a value is what
+/// it is is said here; what the key means is said in [`keys::KEYS`].
 pub mod defaults {
     use super::HeaderFamily;
     use std::path::PathBuf;
     use std::time::Duration;
 
     /// `listener.handshake_timeout`
-    pub fn handshake_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// `listener.header_read_timeout`
-    pub fn header_read_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// `listener.idle_timeout`: longer than CloudFront's default origin keep-alive (5 s), so
     /// CloudFront, not the origin, closes idle connections and never reuses one we just closed.
-    pub fn idle_timeout() -> Duration {
-        Duration::from_secs(60)
-    }
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// `listener.shutdown_timeout`
-    pub fn shutdown_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     /// `listener.max_connections`
-    pub fn max_connections() -> usize {
-        10_000
-    }
+    pub const MAX_CONNECTIONS: usize = 10_000;
     /// `listener.max_header_bytes`
-    pub fn max_header_bytes() -> usize {
-        64 * 1024
-    }
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     /// `listener.max_concurrent_streams`
-    pub fn max_concurrent_streams() -> u32 {
-        100
-    }
-    /// `listener.max_request_body_bytes`: no limit; the upstream decides.
-    pub fn max_request_body_bytes() -> Option<u64> {
-        None
-    }
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
     /// `client_auth.verified_chain_cache`: far more distinct client certificates than one
     /// origin normally sees (CloudFront presents one), and a few MiB at most when full.
-    pub fn verified_chain_cache() -> usize {
-        1024
-    }
+    pub const VERIFIED_CHAIN_CACHE: usize = 1024;
     /// `client_auth.advertise_ca_names`: on, so clients that choose a certificate by the CA
     /// names in the CertificateRequest (browsers, curl with several identities) find theirs.
-    pub fn advertise_ca_names() -> bool {
-        true
-    }
+    pub const ADVERTISE_CA_NAMES: bool = true;
     /// `client_auth.crl_refresh`: CRLs are usually published daily or more often; an hour
     /// bounds how long a new revocation waits for the shield to see it.
-    pub fn crl_refresh() -> Duration {
-        Duration::from_secs(3600)
-    }
+    pub const CRL_REFRESH: Duration = Duration::from_secs(3600);
     /// `client_auth.crl_fetch_timeout`
-    pub fn crl_fetch_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
+    pub const CRL_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
     /// `client_auth.ocsp_timeout`: the lookup holds a new connection before its first request;
     /// a responder that needs longer is down for practical purposes.
-    pub fn ocsp_timeout() -> Duration {
-        Duration::from_secs(3)
-    }
+    pub const OCSP_TIMEOUT: Duration = Duration::from_secs(3);
     /// `client_auth.ocsp_refresh`: a revocation reaches open connections within this long even
     /// when the responder's answers are valid for days.
-    pub fn ocsp_refresh() -> Duration {
-        Duration::from_secs(300)
-    }
+    pub const OCSP_REFRESH: Duration = Duration::from_secs(300);
     /// `client_auth.crl_max_bytes`: far above any real CRL a client CA publishes, far below
     /// what would hurt the process.
-    pub fn crl_max_bytes() -> u64 {
-        32 * 1024 * 1024
+    pub const CRL_MAX_BYTES: u64 = 32 * 1024 * 1024;
+    /// `upstream.connect_timeout`
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `upstream.response_timeout`
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `upstream.pool_idle_timeout`
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+    /// `upstream.pool_max_idle`
+    pub const POOL_MAX_IDLE: usize = 64;
+    /// `log.access_log`
+    pub const ACCESS_LOG: bool = true;
+    /// `log.level`
+    pub const LOG_LEVEL: &str = "info";
+
+    pub(super) fn handshake_timeout() -> Duration {
+        HANDSHAKE_TIMEOUT
     }
-    /// `listener.proxy_protocol`: off (clients connect directly).
-    pub fn proxy_protocol() -> super::ProxyProtocol {
+    pub(super) fn header_read_timeout() -> Duration {
+        HEADER_READ_TIMEOUT
+    }
+    pub(super) fn idle_timeout() -> Duration {
+        IDLE_TIMEOUT
+    }
+    pub(super) fn shutdown_timeout() -> Duration {
+        SHUTDOWN_TIMEOUT
+    }
+    pub(super) fn max_connections() -> usize {
+        MAX_CONNECTIONS
+    }
+    pub(super) fn max_header_bytes() -> usize {
+        MAX_HEADER_BYTES
+    }
+    pub(super) fn max_concurrent_streams() -> u32 {
+        MAX_CONCURRENT_STREAMS
+    }
+    pub(super) fn max_request_body_bytes() -> Option<u64> {
+        None
+    }
+    pub(super) fn verified_chain_cache() -> usize {
+        VERIFIED_CHAIN_CACHE
+    }
+    pub(super) fn advertise_ca_names() -> bool {
+        ADVERTISE_CA_NAMES
+    }
+    pub(super) fn crl_refresh() -> Duration {
+        CRL_REFRESH
+    }
+    pub(super) fn crl_fetch_timeout() -> Duration {
+        CRL_FETCH_TIMEOUT
+    }
+    pub(super) fn ocsp_timeout() -> Duration {
+        OCSP_TIMEOUT
+    }
+    pub(super) fn ocsp_refresh() -> Duration {
+        OCSP_REFRESH
+    }
+    pub(super) fn crl_max_bytes() -> u64 {
+        CRL_MAX_BYTES
+    }
+    pub(super) fn proxy_protocol() -> super::ProxyProtocol {
         super::ProxyProtocol::Off
     }
-    /// `upstream.connect_timeout`
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
+    pub(super) fn connect_timeout() -> Duration {
+        CONNECT_TIMEOUT
     }
-    /// `upstream.response_timeout`
-    pub fn response_timeout() -> Duration {
-        Duration::from_secs(60)
+    pub(super) fn response_timeout() -> Duration {
+        RESPONSE_TIMEOUT
     }
-    /// `upstream.pool_idle_timeout`
-    pub fn pool_idle_timeout() -> Duration {
-        Duration::from_secs(90)
+    pub(super) fn pool_idle_timeout() -> Duration {
+        POOL_IDLE_TIMEOUT
     }
-    /// `upstream.pool_max_idle`
-    pub fn pool_max_idle() -> usize {
-        64
+    pub(super) fn pool_max_idle() -> usize {
+        POOL_MAX_IDLE
     }
-    /// `upstream.ca`: none (required for `https://` upstreams).
-    pub fn upstream_ca() -> Option<PathBuf> {
+    pub(super) fn upstream_ca() -> Option<PathBuf> {
         None
     }
-    /// `upstream.client_certificate`: none (no client certificate to the upstream).
-    pub fn upstream_client_certificate() -> Option<PathBuf> {
+    pub(super) fn upstream_client_certificate() -> Option<PathBuf> {
         None
     }
-    /// `upstream.client_key`: none.
-    pub fn upstream_client_key() -> Option<PathBuf> {
+    pub(super) fn upstream_client_key() -> Option<PathBuf> {
         None
     }
-    /// `upstream.server_name`: none (the host of `upstream.url`).
-    pub fn upstream_server_name() -> Option<String> {
+    pub(super) fn upstream_server_name() -> Option<String> {
         None
     }
-    /// `forward.client_cert_headers`
-    pub fn client_cert_headers() -> Vec<HeaderFamily> {
+    pub(super) fn client_cert_headers() -> Vec<HeaderFamily> {
         vec![HeaderFamily::Xfcc]
     }
-    /// `log.level`
-    pub fn log_level() -> String {
-        "info".to_owned()
+    pub(super) fn log_level() -> String {
+        LOG_LEVEL.to_owned()
     }
-    /// `log.access_log`
-    pub fn access_log() -> bool {
-        true
+    pub(super) fn access_log() -> bool {
+        ACCESS_LOG
     }
 }
 
