@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod docs;
 pub mod identity;
 mod logs;
 mod metrics;

@@ -485,7 +485,7 @@ impl Metrics {
             result: HandshakeResult::accepted,
             reason: ReasonLabel(None),
         });
-        for reason in Reason::ALL {
+        for &reason in Reason::ALL {
             let _ = m.handshakes.get_or_create(&HandshakeLabels {
                 result: HandshakeResult::rejected,
                 reason: ReasonLabel(Some(reason)),
@@ -613,7 +613,7 @@ impl Metrics {
                 candidate: Verdict::accepted,
                 reason: ReasonLabel(None),
             });
-            for reason in Reason::ALL {
+            for &reason in Reason::ALL {
                 let _ = self.report_only.get_or_create(&ReportOnlyLabels {
                     enforced,
                     candidate: Verdict::rejected,
@@ -784,6 +784,129 @@ impl Metrics {
     }
 }
 
+/// `docs/metrics.md`: every series of the registry, with its type, labels and help text.
+///
+/// It is read from the registry itself: a fresh [`Metrics`] whose label-carrying series are
+/// each bumped once with an example (a CRL URL, a route, an inventory), then encoded, so a
+/// metric registered or renamed in [`Metrics::new`] shows up here without a second list.
+pub(crate) fn reference_markdown() -> String {
+    let m = Metrics::new();
+    let url = "http://crl.example.com/ca.crl";
+    m.crl_fetch_series(url);
+    m.crl_fetch(url, CrlFetchResult::updated);
+    m.crl_success(url, 0);
+    m.ocsp(OcspResult::good);
+    m.report_only_series();
+    m.route_series(["admin"]);
+    m.set_inventory(&example_inventory());
+    let mut families: Vec<(String, String, String, Vec<String>)> = Vec::new();
+    for line in m.encode().lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            families.push((name.to_owned(), String::new(), help.to_owned(), Vec::new()));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let (Some(f), Some((_, kind))) = (families.last_mut(), rest.split_once(' ')) {
+                f.1 = kind.to_owned();
+            }
+        } else if let (Some(f), Some((_, labels))) = (families.last_mut(), line.split_once('{')) {
+            for pair in labels.split("\",") {
+                if let Some((label, _)) = pair.split_once("=\"") {
+                    if label != "le" && !f.3.iter().any(|l| l == label) {
+                        f.3.push(label.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let mut out = String::from(METRICS_INTRO);
+    for (name, kind, help, labels) in families {
+        // Counters are exposed with `_total`, which the HELP line leaves out.
+        let shown = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name
+        };
+        let labels = if labels.is_empty() {
+            "—".to_owned()
+        } else {
+            labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| `{shown}` | {kind} | {labels} | {} |\n",
+            help.replace('|', "\\|")
+        ));
+    }
+    out.push_str(METRICS_ALERTS);
+    out
+}
+
+/// A server certificate, an anchor and a CRL, to make the inventory's series appear.
+fn example_inventory() -> Inventory {
+    let cert = |subject: &str| crate::x509::CertInfo {
+        subject: subject.into(),
+        issuer: subject.into(),
+        sans: vec![],
+        not_before: 0,
+        not_after: 0,
+        is_ca: true,
+        key_cert_sign_forbidden: false,
+        crl_sign_forbidden: false,
+        fingerprint: String::new(),
+    };
+    Inventory {
+        server: cert("CN=origin.example.com"),
+        anchors: vec![cert("CN=Example Root CA")],
+        crls: vec![crate::x509::CrlInfo {
+            path: "ca.crl".into(),
+            issuer: "CN=Example Root CA".into(),
+            number: None,
+            this_update: 0,
+            next_update: Some(0),
+            revoked: 0,
+            signature: crate::x509::CrlSignature::Verified,
+            scope: None,
+            in_use: true,
+        }],
+    }
+}
+
+const METRICS_INTRO: &str = r#"# Metrics reference
+
+<!-- Generated from the registry in src/metrics.rs (Metrics::new). Do not edit: change the
+     registry, then run  UPDATE_DOCS=1 cargo test --test it generated_docs
+-->
+
+`GET /metrics` on the admin listener (`[admin] address`) answers the Prometheus text format.
+Every series whose labels come from a closed set (the handshake reasons, status classes,
+upstream error kinds, reload results) exists from start-up at 0, so `increase()` sees the
+first event. Series with open labels (a CRL URL, a route, a certificate subject) appear when
+their object does and leave with it: a reload that removes a CRL URL removes its series.
+
+| metric | type | labels | meaning |
+|---|---|---|---|
+"#;
+
+const METRICS_ALERTS: &str = r#"
+## Alerts worth having
+
+```promql
+# server certificate or a trust anchor expires within 14 days
+mtls_shield_certificate_expiry_timestamp_seconds - time() < 14 * 86400
+# a CRL is due within 6 hours (past it, that issuer's clients get revocation_unknown)
+mtls_shield_crl_next_update_timestamp_seconds - time() < 6 * 3600
+# a CRL URL has not answered usefully for an hour
+time() - mtls_shield_crl_last_success_timestamp_seconds > 3600
+# open connections are being cut by trust changes
+sum by (reason) (increase(mtls_shield_connections_closed_total[10m])) > 0
+# clients are being refused for a reason worth a look
+sum by (reason) (increase(mtls_shield_handshakes_total{result="rejected",reason!~"not_tls|handshake_timeout|other"}[10m])) > 0
+```
+"#;
+
 /// The index of `status`'s class in `requests_by_class` (the order of `CODE_CLASSES`).
 fn code_class_index(status: u16) -> usize {
     match status {
@@ -851,7 +974,7 @@ mod tests {
     #[test]
     fn closed_label_sets_start_at_zero() {
         let text = Metrics::new().encode();
-        for r in Reason::ALL {
+        for &r in Reason::ALL {
             let line = format!(
                 "mtls_shield_handshakes_total{{result=\"rejected\",reason=\"{}\"}} 0\n",
                 r.as_str()

@@ -56,7 +56,7 @@ impl DefaultValue {
             DefaultValue::Required | DefaultValue::Unset => return None,
             DefaultValue::Bool(b) => b.to_string(),
             DefaultValue::Int(n) => n.to_string(),
-            DefaultValue::Duration(d) => quoted(&humantime::format_duration(d).to_string()),
+            DefaultValue::Duration(d) => quoted(&duration_text(d)),
             DefaultValue::Text(t) => quoted(t),
             DefaultValue::List(l) => {
                 format!(
@@ -65,6 +65,20 @@ impl DefaultValue {
                 )
             }
         })
+    }
+}
+
+/// A duration as an operator would write it: `"1h"`, `"5m"`, `"90s"`, `"500ms"`.
+fn duration_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        humantime::format_duration(d).to_string()
+    } else if secs >= 3600 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs >= 300 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
     }
 }
 
@@ -261,7 +275,7 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "client_auth.crl_max_bytes",
-        default: DefaultValue::Int(defaults::CRL_MAX_BYTES as u64),
+        default: DefaultValue::Int(defaults::CRL_MAX_BYTES),
         reload: OnReload::Live,
         meaning: "A fetched CRL larger than this is refused.",
     },

@@ -39,7 +39,7 @@ pub enum SourcePolicy {
 }
 
 impl SourcePolicy {
-    /// The policy of the parsed keys: `list` from [`parse_allow_sources`] (`None`: key
+    /// The policy of the parsed keys: `list` from [`crate::config::parse_allow_sources`] (`None`: key
     /// absent), `file` from [`parse_sources_file`] (`None`: no file configured).
     pub fn from_parts(list: Option<Vec<IpNet>>, file: Option<Vec<IpNet>>) -> SourcePolicy {
         if list.is_none() && file.is_none() {

@@ -30,6 +30,7 @@ mod core_resumption;
 mod crl_fetch;
 mod crl_partitions;
 mod crl_reload;
+mod generated_docs;
 mod identity_headers;
 mod layering;
 mod limits_body;
