@@ -34,6 +34,25 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+/// The targets of the log lines the documentation shows (docs/operations.md,
+/// docs/troubleshooting.md). They are written out, not taken from the module path, so that
+/// moving or renaming a file cannot change a documented log format or break a user's
+/// `log.level` filter.
+pub(crate) mod target {
+    /// The access log: one line per request.
+    pub(crate) const ACCESS: &str = "mtls_shield::access";
+    /// Refused handshakes, and open connections closed by a later judgement.
+    pub(crate) const CONNECTION: &str = "mtls_shield::connection";
+    /// Start-up, listening, draining and exit.
+    pub(crate) const APP: &str = "mtls_shield::app";
+    /// Reloads: their outcome and what changed.
+    pub(crate) const RELOAD: &str = "mtls_shield::app::reload";
+    /// Open connections judged against a new trust state.
+    pub(crate) const TRUST: &str = "mtls_shield::app::shared";
+    /// Single requests refused after the handshake (400, 403).
+    pub(crate) const REQUEST: &str = "mtls_shield::proxy::forward";
+}
+
 /// How long the writer lets lines gather before writing them: well inside the "at least once
 /// a second" an operator tailing the log expects, and long enough that a busy proxy writes
 /// hundreds of lines per `write`.
@@ -305,7 +324,9 @@ fn render(out: &mut String, format: Format, now: SystemTime, l: &Line<'_>) {
     match format {
         Format::Text => {
             timestamp(out, now);
-            out.push_str("  INFO mtls_shield::access: request peer=");
+            out.push_str("  INFO ");
+            out.push_str(target::ACCESS);
+            out.push_str(": request peer=");
             ip(out, l.peer);
             out.push_str(" client_cn=");
             debug_str(out, l.client_cn);
@@ -365,7 +386,9 @@ fn render(out: &mut String, format: Format, now: SystemTime, l: &Line<'_>) {
                 out.push_str(",\"route\":");
                 json_str(out, r);
             }
-            out.push_str(",\"target\":\"mtls_shield::access\"}");
+            out.push_str(",\"target\":\"");
+            out.push_str(target::ACCESS);
+            out.push_str("\"}");
         }
     }
     out.push('\n');

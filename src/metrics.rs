@@ -366,27 +366,27 @@ impl Metrics {
         };
         registry.register(
             "handshakes",
-            "TLS handshakes by result and rejection reason",
+            "TLS handshakes by result (accepted, rejected) and rejection reason (a code of docs/troubleshooting.md; none when accepted)",
             m.handshakes.clone(),
         );
         registry.register(
             "connections_active",
-            "Connections currently open (handshaking or serving)",
+            "Connections open now, handshaking or serving",
             m.connections_active.clone(),
         );
         registry.register(
             "requests",
-            "Requests answered, by status class",
+            "Requests answered through the proxy by status class (1xx to 5xx), its own 502 and 504 answers included",
             m.requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
-            "Time from request head to the end of the response body",
+            "Time from the request head received to the last response byte sent",
             m.request_duration.clone(),
         );
         registry.register(
             "upstream_errors",
-            "Requests that failed at the upstream",
+            "Requests that failed at the upstream, by kind: connect (502), timeout (no response headers within upstream.response_timeout, 504), other (502)",
             m.upstream_errors.clone(),
         );
         registry.register(
@@ -397,42 +397,42 @@ impl Metrics {
         );
         registry.register(
             "certificate_expiry_timestamp_seconds",
-            "notAfter of the server certificate and each trust anchor",
+            "notAfter, Unix seconds, of the server certificate (role=server) and of every trust anchor (role=trust_anchor), by subject (RFC 2253)",
             m.cert_expiry.clone(),
         );
         registry.register(
             "crl_next_update_timestamp_seconds",
-            "nextUpdate of each loaded CRL",
+            "nextUpdate, Unix seconds, of every CRL in force, by issuer (RFC 2253) and scope (all, or the partition's IDP URIs)",
             m.crl_next_update.clone(),
         );
         registry.register(
             "reloads",
-            "Configuration reloads by result",
+            "Configuration reloads by result (success, failure); a fetched CRL or OCSP answer that changed also reloads",
             m.reloads.clone(),
         );
         registry.register(
             "connections_closed",
-            "Open connections closed because a later judgement (a new trust state, an expiry, a stale CRL) refused their chain",
+            "Open connections closed because a later judgement refused their chain (a new trust state, an expiry, a CRL past nextUpdate), by reason",
             m.connections_closed.clone(),
         );
         registry.register(
             "requests_denied",
-            "Requests refused with 403 because the matching route's allow-list refuses the client",
+            "Requests refused with 403 because the matching route's allow-list refuses the client, by route (its name, or its index)",
             m.requests_denied.clone(),
         );
         registry.register(
             "report_only",
-            "Handshakes judged by the report-only candidate policy, by enforced and candidate verdict and the candidate's refusal reason",
+            "Handshakes judged by the report-only candidate policy, by enforced and candidate verdict (accepted, rejected) and the candidate's refusal reason (none when it accepts)",
             m.report_only.clone(),
         );
         registry.register(
             "crl_fetch",
-            "CRL fetches by URL and result",
+            "CRL fetches by URL and result: updated, not_modified (a 304), unchanged (a 200 with the CRL already in force), failure (also a CRL fetched but refused)",
             m.crl_fetches.clone(),
         );
         registry.register(
             "ocsp_requests",
-            "OCSP lookups of client certificates by result (good, revoked, unknown, error, soft_fail)",
+            "OCSP lookups of client certificates by result: good, revoked, unknown, error (no usable answer: down, too slow, or failed its checks), soft_fail (let in without one)",
             m.ocsp_requests.clone(),
         );
         registry.register(
@@ -447,7 +447,7 @@ impl Metrics {
         );
         registry.register(
             "crl_last_success_timestamp_seconds",
-            "When a CRL URL last answered with a usable CRL (or a 304), Unix seconds",
+            "When a CRL URL last answered with a usable CRL (or a 304), Unix seconds; 0 until it first has",
             m.crl_last_success.clone(),
         );
         registry.register(
@@ -465,7 +465,11 @@ impl Metrics {
             "Failed accept() calls on the mTLS and admin listeners (e.g. EMFILE: out of file descriptors)",
             m.accept_errors.clone(),
         );
-        registry.register("build_info", "Build information", m.build_info.clone());
+        registry.register(
+            "build_info",
+            "The running version (always 1)",
+            m.build_info.clone(),
+        );
         m.build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),

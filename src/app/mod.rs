@@ -118,7 +118,7 @@ pub(crate) async fn start(
         tracing::info!(address = %local, "admin listening");
         tokio::spawn(crate::admin::serve(admin, app.server().clone()));
     }
-    tracing::info!(address = %bound, version = env!("CARGO_PKG_VERSION"), "listening");
+    tracing::info!(target: crate::logs::target::APP, address = %bound, version = env!("CARGO_PKG_VERSION"), "listening");
 
     let reloader = config_path.map(|p| Arc::new(Reloader::new(app.clone(), p)));
     if let (Some(r), Some(every)) = (&reloader, watch_interval) {
@@ -248,7 +248,7 @@ impl Running {
         };
         // Read at drain time, so a reloaded listener.shutdown_timeout applies.
         let shutdown_timeout = app.current().config.listener.shutdown_timeout;
-        tracing::info!(signal = which, timeout = ?shutdown_timeout, "draining: no new connections; in-flight requests may finish");
+        tracing::info!(target: crate::logs::target::APP, signal = which, timeout = ?shutdown_timeout, "draining: no new connections; in-flight requests may finish");
         app.server().begin_drain();
         tokio::spawn(async move {
             tokio::select! {
@@ -262,7 +262,7 @@ impl Running {
         });
         let _ = accept.await;
         if app.server().wait_drained(shutdown_timeout).await {
-            tracing::info!("all connections closed; exiting");
+            tracing::info!(target: crate::logs::target::APP, "all connections closed; exiting");
         } else {
             tracing::warn!(timeout = ?shutdown_timeout, "shutdown_timeout reached with connections still open; exiting");
         }

@@ -98,7 +98,7 @@ impl Reloader {
         match built {
             Err(e) => {
                 metrics.reload(ReloadOutcome::failure);
-                tracing::error!(cause, error = %e, generation = current.id, "reload failed; keeping the last good configuration");
+                tracing::error!(target: crate::logs::target::RELOAD, cause, error = %e, generation = current.id, "reload failed; keeping the last good configuration");
                 Err(e)
             }
             Ok((next, fetcher)) => {
@@ -120,7 +120,7 @@ impl Reloader {
                 let id = next.id;
                 let _ = self.app.swap(next);
                 metrics.reload(ReloadOutcome::success);
-                tracing::info!(cause, generation = id, "reload complete");
+                tracing::info!(target: crate::logs::target::RELOAD, cause, generation = id, "reload complete");
                 Ok(id)
             }
         }
@@ -289,7 +289,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
         .map(|(key, _)| *key)
         .collect();
     if !ignored.is_empty() {
-        tracing::warn!(keys = ?ignored, "these settings changed but need a restart; the running values stay in force");
+        tracing::warn!(target: crate::logs::target::RELOAD, keys = ?ignored, "these settings changed but need a restart; the running values stay in force");
     }
 }
 
@@ -300,7 +300,7 @@ fn log_changes(old: &Inventory, new: &Inventory, old_cfg: &Config, new_cfg: &Con
     let added: Vec<_> = after.difference(&before).collect();
     let removed: Vec<_> = before.difference(&after).collect();
     if !added.is_empty() || !removed.is_empty() {
-        tracing::info!(added = ?added, removed = ?removed, "trust anchors changed");
+        tracing::info!(target: crate::logs::target::RELOAD, added = ?added, removed = ?removed, "trust anchors changed");
     }
     if old.crls != new.crls {
         let crls: Vec<String> = new
@@ -315,7 +315,7 @@ fn log_changes(old: &Inventory, new: &Inventory, old_cfg: &Config, new_cfg: &Con
                 )
             })
             .collect();
-        tracing::info!(crls = ?crls, "CRLs changed");
+        tracing::info!(target: crate::logs::target::RELOAD, crls = ?crls, "CRLs changed");
     }
     if old.server != new.server {
         tracing::info!(

@@ -145,6 +145,7 @@ impl App {
         self.generation.store(Arc::new(next));
         let judged = self.server.install(frontend);
         tracing::info!(
+            target: crate::logs::target::TRUST,
             generation = id,
             judged = judged.judged,
             closed = judged.closed,

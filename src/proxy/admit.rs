@@ -94,7 +94,7 @@ impl Refusal {
         let (subject, issuer, serial, fingerprint) =
             certificate_fields(self.certificate.as_deref());
         tracing::warn!(
-            target: "mtls_shield::connection",
+            target: crate::logs::target::CONNECTION,
             peer = %self.peer,
             reason = self.reason.as_str(),
             tls_version = self.tls_version.unwrap_or("-"),
@@ -135,7 +135,7 @@ pub(crate) fn report_candidate(
     let (subject, issuer, serial, fingerprint) = certificate_fields(cert);
     let verdict = |ok: bool| if ok { "accepted" } else { "rejected" };
     tracing::warn!(
-        target: "mtls_shield::connection",
+        target: crate::logs::target::CONNECTION,
         peer = %peer,
         enforced = verdict(enforced.is_ok()),
         enforced_reason = enforced.err().map_or("none", Reason::as_str),
@@ -164,7 +164,7 @@ pub(crate) fn source_refused(metrics: &Metrics, peer: SocketAddr) {
         return;
     }
     tracing::warn!(
-        target: "mtls_shield::connection",
+        target: crate::logs::target::CONNECTION,
         peer = %peer,
         reason = Reason::SourceNotAllowed.as_str(),
         not_logged_since_last_line = UNLOGGED.swap(0, Ordering::Relaxed),

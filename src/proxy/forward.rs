@@ -233,7 +233,7 @@ fn route<'a>(
     // Routes match the Host the upstream will see. Two Host fields, or an h2 :authority that
     // disagrees with a Host field, would let the proxy and the upstream read different hosts.
     let refuse = |why: &str| {
-        tracing::info!(peer = %ctx.peer, path = %parts.uri.path(), why, "request target refused; 400");
+        tracing::info!(target: crate::logs::target::REQUEST, peer = %ctx.peer, path = %parts.uri.path(), why, "request target refused; 400");
         Answer::BadTarget
     };
     let mut hosts = parts.headers.get_all(header::HOST).iter();
@@ -255,7 +255,7 @@ fn route<'a>(
             if let Some(allow) = r.allow() {
                 if !allow.allows(&ctx.identity) {
                     ctx.metrics.request_denied(r.label());
-                    tracing::info!(peer = %ctx.peer, route = r.label(), fingerprint = %ctx.identity.fingerprint_hex(), "route's allow-list refuses the client; 403");
+                    tracing::info!(target: crate::logs::target::REQUEST, peer = %ctx.peer, route = r.label(), fingerprint = %ctx.identity.fingerprint_hex(), "route's allow-list refuses the client; 403");
                     return Err(Answer::Forbidden);
                 }
             }

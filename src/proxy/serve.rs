@@ -238,7 +238,7 @@ fn context(
         // Skip the per-request access record (a path copy and a byte counter) when nothing
         // would print it, e.g. `log.level = "warn"`.
         access_log: frontend.access_log
-            && tracing::enabled!(target: "mtls_shield::access", tracing::Level::INFO),
+            && tracing::enabled!(target: crate::logs::target::ACCESS, tracing::Level::INFO),
         max_request_body: frontend.listener.max_request_body_bytes,
         slot,
         trust: trust.clone(),

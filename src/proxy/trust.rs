@@ -246,7 +246,7 @@ impl ConnTrust {
             self.live.metrics.connection_closed(reason);
             let (subject, issuer, serial, fingerprint) = certificate_fields(Some(&self.identity));
             tracing::warn!(
-                target: "mtls_shield::connection",
+                target: crate::logs::target::CONNECTION,
                 peer = %self.peer,
                 reason = reason.as_str(),
                 subject = subject.as_ref(),

@@ -163,7 +163,7 @@ impl TlsState {
             // trust state (before a CA was removed, a CRL added or the allow-list narrowed)
             // therefore cannot be found or decrypted, and the client falls back to a full
             // handshake with full verification. Resumed sessions are additionally re-checked
-            // after the handshake (see proxy::server), so an expiry cannot be skipped either.
+            // after the handshake (see proxy::admit::recheck_resumed), so an expiry cannot be skipped either.
             sc.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
             sc.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
                 LoadError::new(
