@@ -18,7 +18,7 @@ use crate::config::OcspMode;
 use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
 use crate::policy::Policy;
 use crate::tls::load::{self, LoadError};
-use crate::tls::state::{self, Extra};
+use crate::tls::state::{self, BuildInputs};
 use crate::x509::{cert_info, rfc3339_z, CertInfo, CrlInfo, CrlSignature};
 
 /// A certificate that expires within this many days gets a warning (API Gateway's threshold).
@@ -254,7 +254,7 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
     // Pass 2: the verdict, from the very code `run` starts with (generation 1, no previous).
     // It also covers what pass 1 does not look at (the verifier build, the upstream client).
     // The CRL URLs, fetched once each (and the cache dir, as `run` reads it at start-up).
-    let extra = match crate::app::crl::fetch_offline(&config) {
+    let inputs = match crate::app::crl::fetch_offline(&config) {
         Ok((fetched, outcomes)) => {
             for (url, outcome) in outcomes {
                 let (crl, problem) = match outcome {
@@ -270,7 +270,7 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
                 };
                 report.crl_urls.push(CrlUrlReport { url, crl, problem });
             }
-            Extra {
+            BuildInputs {
                 fetched,
                 distribution_points: None,
                 ocsp: None,
@@ -278,10 +278,10 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
         }
         Err(e) => {
             report.error(e);
-            Extra::default()
+            BuildInputs::default()
         }
     };
-    let built = Generation::build(config.clone(), 1, None, &extra);
+    let built = Generation::build(config.clone(), 1, None, &inputs);
     let (server_info, anchors, crls) = match &built {
         // When everything loads, report what `run` would actually serve.
         Ok(generation) => {

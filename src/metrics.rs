@@ -219,7 +219,7 @@ struct UrlLabels {
 /// A verdict: the `enforced` and `candidate` labels of `mtls_shield_report_only_total`.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub(crate) enum Verdict {
+pub(crate) enum VerdictLabel {
     /// The chain was accepted.
     accepted,
     /// The chain was refused.
@@ -229,8 +229,8 @@ pub(crate) enum Verdict {
 /// Labels of `mtls_shield_report_only_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReportOnlyLabels {
-    enforced: Verdict,
-    candidate: Verdict,
+    enforced: VerdictLabel,
+    candidate: VerdictLabel,
     /// The candidate's refusal reason, `none` when it accepted.
     reason: ReasonLabel,
 }
@@ -611,16 +611,16 @@ impl Metrics {
 
     /// Creates every report-only series at 0 (called when a candidate is configured).
     pub(crate) fn report_only_series(&self) {
-        for enforced in [Verdict::accepted, Verdict::rejected] {
+        for enforced in [VerdictLabel::accepted, VerdictLabel::rejected] {
             let _ = self.report_only.get_or_create(&ReportOnlyLabels {
                 enforced,
-                candidate: Verdict::accepted,
+                candidate: VerdictLabel::accepted,
                 reason: ReasonLabel(None),
             });
             for &reason in Reason::ALL {
                 let _ = self.report_only.get_or_create(&ReportOnlyLabels {
                     enforced,
-                    candidate: Verdict::rejected,
+                    candidate: VerdictLabel::rejected,
                     reason: ReasonLabel(Some(reason)),
                 });
             }
@@ -632,9 +632,9 @@ impl Metrics {
     pub(crate) fn report_only(&self, enforced_accepted: bool, candidate: Option<Reason>) {
         let verdict = |accepted| {
             if accepted {
-                Verdict::accepted
+                VerdictLabel::accepted
             } else {
-                Verdict::rejected
+                VerdictLabel::rejected
             }
         };
         self.report_only

@@ -21,7 +21,7 @@ use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::tls::ocsp::{OcspCache, OcspQuery, OcspResolver};
-use crate::tls::state::{Extra, OcspSetup};
+use crate::tls::state::{BuildInputs, OcspSetup};
 use crate::tls::{load, TlsState};
 use crate::x509::rfc3339_z;
 
@@ -105,7 +105,7 @@ pub(crate) fn run(
     let state = TlsState::build_with(
         &config,
         &policy,
-        &Extra {
+        &BuildInputs {
             fetched,
             distribution_points: None,
             ocsp: resolver.as_ref().map(|(cache, r)| OcspSetup {

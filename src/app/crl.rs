@@ -114,9 +114,9 @@ pub(crate) enum Refused {
     /// The bytes are not a CRL webpki can use.
     #[error("{0}")]
     Parse(String),
-    /// Its signature does not verify with the CA it names.
-    #[error("{0}")]
-    Signature(String),
+    /// Not a CRL the shield can use, or its signature does not verify with the CA it names.
+    #[error(transparent)]
+    Crl(#[from] crate::tls::crl::CrlError),
     /// Its issuer is not a CA of the truststore.
     #[error("its issuer {0} is not a CA of the truststore, so its signature cannot be checked; configure the issuing CA's CRL, or turn on crl_from_distribution_points for intermediates' CRLs")]
     UnknownIssuer(String),
@@ -502,15 +502,14 @@ impl CrlFetch {
         issuer: Option<&CertificateDer<'static>>,
     ) -> Result<Checked, Refused> {
         let der = to_der(bytes).map_err(Refused::Parse)?;
-        let mut crl = Crl::parse(Path::new(url), der).map_err(Refused::Parse)?;
+        let mut crl = Crl::parse(Path::new(url), der)?;
         crl.verify_signature(
             anchors,
             &crate::tls::provider().signature_verification_algorithms,
-        )
-        .map_err(Refused::Signature)?;
+        )?;
         if crl.info.signature == CrlSignature::IssuerNotInTruststore {
             match issuer {
-                Some(cert) => crl.verify_with_issuer(cert).map_err(Refused::Signature)?,
+                Some(cert) => crl.verify_with_issuer(cert)?,
                 None => return Err(Refused::UnknownIssuer(crl.info.issuer.clone())),
             }
         }

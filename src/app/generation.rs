@@ -10,7 +10,7 @@ use crate::proxy::connector::Material;
 use crate::proxy::frontend::Frontend;
 use crate::proxy::upstream::Upstream;
 use crate::tls::load::{self, LoadError};
-use crate::tls::state::Extra;
+use crate::tls::state::BuildInputs;
 use crate::tls::TlsState;
 use crate::x509::Inventory;
 
@@ -75,10 +75,10 @@ impl Generation {
         config: Config,
         id: u64,
         previous: Option<&Generation>,
-        extra: &Extra,
+        inputs: &BuildInputs,
     ) -> Result<Self, BuildError> {
         let policy = Arc::new(Policy::compile(&config)?);
-        let tls = Arc::new(TlsState::build_with(&config, &policy, extra)?);
+        let tls = Arc::new(TlsState::build_with(&config, &policy, inputs)?);
         let previous = previous.map(|p| &p.frontend);
         let upstream = client_for(&config.upstream, previous.map(|f| &f.upstream))?;
         let mut upstreams = HashMap::new();

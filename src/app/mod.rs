@@ -1,14 +1,14 @@
-//! The running program: the generation in service (`App`, in `shared`), swapped whole by the
+//! The running program: the generation in service (`App`, in `current`), swapped whole by the
 //! reloader (`reload`); the CRLs fetched from URLs (`crl`, over `fetch`); the start of the
 //! listeners (the mTLS one and the admin one); and the signals (SIGHUP reloads, SIGTERM/SIGINT
 //! drain).
 
 pub(crate) mod crl;
+pub(crate) mod current;
 pub(crate) mod fetch;
 pub(crate) mod generation;
 pub(crate) mod ocsp;
 pub(crate) mod reload;
-pub(crate) mod shared;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,9 +22,9 @@ use crate::proxy::server::{self, NotReady};
 use crate::tls::crl::{DistributionPoint, DistributionPoints, MAX_DISTRIBUTION_POINTS};
 use crate::tls::state::load_anchors;
 use crl::{AnchorsSource, CrlFetch};
+pub(crate) use current::{App, TrustSources};
 pub(crate) use generation::{BuildError, Generation};
 pub(crate) use reload::Reloader;
-pub(crate) use shared::{App, Inputs};
 
 /// Why the program could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub(crate) async fn start(
     };
     let crl = CrlFetch::new(&fetch_cfg, &anchors, metrics.clone()).map_err(BuildError::from)?;
     let (dp_tx, dp_rx) = tokio::sync::mpsc::channel(MAX_DISTRIBUTION_POINTS);
-    let inputs = Inputs {
+    let inputs = TrustSources {
         crl,
         distribution_points: DistributionPoints::new(dp_tx),
         ocsp_cache: Arc::default(),
@@ -87,8 +87,8 @@ pub(crate) async fn start(
         metrics: metrics.clone(),
     };
     let max_connections = cfg.listener.max_connections;
-    let first_extra = inputs.extra_for(&cfg);
-    let first = Generation::build(cfg, 1, None, &first_extra)?;
+    let first_inputs = inputs.build_inputs_for(&cfg);
+    let first = Generation::build(cfg, 1, None, &first_inputs)?;
     // After the config and its files proved usable, so a config error stays the only line.
     raise_file_limit(max_connections);
     let app = App::new(first, metrics, inputs);

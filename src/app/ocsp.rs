@@ -85,7 +85,7 @@ impl Resolver {
             Ok(Err(e)) => Err(e),
             Ok(Ok(answer)) => {
                 let algs = crate::tls::provider().signature_verification_algorithms;
-                check_response(&answer, query, &nonce, unix_now(), &algs)
+                check_response(&answer, query, &nonce, unix_now(), &algs).map_err(|e| e.to_string())
             }
         };
         match &outcome {

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::current::App;
 use super::fetch::Fetcher;
 use super::generation::{BuildError, Generation};
-use super::shared::App;
 use crate::config::{Config, ConfigError};
 use crate::metrics::ReloadOutcome;
 use crate::x509::{rfc3339_z, CertInfo, Inventory};
@@ -210,8 +210,8 @@ fn attempt(path: &Path, running_files: &[PathBuf], prev: &Generation, app: &App)
             .crl()
             .prepare(&c.client_auth.crl_fetch)
             .map_err(BuildError::from)?;
-        let extra = app.extra_for(&c);
-        let next = Generation::build(c, prev.id + 1, Some(prev), &extra)?;
+        let inputs = app.build_inputs_for(&c);
+        let next = Generation::build(c, prev.id + 1, Some(prev), &inputs)?;
         Ok((next, fetcher))
     });
     Attempt {

@@ -56,7 +56,7 @@ pub struct Activity {
 
 /// The watchdog's verdict.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Due {
     /// Nothing to do; check again after this long.
     Wait(Duration),
     /// Idle past the idle timeout: close gracefully.
@@ -149,9 +149,9 @@ impl Activity {
 
     /// Decides what to do now. `header_timeout` is `None` for h2, where frames other than
     /// requests (PING, WINDOW_UPDATE) arrive on idle connections.
-    pub fn check(&self, idle_timeout: Duration, header_timeout: Option<Duration>) -> Verdict {
+    pub fn check(&self, idle_timeout: Duration, header_timeout: Option<Duration>) -> Due {
         if self.abusive.load(Ordering::Acquire) {
-            return Verdict::Abusive;
+            return Due::Abusive;
         }
         let now = now_ms();
         let mut wait = idle_timeout;
@@ -161,7 +161,7 @@ impl Activity {
                 if started != 0 {
                     let elapsed = Duration::from_millis(now.saturating_sub(started));
                     if elapsed >= ht {
-                        return Verdict::HeaderTimeout;
+                        return Due::HeaderTimeout;
                     }
                     wait = wait.min(ht - elapsed);
                 } else {
@@ -177,11 +177,11 @@ impl Activity {
             let last = self.last_active_ms.load(Ordering::Relaxed);
             let idle = Duration::from_millis(now.saturating_sub(last));
             if idle >= idle_timeout {
-                return Verdict::Idle;
+                return Due::Idle;
             }
             wait = wait.min(idle_timeout - idle);
         }
-        Verdict::Wait(wait.max(Duration::from_millis(5)))
+        Due::Wait(wait.max(Duration::from_millis(5)))
     }
 }
 
@@ -292,10 +292,10 @@ mod tests {
         a.request_started();
         assert!(matches!(
             a.check(Duration::ZERO, Some(Duration::ZERO)),
-            Verdict::Wait(_)
+            Due::Wait(_)
         ));
         a.request_finished();
-        assert_eq!(a.check(Duration::ZERO, None), Verdict::Idle);
+        assert_eq!(a.check(Duration::ZERO, None), Due::Idle);
     }
 
     #[test]
@@ -312,11 +312,11 @@ mod tests {
         assert_eq!(a.in_flight(), 0);
         assert!(matches!(
             a.check(Duration::from_secs(60), None),
-            Verdict::Wait(_)
+            Due::Wait(_)
         ));
         a.request_started();
         assert!(a.request_cancelled());
-        assert_eq!(a.check(Duration::from_secs(60), None), Verdict::Abusive);
+        assert_eq!(a.check(Duration::from_secs(60), None), Due::Abusive);
     }
 
     #[test]
@@ -339,12 +339,12 @@ mod tests {
         a.handshake_done();
         assert!(matches!(
             a.check(Duration::from_secs(60), Some(Duration::ZERO)),
-            Verdict::Wait(_)
+            Due::Wait(_)
         ));
         a.bytes_read();
         assert_eq!(
             a.check(Duration::from_secs(60), Some(Duration::ZERO)),
-            Verdict::HeaderTimeout
+            Due::HeaderTimeout
         );
     }
 
@@ -354,12 +354,12 @@ mod tests {
         a.bytes_read();
         assert_eq!(
             a.check(Duration::from_secs(60), Some(Duration::ZERO)),
-            Verdict::HeaderTimeout
+            Due::HeaderTimeout
         );
         a.request_started();
         assert!(matches!(
             a.check(Duration::from_secs(60), Some(Duration::ZERO)),
-            Verdict::Wait(_)
+            Due::Wait(_)
         ));
     }
 }

@@ -20,7 +20,7 @@ use super::proxy_protocol::{self, AcceptError, Rewind};
 use crate::config::ProxyProtocol;
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
-use crate::tls::verifier::{with_notes, Accepted, HandshakeNotes, Verdict};
+use crate::tls::verifier::{with_notes, Accepted, CandidateVerdict, HandshakeNotes};
 use crate::tls::Reason;
 
 /// The client's TCP stream after any PROXY header (bytes read past it are put back).
@@ -39,7 +39,7 @@ pub(crate) struct Admitted {
     /// ALPN chose h2.
     pub(crate) is_h2: bool,
     /// The report-only candidate's verdict, when one is configured.
-    pub(crate) candidate: Option<Verdict>,
+    pub(crate) candidate: Option<CandidateVerdict>,
     /// The server name (SNI) the client asked for, lower-cased.
     pub(crate) sni: Option<Box<str>>,
 }
@@ -58,7 +58,7 @@ pub(crate) struct Refusal {
     /// What happened, in words.
     pub(crate) detail: String,
     /// The report-only candidate's verdict on the presented chain, when one is configured.
-    pub(crate) candidate: Option<Verdict>,
+    pub(crate) candidate: Option<CandidateVerdict>,
 }
 
 impl Refusal {
@@ -122,7 +122,7 @@ pub(crate) fn report_candidate(
     peer: SocketAddr,
     cert: Option<&ClientIdentity>,
     enforced: Result<(), Reason>,
-    candidate: Option<&Verdict>,
+    candidate: Option<&CandidateVerdict>,
 ) {
     let Some(candidate) = candidate else {
         return;
@@ -394,7 +394,7 @@ fn recheck_resumed(
     peer: SocketAddr,
     frontend: &Frontend,
     tls_version: Option<&'static str>,
-) -> Result<(Arc<Accepted>, Option<Verdict>), Refusal> {
+) -> Result<(Arc<Accepted>, Option<CandidateVerdict>), Refusal> {
     let chain = conn.peer_certificates().unwrap_or_default();
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Err(Refusal {

@@ -17,6 +17,7 @@ use super::activity::Activity;
 use super::body::{AccessRecord, BodyState, Finish, RequestBody, ResponseBody};
 use super::frontend::Frontend;
 use super::headers;
+use super::slot::ConnectionSlot;
 use super::trust::ConnTrust;
 use super::upstream::{Upstream, UpstreamFailure};
 use crate::identity::ClientIdentity;
@@ -50,7 +51,7 @@ pub(crate) struct ConnContext {
     pub(crate) max_request_body: Option<u64>,
     /// The connection's `max_connections` slot; an upgraded tunnel holds it for as long as
     /// it runs, so tunnels count against the limit (and are waited for when draining).
-    pub(crate) slot: Slot,
+    pub(crate) slot: ConnectionSlot,
     /// The connection's standing with the current trust state, checked before each request.
     pub(crate) trust: Arc<ConnTrust>,
     /// `listener.shutdown_timeout`: how long an upgraded tunnel may outlive the trust of its
@@ -60,9 +61,6 @@ pub(crate) struct ConnContext {
     /// client sent one: every request's Host must name it.
     pub(crate) sni: Option<Box<str>>,
 }
-
-/// Whatever keeps a connection's `max_connections` permit and active-connection count.
-pub(crate) type Slot = Arc<dyn std::any::Any + Send + Sync>;
 
 fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -125,7 +123,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     let (mut parts, body) = req.into_parts();
     let http1 = parts.version < Version::HTTP_2;
     rewrite_head(ctx, &mut parts, &body, upgrade);
-    let mut books = Books::open(ctx, start, &parts);
+    let mut books = RequestRecord::open(ctx, start, &parts);
     let bytes_in = books.bytes_in();
     if let Some(answer) = refuse_before_upstream(ctx, &parts, &body) {
         return local(books.close(answer.status(), None), answer, http1);
@@ -224,7 +222,7 @@ fn refuse_before_upstream(ctx: &ConnContext, parts: &Parts, body: &Incoming) -> 
 fn route<'a>(
     ctx: &'a ConnContext,
     parts: &Parts,
-    books: &mut Books,
+    books: &mut RequestRecord,
 ) -> Result<&'a Arc<Upstream>, Answer> {
     let routes = &ctx.frontend.routes;
     if routes.is_empty() {
@@ -285,7 +283,7 @@ fn relay(
     mut resp: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     upgrade: bool,
-    books: Books,
+    books: RequestRecord,
     upstream_time: Duration,
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -386,16 +384,16 @@ fn local(finish: Finish, answer: Answer, http1: bool) -> Response<ResponseBody> 
 
 /// A request's bookkeeping until its status is known: the clock, and the access record when
 /// the access log prints.
-struct Books {
+struct RequestRecord {
     activity: Arc<Activity>,
     metrics: Arc<Metrics>,
     start: Instant,
     access: Option<AccessRecord>,
 }
 
-impl Books {
-    fn open(ctx: &ConnContext, start: Instant, parts: &Parts) -> Books {
-        Books {
+impl RequestRecord {
+    fn open(ctx: &ConnContext, start: Instant, parts: &Parts) -> RequestRecord {
+        RequestRecord {
             activity: ctx.activity.clone(),
             metrics: ctx.metrics.clone(),
             start,
@@ -444,7 +442,7 @@ impl Books {
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    _slot: Slot,
+    _slot: ConnectionSlot,
     trust: Arc<ConnTrust>,
     shutdown_timeout: Duration,
 ) {

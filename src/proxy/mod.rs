@@ -6,7 +6,8 @@
 //! `body` (bodies that account for themselves), `upstream` / `connector` (the HTTP/1.1
 //! client and how it reaches the app) and `pool` (upstream connection reuse, with
 //! client-connection affinity); [`activity`] tracks each connection for its timeouts,
-//! and [`proxy_protocol`] reads a load balancer's PROXY header.
+//! `slot` holds its place among `max_connections`, and [`proxy_protocol`] reads a load
+//! balancer's PROXY header.
 
 pub mod activity;
 pub(crate) mod admit;
@@ -19,5 +20,6 @@ pub(crate) mod pool;
 pub mod proxy_protocol;
 pub(crate) mod serve;
 pub(crate) mod server;
+pub(crate) mod slot;
 pub(crate) mod trust;
 pub(crate) mod upstream;

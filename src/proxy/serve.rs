@@ -9,24 +9,25 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use super::activity::{Activity, Verdict};
+use super::activity::{Activity, Due};
 use super::admit::Admitted;
-use super::forward::{self, ConnContext, Slot};
+use super::forward::{self, ConnContext};
 use super::frontend::Frontend;
 use super::headers::ForwardedPeer;
 use super::pool::{Affinity, AFFINE_IDLE};
+use super::slot::ConnectionSlot;
 use super::trust::{unix_now, ConnTrust};
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
 
 /// What a connection is served with besides its stream and frontend.
-pub(crate) struct Around {
+pub(crate) struct ServeDeps {
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
     /// Its activity, for the idle and header-read timeouts.
     pub(crate) activity: Arc<Activity>,
     /// Its `max_connections` slot.
-    pub(crate) slot: Slot,
+    pub(crate) slot: ConnectionSlot,
     /// Its standing with the current trust state.
     pub(crate) trust: Arc<ConnTrust>,
     /// The drain signal.
@@ -35,7 +36,7 @@ pub(crate) struct Around {
 
 /// Serves `admitted` until it closes, times out, misbehaves, loses the trust it was admitted
 /// with, or the drain signal ends it.
-pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, around: Around) {
+pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, deps: ServeDeps) {
     let Admitted {
         tls,
         peer,
@@ -45,13 +46,13 @@ pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, arou
         candidate: _,
         sni,
     } = *admitted;
-    let Around {
+    let ServeDeps {
         metrics,
         activity,
         slot,
         trust,
         mut shutdown,
-    } = around;
+    } = deps;
     tracing::debug!(peer = %peer, tls_version = tls_version.unwrap_or("-"), client = capped_for_log(&accepted.identity.subject).as_ref(), h2 = is_h2, "handshake accepted");
     let ctx = context(
         &frontend,
@@ -85,18 +86,18 @@ pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, arou
     let mut untrusted_until: Option<tokio::time::Instant> = None;
     loop {
         let wait = match activity.check(idle_timeout, header_timeout) {
-            Verdict::Wait(d) => d,
-            Verdict::Idle if !closing => {
+            Due::Wait(d) => d,
+            Due::Idle if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
                 idle_timeout
             }
-            Verdict::Idle => idle_timeout,
-            Verdict::HeaderTimeout => {
+            Due::Idle => idle_timeout,
+            Due::HeaderTimeout => {
                 tracing::info!(peer = %peer, "request header not received in time; closing");
                 return;
             }
-            Verdict::Abusive => {
+            Due::Abusive => {
                 // Security: rapid reset (CVE-2023-44487) paced to dodge h2's own guard;
                 // dropping the connection cancels everything it started upstream.
                 tracing::warn!(peer = %peer, "client cancelled too many requests (h2 rapid reset); closing");
@@ -207,7 +208,7 @@ fn record_hyper_answer(ctx: &ConnContext, status: u16) {
 struct Conn<'a> {
     activity: &'a Arc<Activity>,
     metrics: Arc<Metrics>,
-    slot: Slot,
+    slot: ConnectionSlot,
     trust: &'a Arc<ConnTrust>,
     sni: Option<Box<str>>,
 }

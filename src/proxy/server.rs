@@ -16,9 +16,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::activity::Activity;
 use super::admit::{admit, report_candidate, source_refused};
-use super::forward::Slot;
 use super::frontend::Frontend;
-use super::serve::{draining, serve as serve_connection, Around};
+use super::serve::{draining, serve as serve_connection, ServeDeps};
+use super::slot::ConnectionSlot;
 use super::trust::{Judged, LiveTrust};
 use crate::config::ProxyProtocol;
 use crate::metrics::Metrics;
@@ -229,21 +229,6 @@ pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
     tracing::info!("listener closed; draining connections");
 }
 
-struct ActiveGuard(Arc<Metrics>);
-
-impl ActiveGuard {
-    fn new(m: &Arc<Metrics>) -> Self {
-        m.connections_active.inc();
-        Self(m.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.connections_active.dec();
-    }
-}
-
 /// One connection: admitted (or refused), then served, on the frontend it started on.
 ///
 /// Memory: each stage is its own heap future, so an idle connection's task holds only the
@@ -277,7 +262,7 @@ async fn admission(
     let metrics = server.metrics();
     // The connection's max_connections slot and active count, released when the last
     // holder is gone: this task, or an upgraded tunnel that outlives it.
-    let slot: Slot = Arc::new((permit, ActiveGuard::new(metrics)));
+    let slot = ConnectionSlot::new(permit, metrics);
     let activity = Activity::new();
     match admit(stream, peer, &frontend, &activity).await {
         Ok(Some(admitted)) => {
@@ -295,7 +280,7 @@ async fn admission(
                 admitted.accepted.clone(),
                 frontend.generation,
             );
-            let around = Around {
+            let deps = ServeDeps {
                 metrics: metrics.clone(),
                 activity,
                 slot,
@@ -305,7 +290,7 @@ async fn admission(
             // Boxed, so the serving future holds a pointer, not the TLS stream's bytes twice.
             let admitted = Box::new(admitted);
             Some(Box::pin(async move {
-                serve_connection(admitted, frontend, around).await;
+                serve_connection(admitted, frontend, deps).await;
                 drop(registered);
             }))
         }

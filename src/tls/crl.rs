@@ -78,8 +78,8 @@ pub(crate) struct ParsedCrl {
 const MAX_VERIFIED_KEYS: usize = 4;
 
 impl ParsedCrl {
-    fn parse(der: Vec<u8>) -> Result<ParsedCrl, String> {
-        let header = crl_header(&der)?;
+    fn parse(der: Vec<u8>) -> Result<ParsedCrl, CrlError> {
+        let header = crl_header(&der).map_err(CrlError::Header)?;
         // webpki's own parser validates what it would have refused as a verifier: delta CRLs,
         // unknown critical extensions, entries it cannot read, and every issuingDistributionPoint
         // form it does not honour. Walking its borrowed entries allocates nothing per entry.
@@ -93,7 +93,7 @@ impl ParsedCrl {
                 u32::try_from(offset),
                 u16::try_from(entry.serial_number.len()),
             ) else {
-                return Err("a revoked entry's serial number is out of range".to_owned());
+                return Err(CrlError::SerialOutOfRange);
             };
             serials.push(SerialAt { offset, len });
         }
@@ -150,8 +150,61 @@ fn serial_bytes(der: &[u8], at: SerialAt) -> &[u8] {
     der.get(start..start + usize::from(at.len)).unwrap_or(&[])
 }
 
+/// Why a CRL is refused: at load (it cannot be read, or its signature is not its CA's) or
+/// when a fetched one is checked against the CA that named it. Each message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CrlError {
+    /// Its header cannot be read.
+    #[error("{0}")]
+    Header(String),
+    /// webpki refuses it (what it would refuse as a verifier), in the operator's words.
+    #[error("rustls-webpki cannot use this CRL: {0}; CRLs without nextUpdate and unknown critical extensions are not supported either")]
+    Unusable(String),
+    /// A revoked entry lies beyond what the serial index can address.
+    #[error("a revoked entry's serial number is out of range")]
+    SerialOutOfRange,
+    /// The signature part cannot be read.
+    #[error("cannot read the CRL's signature")]
+    SignatureUnreadable,
+    /// Signed by a truststore CA that may not sign CRLs.
+    #[error("it is signed by truststore CA {ca}, whose keyUsage does not allow cRLSign; webpki would refuse every client of that CA (revocation_unknown). Use a CRL signed by a key that may sign CRLs")]
+    CaMayNotSignCrls {
+        /// The CA's subject.
+        ca: String,
+    },
+    /// Names a truststore CA as issuer but another key signed it.
+    #[error("its signature does not verify with the key of truststore CA {ca} that it names as issuer: it was signed by another key (a forged CRL, or one from a re-keyed CA); use the CRL this CA published")]
+    NotSignedByNamedCa {
+        /// The CA's subject.
+        ca: String,
+    },
+    /// The intermediate that named the CRL cannot be parsed.
+    #[error("the issuing CA certificate cannot be parsed: {0}")]
+    IssuerUnparsable(String),
+    /// Issued by another CA than the intermediate whose distribution point named it.
+    #[error("it is issued by {crl_issuer}, not by the CA whose certificate named it ({named_by})")]
+    OtherIssuer {
+        /// The CRL's issuer.
+        crl_issuer: String,
+        /// The subject of the CA certificate that named the CRL.
+        named_by: String,
+    },
+    /// The intermediate's key does not verify it.
+    #[error("its signature does not verify with the key of {issuer}")]
+    BadSignature {
+        /// The CRL's issuer.
+        issuer: String,
+    },
+    /// The intermediate may not sign CRLs.
+    #[error("{issuer}'s keyUsage does not allow cRLSign")]
+    IssuerMayNotSignCrls {
+        /// The CRL's issuer.
+        issuer: String,
+    },
+}
+
 /// webpki's reasons for refusing a CRL, in the operator's words.
-fn unusable(e: webpki::Error) -> String {
+fn unusable(e: webpki::Error) -> CrlError {
     use webpki::Error as W;
     let why = match e {
         W::UnsupportedIndirectCrl => "it is an indirect CRL (issuingDistributionPoint indirectCRL, or a certificateIssuer entry); only CRLs issued by the CA that issued the certificates are supported".to_owned(),
@@ -161,7 +214,7 @@ fn unusable(e: webpki::Error) -> String {
         W::MalformedExtensions => "its extensions are malformed (an issuingDistributionPoint for attribute certificates is one)".to_owned(),
         other => format!("{other:?}"),
     };
-    format!("rustls-webpki cannot use this CRL: {why}; CRLs without nextUpdate and unknown critical extensions are not supported either")
+    CrlError::Unusable(why)
 }
 
 /// Parsed CRLs by the SHA-256 of their DER, held weakly: a reload that reads the same bytes
@@ -169,7 +222,7 @@ fn unusable(e: webpki::Error) -> String {
 /// more is freed with the last of them.
 static PARSED: LazyLock<Mutex<HashMap<[u8; 32], Weak<ParsedCrl>>>> = LazyLock::new(Mutex::default);
 
-fn parse_shared(der: Vec<u8>) -> Result<Arc<ParsedCrl>, String> {
+fn parse_shared(der: Vec<u8>) -> Result<Arc<ParsedCrl>, CrlError> {
     let key = crate::x509::sha256(&der);
     if let Some(hit) = PARSED
         .lock()
@@ -197,7 +250,7 @@ pub(crate) struct Crl {
 
 impl Crl {
     /// Parses one CRL. `source` names it in the facts (a file, or a URL).
-    pub(crate) fn parse(source: &Path, der: Vec<u8>) -> Result<Crl, String> {
+    pub(crate) fn parse(source: &Path, der: Vec<u8>) -> Result<Crl, CrlError> {
         let parsed = parse_shared(der)?;
         let h = parsed.header();
         let info = CrlInfo {
@@ -240,9 +293,9 @@ impl Crl {
         &mut self,
         anchors: &[Anchor],
         algs: &WebPkiSupportedAlgorithms,
-    ) -> Result<(), String> {
+    ) -> Result<(), CrlError> {
         if signed_parts(&self.parsed.der).is_none() {
-            return Err("cannot read the CRL's signature".to_owned());
+            return Err(CrlError::SignatureUnreadable);
         }
         let mut named = Vec::new();
         for a in anchors {
@@ -255,10 +308,9 @@ impl Crl {
             named.push(&a.info);
             if self.parsed.signed_by(cert.public_key().raw, algs) {
                 if a.info.crl_sign_forbidden {
-                    return Err(format!(
-                        "it is signed by truststore CA {}, whose keyUsage does not allow cRLSign; webpki would refuse every client of that CA (revocation_unknown). Use a CRL signed by a key that may sign CRLs",
-                        a.info.subject
-                    ));
+                    return Err(CrlError::CaMayNotSignCrls {
+                        ca: a.info.subject.clone(),
+                    });
                 }
                 self.info.signature = CrlSignature::Verified;
                 return Ok(());
@@ -269,10 +321,9 @@ impl Crl {
                 self.info.signature = CrlSignature::IssuerNotInTruststore;
                 Ok(())
             }
-            Some(ca) => Err(format!(
-                "its signature does not verify with the key of truststore CA {} that it names as issuer: it was signed by another key (a forged CRL, or one from a re-keyed CA); use the CRL this CA published",
-                ca.subject
-            )),
+            Some(ca) => Err(CrlError::NotSignedByNamedCa {
+                ca: ca.subject.clone(),
+            }),
         }
     }
 
@@ -294,28 +345,28 @@ impl Crl {
 
     /// Checks the signature against `issuer`, an intermediate CA certificate from a chain
     /// that verified (the CRL of a distribution point it named).
-    pub(crate) fn verify_with_issuer(&mut self, issuer: &CertificateDer<'_>) -> Result<(), String> {
+    pub(crate) fn verify_with_issuer(
+        &mut self,
+        issuer: &CertificateDer<'_>,
+    ) -> Result<(), CrlError> {
         let (_, cert) = X509Certificate::from_der(issuer.as_ref())
-            .map_err(|e| format!("the issuing CA certificate cannot be parsed: {e}"))?;
+            .map_err(|e| CrlError::IssuerUnparsable(e.to_string()))?;
         if cert.subject().as_raw() != self.issuer_der() {
-            return Err(format!(
-                "it is issued by {}, not by the CA whose certificate named it ({})",
-                self.info.issuer,
-                rfc2253(cert.subject())
-            ));
+            return Err(CrlError::OtherIssuer {
+                crl_issuer: self.info.issuer.clone(),
+                named_by: rfc2253(cert.subject()),
+            });
         }
         let algs = super::provider::provider().signature_verification_algorithms;
         if !self.parsed.signed_by(cert.public_key().raw, &algs) {
-            return Err(format!(
-                "its signature does not verify with the key of {}",
-                self.info.issuer
-            ));
+            return Err(CrlError::BadSignature {
+                issuer: self.info.issuer.clone(),
+            });
         }
         if !crate::x509::KeyUsageBits::of(&cert).allows_crl_sign() {
-            return Err(format!(
-                "{}'s keyUsage does not allow cRLSign",
-                self.info.issuer
-            ));
+            return Err(CrlError::IssuerMayNotSignCrls {
+                issuer: self.info.issuer.clone(),
+            });
         }
         self.info.signature = CrlSignature::VerifiedWithIntermediate;
         Ok(())
@@ -493,7 +544,10 @@ mod tests {
         // Same name, another key: what a forger (or a re-keyed CA) produces.
         let impostor = ca("Root", CA_USAGES.to_vec());
         let mut c = crl(&impostor, 9, 1);
-        let e = c.verify_signature(&[anchor(&root)], &algs()).unwrap_err();
+        let e = c
+            .verify_signature(&[anchor(&root)], &algs())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("signed by another key"), "{e}");
     }
 
@@ -521,7 +575,8 @@ mod tests {
         let mut c = crl(&signer, 1, 1);
         let e = c
             .verify_signature(&[anchor(&in_truststore)], &algs())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cRLSign"), "{e}");
     }
 

@@ -23,10 +23,10 @@ pub struct LoadError {
 
 impl LoadError {
     /// Builds an error for `path`.
-    pub(crate) fn new(path: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: &Path, message: impl std::fmt::Display) -> Self {
         Self {
             path: path.to_owned(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }

@@ -2,10 +2,12 @@
 //! checked and chosen at load (`crl`), revocation of a verified path (`revocation`), the
 //! client-certificate verifier with the identity
 //! allow-list ([`verifier`]) and its memo of accepted chains (`verified_cache`), the
-//! stable rejection reasons ([`reason`]), and the rustls server configuration built from a
+//! stable rejection reasons ([`reason`]) with the one table that classifies every webpki and
+//! rustls error into them (`classify`), and the rustls server configuration built from a
 //! config ([`state`]).
 
 pub mod accepted;
+pub(crate) mod classify;
 pub(crate) mod crl;
 pub mod load;
 pub(crate) mod ocsp;

@@ -317,6 +317,43 @@ pub(crate) fn request_der(query: &OcspQuery, nonce: &[u8]) -> Vec<u8> {
     tlv(SEQ, &tlv(SEQ, &[request_list, extensions].concat()))
 }
 
+/// Why an OCSP answer was not used. Each is an unknown status for the certificate (the
+/// lookup failed), never a "good".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AnswerError {
+    /// The body is not an OCSPResponse.
+    #[error("not an OCSP response: {0}")]
+    NotOcsp(String),
+    /// The responder answered with an error status (tryLater, unauthorized…).
+    #[error("the responder answered {0}")]
+    Status(String),
+    /// `successful` without responseBytes.
+    #[error("a successful OCSP response without a body")]
+    NoBody,
+    /// A response type other than id-pkix-ocsp-basic.
+    #[error("an OCSP response of type {0}, not id-pkix-ocsp-basic")]
+    NotBasic(String),
+    /// The BasicOCSPResponse does not parse, or its parts cannot be re-encoded for the
+    /// signature check.
+    #[error("the basic OCSP response does not parse: {0}")]
+    Malformed(String),
+    /// The answer echoes another nonce than the one sent.
+    #[error("the answer's nonce is not the one we sent (a replayed answer)")]
+    NonceMismatch,
+    /// No SingleResponse for the certificate asked about.
+    #[error("the answer does not cover the certificate asked about")]
+    NotCovered,
+    /// thisUpdate in the future beyond the allowed skew.
+    #[error("the answer's thisUpdate is in the future; check the clocks")]
+    FromTheFuture,
+    /// Past its nextUpdate.
+    #[error("the answer is past its nextUpdate (a stale or replayed answer)")]
+    Stale,
+    /// Signed by no key the client's CA stands behind.
+    #[error("the answer's signature is not trusted: {0}")]
+    Untrusted(&'static str),
+}
+
 /// Checks a responder's answer to `query` (see the module doc).
 pub(crate) fn check_response(
     body: &[u8],
@@ -324,30 +361,24 @@ pub(crate) fn check_response(
     nonce: &[u8],
     now: i64,
     algs: &WebPkiSupportedAlgorithms,
-) -> Result<Answer, String> {
-    let response =
-        OcspResponse::from_der(body).map_err(|e| format!("not an OCSP response: {e}"))?;
+) -> Result<Answer, AnswerError> {
+    let response = OcspResponse::from_der(body).map_err(|e| AnswerError::NotOcsp(e.to_string()))?;
     if response.response_status != OcspResponseStatus::Successful {
-        return Err(format!(
-            "the responder answered {:?}",
+        return Err(AnswerError::Status(format!(
+            "{:?}",
             response.response_status
-        ));
+        )));
     }
-    let bytes = response
-        .response_bytes
-        .ok_or("a successful OCSP response without a body")?;
+    let bytes = response.response_bytes.ok_or(AnswerError::NoBody)?;
     if bytes.response_type != OCSP_BASIC {
-        return Err(format!(
-            "an OCSP response of type {}, not id-pkix-ocsp-basic",
-            bytes.response_type
-        ));
+        return Err(AnswerError::NotBasic(bytes.response_type.to_string()));
     }
     let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
-        .map_err(|e| format!("the basic OCSP response does not parse: {e}"))?;
+        .map_err(|e| AnswerError::Malformed(e.to_string()))?;
     check_signer(&basic, query, now, algs)?;
     if let Some(echoed) = basic.nonce() {
         if echoed.0.as_bytes() != nonce {
-            return Err("the answer's nonce is not the one we sent (a replayed answer)".into());
+            return Err(AnswerError::NonceMismatch);
         }
     }
     let single = basic
@@ -360,7 +391,7 @@ pub(crate) fn check_response(
                 && r.cert_id.issuer_key_hash.as_bytes() == query.key.issuer_key_hash
                 && r.cert_id.serial_number.as_bytes() == query.key.serial.as_slice()
         })
-        .ok_or("the answer does not cover the certificate asked about")?;
+        .ok_or(AnswerError::NotCovered)?;
     let secs = |t: &x509_ocsp::OcspGeneralizedTime| {
         i64::try_from(t.0.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
     };
@@ -377,10 +408,10 @@ pub(crate) fn check_response(
         fetched_at: now,
     };
     if answer.this_update > now + CLOCK_SKEW {
-        return Err("the answer's thisUpdate is in the future; check the clocks".into());
+        return Err(AnswerError::FromTheFuture);
     }
     if !answer.is_fresh(now) {
-        return Err("the answer is past its nextUpdate (a stale or replayed answer)".into());
+        return Err(AnswerError::Stale);
     }
     Ok(answer)
 }
@@ -393,20 +424,22 @@ fn check_signer(
     query: &OcspQuery,
     now: i64,
     algs: &WebPkiSupportedAlgorithms,
-) -> Result<(), String> {
+) -> Result<(), AnswerError> {
+    let malformed = |why: String| AnswerError::Malformed(why);
     let tbs = basic
         .tbs_response_data
         .to_der()
-        .map_err(|e| format!("cannot re-encode the answer: {e}"))?;
+        .map_err(|e| malformed(format!("cannot re-encode the answer: {e}")))?;
     let alg = basic
         .signature_algorithm
         .to_der()
-        .map_err(|e| format!("cannot re-encode the signature algorithm: {e}"))?;
-    let alg_contents = sequence_contents(&alg).ok_or("bad signature algorithm")?;
+        .map_err(|e| malformed(format!("cannot re-encode the signature algorithm: {e}")))?;
+    let alg_contents =
+        sequence_contents(&alg).ok_or_else(|| malformed("bad signature algorithm".into()))?;
     let signature = basic
         .signature
         .as_bytes()
-        .ok_or("the signature is not a whole number of bytes")?;
+        .ok_or_else(|| malformed("the signature is not a whole number of bytes".into()))?;
     let signed = SignedParts {
         tbs: &tbs,
         algorithm: alg_contents,
@@ -446,7 +479,7 @@ fn check_signer(
             return Ok(());
         }
     }
-    Err(format!("the answer's signature is not trusted: {why}"))
+    Err(AnswerError::Untrusted(why))
 }
 
 fn sequence_contents(der: &[u8]) -> Option<&[u8]> {

@@ -3,9 +3,6 @@
 //! alert and troubleshoot on the same words everywhere.
 
 use std::fmt;
-use std::io;
-
-use rustls::{CertificateError, Error as TlsError, PeerIncompatible};
 
 /// Declares [`Reason`] from one table: each reason's code, its one-line explanation (the
 /// variant's doc, `explain()`, `verify`'s output), what to check and how to confirm it. The
@@ -143,137 +140,6 @@ reasons! {
     }
 }
 
-impl Reason {
-    /// Classifies a rustls error raised while verifying or handshaking.
-    pub fn from_tls(e: &TlsError) -> Reason {
-        match e {
-            TlsError::NoCertificatesPresented => Reason::NoCertificate,
-            TlsError::InvalidCertificate(c) => Self::from_certificate_error(c),
-            // A CRL the verifier could not use for this chain: revocation status unknown.
-            TlsError::InvalidCertRevocationList(_) => Reason::RevocationUnknown,
-            TlsError::PeerIncompatible(p) => match p {
-                PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
-                | PeerIncompatible::SupportedVersionsExtensionRequired
-                | PeerIncompatible::Tls12NotOffered
-                | PeerIncompatible::Tls12NotOfferedOrEnabled
-                | PeerIncompatible::ServerDoesNotSupportTls12Or13 => Reason::ProtocolVersion,
-                // signature_algorithms first appeared in TLS 1.2, so a TLS 1.0/1.1 ClientHello
-                // never has it, and rustls checks for it before it looks at the version.
-                // Without this arm a TLS 1.1 client would be logged as `other`.
-                PeerIncompatible::SignatureAlgorithmsExtensionRequired => Reason::ProtocolVersion,
-                _ => Reason::Other,
-            },
-            // The client's CertificateVerify signature did not check out.
-            TlsError::DecryptError => Reason::BadSignature,
-            _ => Reason::Other,
-        }
-    }
-
-    /// Classifies a certificate error from the verifier.
-    pub fn from_certificate_error(c: &CertificateError) -> Reason {
-        match c {
-            CertificateError::BadEncoding | CertificateError::UnhandledCriticalExtension => {
-                Reason::BadEncoding
-            }
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => Reason::Expired,
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                Reason::NotYetValid
-            }
-            CertificateError::Revoked => Reason::Revoked,
-            CertificateError::UnknownIssuer => Reason::UnknownCa,
-            // A stale CRL (past nextUpdate) fails closed and reads as "we cannot know".
-            CertificateError::UnknownRevocationStatus
-            | CertificateError::ExpiredRevocationList
-            | CertificateError::ExpiredRevocationListContext { .. } => Reason::RevocationUnknown,
-            #[allow(deprecated)]
-            CertificateError::BadSignature
-            | CertificateError::UnsupportedSignatureAlgorithm
-            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
-            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
-                Reason::BadSignature
-            }
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                Reason::BadPurpose
-            }
-            // The allow-list refusal; rustls turns it into the `access_denied` alert.
-            CertificateError::ApplicationVerificationFailure => Reason::NotAllowed,
-            // rustls passes the webpki errors it has no variant for through `Other`.
-            CertificateError::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
-                Some(e) => Self::from_webpki(e),
-                None => Reason::Other,
-            },
-            _ => Reason::Other,
-        }
-    }
-
-    /// Classifies a webpki error: those the verifier's path building returns, and those that
-    /// rustls forwards as `CertificateError::Other`. Without this, common operator mistakes
-    /// would all read `other`: an X.509 v1
-    /// certificate (`openssl x509 -req` without extensions), a CA certificate configured as
-    /// the client certificate, or a chain that breaks a CA's path-length or name constraints.
-    pub fn from_webpki(e: &webpki::Error) -> Reason {
-        use webpki::Error as W;
-        match e {
-            W::BadDer
-            | W::BadDerTime
-            | W::TrailingData(_)
-            | W::UnsupportedCertVersion
-            | W::ExtensionValueInvalid
-            | W::MalformedExtensions
-            | W::UnsupportedCriticalExtension
-            | W::InvalidSerialNumber => Reason::BadEncoding,
-            // A CA certificate presented as the client's own, or an empty EKU extension: the
-            // certificate is not meant for client authentication.
-            W::CaUsedAsEndEntity | W::EmptyEkuExtension => Reason::BadPurpose,
-            // No *valid* path to a trust anchor: an end-entity certificate used as an issuer,
-            // or a CA that was not allowed to issue this chain.
-            W::UnknownIssuer
-            | W::EndEntityUsedAsCa
-            | W::PathLenConstraintViolated
-            | W::NameConstraintViolation => Reason::UnknownCa,
-            W::InvalidSignatureForPublicKey | W::SignatureAlgorithmMismatch => Reason::BadSignature,
-            #[allow(deprecated)]
-            W::UnsupportedSignatureAlgorithm
-            | W::UnsupportedSignatureAlgorithmContext(_)
-            | W::UnsupportedSignatureAlgorithmForPublicKey
-            | W::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => Reason::BadSignature,
-            #[allow(deprecated)]
-            W::RequiredEkuNotFound | W::RequiredEkuNotFoundContext(_) => Reason::BadPurpose,
-            // A distrusted key is as good as no anchor at all.
-            W::CertDistrusted => Reason::UnknownCa,
-            // The CRL that covers the certificate could not be used for it: its signature or
-            // its issuer's key usage is wrong, or it uses a feature webpki does not support.
-            #[allow(deprecated)]
-            W::IssuerNotCrlSigner
-            | W::InvalidCrlSignatureForPublicKey
-            | W::UnsupportedCrlSignatureAlgorithm
-            | W::UnsupportedCrlSignatureAlgorithmContext(_)
-            | W::UnsupportedCrlSignatureAlgorithmForPublicKey
-            | W::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_)
-            | W::UnsupportedIndirectCrl
-            | W::UnsupportedRevocationReasonsPartitioning
-            | W::UnsupportedCrlIssuingDistributionPoint => Reason::RevocationUnknown,
-            W::CertExpired { .. } | W::InvalidCertValidity => Reason::Expired,
-            W::CertNotValidYet { .. } => Reason::NotYetValid,
-            W::CertRevoked => Reason::Revoked,
-            W::UnknownRevocationStatus | W::CrlExpired { .. } => Reason::RevocationUnknown,
-            _ => Reason::Other,
-        }
-    }
-
-    /// Classifies the error that tokio-rustls returns from a failed accept.
-    pub fn from_io(e: &io::Error) -> Reason {
-        match e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<TlsError>())
-        {
-            Some(tls) => Self::from_tls(tls),
-            None if e.kind() == io::ErrorKind::TimedOut => Reason::HandshakeTimeout,
-            None => Reason::Other,
-        }
-    }
-}
-
 /// `docs/troubleshooting.md`: one section per reason, from the table of [`Reason`].
 pub fn troubleshooting_markdown() -> String {
     let mut out = String::from(TROUBLESHOOTING_INTRO);
@@ -349,48 +215,5 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c == '_'));
         }
-    }
-
-    #[test]
-    fn allow_list_refusal_is_not_allowed() {
-        let e = TlsError::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
-        assert_eq!(Reason::from_tls(&e), Reason::NotAllowed);
-    }
-
-    #[test]
-    fn pre_tls12_hello_without_signature_algorithms_is_protocol_version() {
-        let e = TlsError::PeerIncompatible(PeerIncompatible::SignatureAlgorithmsExtensionRequired);
-        assert_eq!(Reason::from_tls(&e), Reason::ProtocolVersion);
-    }
-
-    #[test]
-    fn webpki_errors_behind_other_are_classified() {
-        let other = |e: webpki::Error| {
-            TlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                std::sync::Arc::new(e),
-            )))
-        };
-        for (e, want) in [
-            (webpki::Error::CaUsedAsEndEntity, Reason::BadPurpose),
-            (webpki::Error::UnsupportedCertVersion, Reason::BadEncoding),
-            (
-                webpki::Error::UnsupportedCriticalExtension,
-                Reason::BadEncoding,
-            ),
-            (webpki::Error::EndEntityUsedAsCa, Reason::UnknownCa),
-            (webpki::Error::PathLenConstraintViolated, Reason::UnknownCa),
-            (webpki::Error::MaximumPathDepthExceeded, Reason::Other),
-        ] {
-            assert_eq!(Reason::from_tls(&other(e.clone())), want, "{e:?}");
-        }
-    }
-
-    #[test]
-    fn io_wrapped_tls_error_is_classified() {
-        let e = io::Error::new(
-            io::ErrorKind::InvalidData,
-            TlsError::NoCertificatesPresented,
-        );
-        assert_eq!(Reason::from_io(&e), Reason::NoCertificate);
     }
 }

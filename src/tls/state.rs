@@ -50,7 +50,7 @@ pub(crate) struct FetchedCrl {
 
 /// What a trust state takes besides the config's files.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Extra {
+pub(crate) struct BuildInputs {
     /// CRLs fetched from URLs, already checked when they arrived.
     pub(crate) fetched: Vec<FetchedCrl>,
     /// Where the verifier reports the CRL distribution points of chains that verified, when
@@ -94,14 +94,14 @@ impl TlsState {
     /// Loads every file the config names and builds the server config. Any failure names
     /// the file and leaves nothing half-built.
     pub fn build(config: &Config, policy: &Policy) -> Result<TlsState, LoadError> {
-        Self::build_with(config, policy, &Extra::default())
+        Self::build_with(config, policy, &BuildInputs::default())
     }
 
     /// [`TlsState::build`], with fetched CRLs and a distribution-point sink.
     pub(crate) fn build_with(
         config: &Config,
         policy: &Policy,
-        extra: &Extra,
+        inputs: &BuildInputs,
     ) -> Result<TlsState, LoadError> {
         let provider = provider();
         let l = &config.listener;
@@ -115,7 +115,7 @@ impl TlsState {
             crls.extend(load_crl_file(path, &anchors, &algs)?);
         }
         let file_crls = crls.clone();
-        for f in &extra.fetched {
+        for f in &inputs.fetched {
             // Fetched CRLs were checked when they arrived. One that no longer verifies (its
             // CA was re-keyed in the truststore since) is left out rather than failing a
             // reload the operator did not ask for; the fetcher's next CRL replaces it.
@@ -137,16 +137,16 @@ impl TlsState {
             crls,
             require_crl: ca.require_crl,
             algs,
-            distribution_points: extra.distribution_points.clone(),
+            distribution_points: inputs.distribution_points.clone(),
             advertise_ca_names: ca.advertise_ca_names,
-            ocsp: ocsp_policy(config, extra.ocsp.as_ref()),
+            ocsp: ocsp_policy(config, inputs.ocsp.as_ref()),
         };
         let mut verifier =
             ShieldVerifier::new(trust, policy.allow.clone(), ca.verified_chain_cache)
                 .map_err(|m| LoadError::new(&ca.truststore, m))?;
         if let Some(candidate) = &ca.report_only {
             verifier = verifier.with_report_only(report_only_verifier(
-                config, policy, candidate, &anchors, &file_crls, extra,
+                config, policy, candidate, &anchors, &file_crls, inputs,
             )?);
         }
         let verifier = Arc::new(verifier);
@@ -188,7 +188,7 @@ impl TlsState {
             verifier,
             inventory,
             anchors,
-            ocsp: extra
+            ocsp: inputs
                 .ocsp
                 .as_ref()
                 .filter(|_| ca.ocsp.mode != crate::config::OcspMode::Off)
@@ -205,7 +205,7 @@ fn report_only_verifier(
     candidate: &ReportOnlyConfig,
     enforced_anchors: &[Anchor],
     enforced_crls: &[Crl],
-    extra: &Extra,
+    inputs: &BuildInputs,
 ) -> Result<ShieldVerifier, LoadError> {
     let ca = &config.client_auth;
     let algs = provider().signature_verification_algorithms;
@@ -223,7 +223,7 @@ fn report_only_verifier(
         }
         None => enforced_crls.to_vec(),
     };
-    for f in &extra.fetched {
+    for f in &inputs.fetched {
         let mut c = f.crl.clone();
         if c.verify_signature(&anchors, &algs).is_ok() {
             crls.push(c);
@@ -236,7 +236,7 @@ fn report_only_verifier(
         algs,
         distribution_points: None,
         advertise_ca_names: ca.advertise_ca_names,
-        ocsp: ocsp_policy(config, extra.ocsp.as_ref()),
+        ocsp: ocsp_policy(config, inputs.ocsp.as_ref()),
     };
     let allow = policy
         .report_only_allow
@@ -284,9 +284,9 @@ pub(crate) fn load_crl_file(
     load::crls(path)?
         .into_iter()
         .map(|der| {
-            let mut c = Crl::parse(path, der).map_err(|m| LoadError::new(path, m))?;
+            let mut c = Crl::parse(path, der).map_err(|e| LoadError::new(path, e))?;
             c.verify_signature(anchors, algs)
-                .map_err(|m| LoadError::new(path, m))?;
+                .map_err(|e| LoadError::new(path, e))?;
             Ok(c)
         })
         .collect()

@@ -37,14 +37,14 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertRevocationListError, CertificateError, DigitallySignedStruct, DistinguishedName,
-    OtherError, RootCertStore, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use webpki::{EndEntityCert, KeyUsage, VerifiedPath};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 pub use super::accepted::Accepted;
+use super::classify::webpki_error;
 use super::crl::{Anchor, Crl, DistributionPoint, DistributionPoints};
 use super::reason::Reason;
 use super::revocation::{OcspPolicy, OnPath, Pending, Refusal, Revocation, Role};
@@ -66,11 +66,11 @@ pub struct HandshakeNotes {
     /// Why, in words, when the verifier refused it.
     pub detail: Option<String>,
     /// The report-only candidate's verdict, when a candidate is configured.
-    pub candidate: Option<Verdict>,
+    pub candidate: Option<CandidateVerdict>,
 }
 
 /// A verdict without its acceptance: accepted, or refused with a reason and why.
-pub type Verdict = Result<(), (Reason, String)>;
+pub type CandidateVerdict = Result<(), (Reason, String)>;
 
 tokio::task_local! {
     static NOTES: RefCell<HandshakeNotes>;
@@ -87,7 +87,7 @@ pub async fn with_notes<F: Future>(f: F) -> (F::Output, HandshakeNotes) {
         .await
 }
 
-fn note(outcome: &Result<Arc<Accepted>, Rejection>, candidate: Option<Verdict>) {
+fn note(outcome: &Result<Arc<Accepted>, Rejection>, candidate: Option<CandidateVerdict>) {
     // Outside a handshake scope (the `verify` command) there is nobody to tell.
     let _ = NOTES.try_with(|n| {
         let mut n = n.borrow_mut();
@@ -197,25 +197,55 @@ pub struct ShieldVerifier {
     accepted: VerifiedChains,
 }
 
+/// A truststore certificate that cannot be a trust anchor; `index` counts from 1 in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("certificate #{index}{}: {why}", if *.not_an_anchor { " is not usable as a trust anchor" } else { "" })]
+pub(crate) struct AnchorError {
+    /// Its place in the truststore, from 1.
+    pub(crate) index: usize,
+    /// webpki refused it as an anchor (else: x509-parser cannot read it).
+    pub(crate) not_an_anchor: bool,
+    /// What the parser said.
+    pub(crate) why: String,
+}
+
+/// Why the client's public key cannot sign a handshake the provider verifies: the detail of a
+/// `bad_signature` refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum KeyUnusable {
+    /// The SubjectPublicKeyInfo does not parse.
+    #[error("the certificate's public key ({0}) cannot be read")]
+    Unreadable(String),
+    /// No signature scheme the server offers fits the key type (or its curve).
+    #[error("the certificate's public key ({0}) is not one the crypto provider (aws-lc-rs) can verify a TLS handshake signature with; use an RSA (2048 to 8192 bits), ECDSA P-256/P-384/P-521 or Ed25519 key")]
+    Unsupported(String),
+    /// An RSA modulus outside what the provider verifies.
+    #[error("the certificate's public key is {0}: the crypto provider (aws-lc-rs) verifies RSA signatures only from keys of {RSA_MIN_BITS} to {RSA_MAX_BITS} bits, so the client's handshake signature would be refused")]
+    RsaSize(String),
+}
+
 impl ShieldVerifier {
     /// Builds a verifier. Fails when an anchor is not usable as one.
     pub(crate) fn new(
         trust: Trust,
         allow: AllowList,
         memo_capacity: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AnchorError> {
         let mut store = RootCertStore::empty();
         let mut non_issuing = Vec::new();
         let mut anchor_keys = Vec::new();
         for (i, a) in trust.anchors.iter().enumerate() {
-            store.add(a.der.clone()).map_err(|e| {
-                format!(
-                    "certificate #{} is not usable as a trust anchor: {e}",
-                    i + 1
-                )
+            store.add(a.der.clone()).map_err(|e| AnchorError {
+                index: i + 1,
+                not_an_anchor: true,
+                why: e.to_string(),
             })?;
-            let (_, parsed) = X509Certificate::from_der(a.der.as_ref())
-                .map_err(|e| format!("certificate #{}: {e}", i + 1))?;
+            let (_, parsed) =
+                X509Certificate::from_der(a.der.as_ref()).map_err(|e| AnchorError {
+                    index: i + 1,
+                    not_an_anchor: false,
+                    why: e.to_string(),
+                })?;
             if let Some(anchor) = store.roots.last() {
                 anchor_keys.push(AnchorKey {
                     spki_contents: anchor.subject_public_key_info.as_ref().to_vec(),
@@ -267,7 +297,7 @@ impl ShieldVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Option<Verdict> {
+    ) -> Option<CandidateVerdict> {
         let candidate = self.report_only.as_ref()?;
         Some(
             candidate
@@ -326,8 +356,10 @@ impl ShieldVerifier {
             .map(|c| Arc::new(ClientIdentity::from_x509(c, end_entity, intermediates)));
         let refuse = |reason, error| Rejection::new(reason, error, identity.clone());
 
-        let cert = EndEntityCert::try_from(end_entity)
-            .map_err(|e| refuse(Reason::from_webpki(&e), tls_error(e)))?;
+        let cert = EndEntityCert::try_from(end_entity).map_err(|e| {
+            let (reason, error) = webpki_error(e);
+            refuse(reason, error)
+        })?;
         // webpki calls this for each candidate path that it has fully verified up to an
         // anchor; an error makes it try the next candidate. The leaf's facts are needed for
         // the window, so a leaf x509-parser cannot read fails closed below, after WebPKI has
@@ -376,7 +408,8 @@ impl ShieldVerifier {
                 .take()
                 .filter(|r| std::mem::discriminant(&r.error) == std::mem::discriminant(&e))
                 .map(|r| r.detail);
-            let r = refuse(Reason::from_webpki(&e), tls_error(e));
+            let (reason, error) = webpki_error(e);
+            let r = refuse(reason, error);
             return Err(match detail {
                 Some(detail) => r.with_detail(detail),
                 None => r,
@@ -428,11 +461,11 @@ impl ShieldVerifier {
                 "the certificate's keyUsage does not include digitalSignature, which a TLS client needs to prove it holds the key".to_owned(),
             ));
         }
-        if let Err(detail) = self.leaf_key_usable(leaf) {
+        if let Err(why) = self.leaf_key_usable(leaf) {
             return Err((
                 Reason::BadSignature,
                 CertificateError::BadSignature.into(),
-                detail,
+                why.to_string(),
             ));
         }
         if !self.allow.allows(identity) {
@@ -549,34 +582,25 @@ impl ShieldVerifier {
     /// accepts: some signature scheme it offers must map to an algorithm for this key type
     /// (which pins the curve for EC keys), and RSA keys must be of a size the provider
     /// verifies.
-    fn leaf_key_usable(&self, leaf: &X509Certificate<'_>) -> Result<(), String> {
+    fn leaf_key_usable(&self, leaf: &X509Certificate<'_>) -> Result<(), KeyUnusable> {
         let spki = leaf.public_key();
         let describe = || facts::describe_key(spki);
         let Some(parts) = facts::spki_parts(spki.raw) else {
-            return Err(format!(
-                "the certificate's public key ({}) cannot be read",
-                describe()
-            ));
+            return Err(KeyUnusable::Unreadable(describe()));
         };
         let usable = self.algs.mapping.iter().any(|(_, algs)| {
             algs.iter()
                 .any(|a| a.public_key_alg_id().as_ref() == parts.algorithm)
         });
         if !usable {
-            return Err(format!(
-                "the certificate's public key ({}) is not one the crypto provider (aws-lc-rs) can verify a TLS handshake signature with; use an RSA (2048 to 8192 bits), ECDSA P-256/P-384/P-521 or Ed25519 key",
-                describe()
-            ));
+            return Err(KeyUnusable::Unsupported(describe()));
         }
         if let Some(bits) = facts::rsa_modulus_bits(spki) {
             // The provider's RSA verification algorithms are RSA_PKCS1_2048_8192_* and
             // RSA_PSS_2048_8192_*: they refuse any other modulus size (the lower bound is
             // pinned against the provider by `the_rsa_size_bounds_are_the_providers`).
             if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
-                return Err(format!(
-                    "the certificate's public key is {}: the crypto provider (aws-lc-rs) verifies RSA signatures only from keys of {RSA_MIN_BITS} to {RSA_MAX_BITS} bits, so the client's handshake signature would be refused",
-                    describe()
-                ));
+                return Err(KeyUnusable::RsaSize(describe()));
             }
         }
         Ok(())
@@ -615,40 +639,6 @@ fn distribution_points_of(
 const RSA_MIN_BITS: usize = 2048;
 /// The largest RSA modulus the provider verifies signatures from.
 const RSA_MAX_BITS: usize = 8192;
-
-/// The rustls error for a webpki error, the same mapping rustls's own WebPKI verifier makes,
-/// so each refusal ends with the TLS alert rustls would have sent.
-fn tls_error(e: webpki::Error) -> rustls::Error {
-    use webpki::Error as W;
-    match e {
-        W::BadDer | W::BadDerTime | W::TrailingData(_) => CertificateError::BadEncoding.into(),
-        W::CertNotValidYet { time, not_before } => {
-            CertificateError::NotValidYetContext { time, not_before }.into()
-        }
-        W::CertExpired { time, not_after } => {
-            CertificateError::ExpiredContext { time, not_after }.into()
-        }
-        W::InvalidCertValidity => CertificateError::Expired.into(),
-        W::UnknownIssuer => CertificateError::UnknownIssuer.into(),
-        W::CertRevoked => CertificateError::Revoked.into(),
-        W::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus.into(),
-        W::CrlExpired { time, next_update } => {
-            CertificateError::ExpiredRevocationListContext { time, next_update }.into()
-        }
-        W::IssuerNotCrlSigner => CertRevocationListError::IssuerInvalidForCrl.into(),
-        W::InvalidSignatureForPublicKey => CertificateError::BadSignature.into(),
-        #[allow(deprecated)]
-        W::UnsupportedSignatureAlgorithm | W::UnsupportedSignatureAlgorithmForPublicKey => {
-            CertificateError::UnsupportedSignatureAlgorithm.into()
-        }
-        W::InvalidCrlSignatureForPublicKey => CertRevocationListError::BadSignature.into(),
-        #[allow(deprecated)]
-        W::RequiredEkuNotFound | W::RequiredEkuNotFoundContext(_) => {
-            CertificateError::InvalidPurpose.into()
-        }
-        other => CertificateError::Other(OtherError(Arc::new(other))).into(),
-    }
-}
 
 impl ClientCertVerifier for ShieldVerifier {
     fn offer_client_auth(&self) -> bool {

@@ -16,7 +16,7 @@ use crate::proxy::server::Server;
 use crate::proxy::trust::Judged;
 use crate::tls::crl::DistributionPoints;
 use crate::tls::ocsp::OcspCache;
-use crate::tls::state::Extra;
+use crate::tls::state::BuildInputs;
 use crate::tls::state::OcspSetup;
 
 /// The current generation and the data plane it feeds.
@@ -26,14 +26,14 @@ pub(crate) struct App {
     server: Arc<Server>,
     metrics: Arc<Metrics>,
     /// What every generation's trust state is built with besides the config's files.
-    inputs: Inputs,
+    inputs: TrustSources,
 }
 
 /// What a trust state takes from the running program, besides the config's files: the CRL
 /// fetcher, the distribution-point sink and the OCSP answers. Made before the first
 /// generation, held by [`App`] for every later one.
 #[derive(Debug)]
-pub(crate) struct Inputs {
+pub(crate) struct TrustSources {
     /// The CRLs fetched from URLs; always there, so a reload can add the first URL.
     pub(crate) crl: Arc<CrlFetch>,
     /// Where verifiers report distribution points (given to them while
@@ -49,13 +49,13 @@ pub(crate) struct Inputs {
     pub(crate) metrics: Arc<Metrics>,
 }
 
-impl Inputs {
+impl TrustSources {
     /// What a trust-state build from `config` takes besides the config's files: the fetched
     /// CRLs of its URLs, the distribution-point sink when it fetches those, and OCSP when on.
-    pub(crate) fn extra_for(&self, config: &crate::config::Config) -> Extra {
+    pub(crate) fn build_inputs_for(&self, config: &crate::config::Config) -> BuildInputs {
         let fetch = &config.client_auth.crl_fetch;
         let ocsp = &config.client_auth.ocsp;
-        Extra {
+        BuildInputs {
             fetched: self.crl.in_force_for(fetch),
             distribution_points: fetch
                 .from_distribution_points
@@ -81,7 +81,7 @@ impl Inputs {
 
 impl App {
     /// Wraps the first generation.
-    pub(crate) fn new(first: Generation, metrics: Arc<Metrics>, inputs: Inputs) -> Arc<Self> {
+    pub(crate) fn new(first: Generation, metrics: Arc<Metrics>, inputs: TrustSources) -> Arc<Self> {
         metrics.set_inventory(first.inventory());
         metrics.route_series(first.policy.routes.routes().iter().map(|r| r.label()));
         if first.config.client_auth.report_only.is_some() {
@@ -102,12 +102,12 @@ impl App {
 
     /// What a trust-state build from `config` takes besides the config's files: the fetched
     /// CRLs of its URLs, and the distribution-point sink when it fetches those.
-    pub(crate) fn extra_for(&self, config: &crate::config::Config) -> Extra {
-        self.inputs.extra_for(config)
+    pub(crate) fn build_inputs_for(&self, config: &crate::config::Config) -> BuildInputs {
+        self.inputs.build_inputs_for(config)
     }
 
     /// What trust states are built with.
-    pub(crate) fn inputs(&self) -> &Inputs {
+    pub(crate) fn inputs(&self) -> &TrustSources {
         &self.inputs
     }
 
