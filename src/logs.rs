@@ -320,78 +320,85 @@ impl Writer {
 /// `core::fmt` machinery cost about 3,000 of the line's 5,400 instructions
 /// (bench/callgrind.sh); the output is byte for byte what `Display`/`Debug` would print.
 fn render(out: &mut String, format: Format, now: SystemTime, l: &Line<'_>) {
-    let version = version_text(l.version);
     match format {
-        Format::Text => {
-            timestamp(out, now);
-            out.push_str("  INFO ");
-            out.push_str(target::ACCESS);
-            out.push_str(": request peer=");
-            ip(out, l.peer);
-            out.push_str(" client_cn=");
-            debug_str(out, l.client_cn);
-            out.push_str(" client_fingerprint=");
-            hex(out, l.client_fingerprint);
-            out.push_str(" method=");
-            out.push_str(l.method);
-            out.push_str(" path=");
-            out.push_str(l.path);
-            out.push_str(" version=");
-            out.push_str(version);
-            out.push_str(" status=");
-            int(out, u64::from(l.status));
-            out.push_str(" bytes_in=");
-            int(out, l.bytes_in);
-            out.push_str(" bytes_out=");
-            int(out, l.bytes_out);
-            out.push_str(" total_ms=");
-            millis(out, l.total);
-            if let Some(u) = l.upstream {
-                out.push_str(" upstream_ms=");
-                millis(out, u);
-            }
-            if let Some(r) = l.route {
-                out.push_str(" route=");
-                debug_str(out, r);
-            }
-        }
-        Format::Json => {
-            out.push_str("{\"timestamp\":\"");
-            timestamp(out, now);
-            out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"peer\":\"");
-            ip(out, l.peer);
-            out.push_str("\",\"client_cn\":");
-            json_str(out, l.client_cn);
-            out.push_str(",\"client_fingerprint\":\"");
-            hex(out, l.client_fingerprint);
-            out.push_str("\",\"method\":");
-            json_str(out, l.method);
-            out.push_str(",\"path\":");
-            json_str(out, l.path);
-            out.push_str(",\"version\":\"");
-            out.push_str(version);
-            out.push_str("\",\"status\":");
-            int(out, u64::from(l.status));
-            out.push_str(",\"bytes_in\":");
-            int(out, l.bytes_in);
-            out.push_str(",\"bytes_out\":");
-            int(out, l.bytes_out);
-            out.push_str(",\"total_ms\":");
-            millis(out, l.total);
-            if let Some(u) = l.upstream {
-                out.push_str(",\"upstream_ms\":");
-                millis(out, u);
-            }
-            if let Some(r) = l.route {
-                out.push_str(",\"route\":");
-                json_str(out, r);
-            }
-            out.push_str(",\"target\":\"");
-            out.push_str(target::ACCESS);
-            out.push_str("\"}");
-        }
+        Format::Text => render_text(out, now, l),
+        Format::Json => render_json(out, now, l),
     }
     out.push('\n');
+}
+
+/// The text form, as tracing's text lines: `TIMESTAMP  INFO mtls_shield::access: request …`.
+fn render_text(out: &mut String, now: SystemTime, l: &Line<'_>) {
+    let version = version_text(l.version);
+    timestamp(out, now);
+    out.push_str("  INFO ");
+    out.push_str(target::ACCESS);
+    out.push_str(": request peer=");
+    ip(out, l.peer);
+    out.push_str(" client_cn=");
+    debug_str(out, l.client_cn);
+    out.push_str(" client_fingerprint=");
+    hex(out, l.client_fingerprint);
+    out.push_str(" method=");
+    out.push_str(l.method);
+    out.push_str(" path=");
+    out.push_str(l.path);
+    out.push_str(" version=");
+    out.push_str(version);
+    out.push_str(" status=");
+    int(out, u64::from(l.status));
+    out.push_str(" bytes_in=");
+    int(out, l.bytes_in);
+    out.push_str(" bytes_out=");
+    int(out, l.bytes_out);
+    out.push_str(" total_ms=");
+    millis(out, l.total);
+    if let Some(u) = l.upstream {
+        out.push_str(" upstream_ms=");
+        millis(out, u);
+    }
+    if let Some(r) = l.route {
+        out.push_str(" route=");
+        debug_str(out, r);
+    }
+}
+
+/// The JSON form, as tracing's JSON lines, with `target` last.
+fn render_json(out: &mut String, now: SystemTime, l: &Line<'_>) {
+    let version = version_text(l.version);
+    out.push_str("{\"timestamp\":\"");
+    timestamp(out, now);
+    out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"peer\":\"");
+    ip(out, l.peer);
+    out.push_str("\",\"client_cn\":");
+    json_str(out, l.client_cn);
+    out.push_str(",\"client_fingerprint\":\"");
+    hex(out, l.client_fingerprint);
+    out.push_str("\",\"method\":");
+    json_str(out, l.method);
+    out.push_str(",\"path\":");
+    json_str(out, l.path);
+    out.push_str(",\"version\":\"");
+    out.push_str(version);
+    out.push_str("\",\"status\":");
+    int(out, u64::from(l.status));
+    out.push_str(",\"bytes_in\":");
+    int(out, l.bytes_in);
+    out.push_str(",\"bytes_out\":");
+    int(out, l.bytes_out);
+    out.push_str(",\"total_ms\":");
+    millis(out, l.total);
+    if let Some(u) = l.upstream {
+        out.push_str(",\"upstream_ms\":");
+        millis(out, u);
+    }
+    if let Some(r) = l.route {
+        out.push_str(",\"route\":");
+        json_str(out, r);
+    }
+    out.push_str(",\"target\":\"");
+    out.push_str(target::ACCESS);
+    out.push_str("\"}");
 }
 
 /// RFC 3339 UTC with microseconds, as tracing's lines print it (`2026-11-30T00:53:20.123456Z`).

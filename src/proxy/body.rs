@@ -5,19 +5,15 @@
 //! connection's in-flight count) when its last frame is sent, or when it is dropped early
 //! because the client went away.
 
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::activity::Activity;
-use crate::identity::ClientIdentity;
-use crate::metrics::Metrics;
+use super::record::Finish;
 
 /// Why a request body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -139,42 +135,6 @@ impl Body for RequestBody {
     }
 }
 
-/// Everything needed to close a request's books.
-#[derive(Debug)]
-pub(crate) struct Finish {
-    /// The connection's activity tracker.
-    pub(crate) activity: Arc<Activity>,
-    /// Metrics sink.
-    pub(crate) metrics: Arc<Metrics>,
-    /// When the request head arrived.
-    pub(crate) start: Instant,
-    /// Response status.
-    pub(crate) status: u16,
-    /// Present when access logging is on.
-    pub(crate) access: Option<AccessRecord>,
-}
-
-/// The fields of one access-log line that are known before the body ends.
-#[derive(Debug)]
-pub(crate) struct AccessRecord {
-    /// Client address.
-    pub(crate) peer: IpAddr,
-    /// Verified identity.
-    pub(crate) identity: Arc<ClientIdentity>,
-    /// Request method.
-    pub(crate) method: http::Method,
-    /// Request path (no query string: queries may carry secrets).
-    pub(crate) path: String,
-    /// HTTP version as seen from the client.
-    pub(crate) version: http::Version,
-    /// Request body bytes received so far (final when the response ends).
-    pub(crate) bytes_in: Arc<AtomicU64>,
-    /// Time to the upstream's response headers, if it answered.
-    pub(crate) upstream: Option<Duration>,
-    /// The `[[routes]]` entry the request matched (its name, or its index).
-    pub(crate) route: Option<String>,
-}
-
 enum Inner {
     Upstream(Incoming),
     Local(Option<Bytes>),
@@ -214,28 +174,11 @@ impl ResponseBody {
         }
     }
 
+    /// Records the request once, when the body ends or is dropped.
     fn finish(&mut self) {
-        let Some(f) = self.finish.take() else { return };
-        let elapsed = f.start.elapsed();
-        f.metrics.request(f.status, elapsed.as_secs_f64());
-        if let Some(a) = f.access {
-            let client_cn = a.identity.cn_for_log();
-            crate::logs::write(&crate::logs::Line {
-                peer: a.peer,
-                client_cn: &client_cn,
-                client_fingerprint: &a.identity.fingerprint,
-                method: a.method.as_str(),
-                path: &a.path,
-                version: a.version,
-                status: f.status,
-                bytes_in: a.bytes_in.load(Ordering::Relaxed),
-                bytes_out: self.bytes_out,
-                total: elapsed,
-                upstream: a.upstream,
-                route: a.route.as_deref(),
-            });
+        if let Some(f) = self.finish.take() {
+            f.record(self.bytes_out);
         }
-        f.activity.request_finished();
     }
 }
 

@@ -3,7 +3,6 @@
 //! itself (405, 413, 400, 502, 504), all through [`local`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,9 +13,10 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 
 use super::activity::Activity;
-use super::body::{AccessRecord, BodyState, Finish, RequestBody, ResponseBody};
+use super::body::{BodyState, RequestBody, ResponseBody};
 use super::frontend::Frontend;
 use super::headers;
+use super::record::{Finish, RequestRecord};
 use super::slot::ConnectionSlot;
 use super::trust::ConnTrust;
 use super::upstream::{Upstream, UpstreamFailure};
@@ -39,24 +39,17 @@ pub(crate) struct ConnContext {
     pub(crate) identity_headers: Vec<(HeaderName, HeaderValue)>,
     /// Activity tracker for idle and header timeouts.
     pub(crate) activity: Arc<Activity>,
-    /// The default upstream of the state this connection started on.
-    pub(crate) upstream: Arc<Upstream>,
-    /// The frontend the connection started on: its routes and named upstreams.
+    /// The frontend the connection started on: its upstreams, routes and listener settings.
     pub(crate) frontend: Arc<Frontend>,
     /// Metrics sink.
     pub(crate) metrics: Arc<Metrics>,
     /// Write access-log lines.
     pub(crate) access_log: bool,
-    /// `listener.max_request_body_bytes`.
-    pub(crate) max_request_body: Option<u64>,
     /// The connection's `max_connections` slot; an upgraded tunnel holds it for as long as
     /// it runs, so tunnels count against the limit (and are waited for when draining).
     pub(crate) slot: ConnectionSlot,
     /// The connection's standing with the current trust state, checked before each request.
     pub(crate) trust: Arc<ConnTrust>,
-    /// `listener.shutdown_timeout`: how long an upgraded tunnel may outlive the trust of its
-    /// connection.
-    pub(crate) shutdown_timeout: Duration,
     /// The connection's server name (SNI), when `listener.require_sni_host_match` is on and the
     /// client sent one: every request's Host must name it.
     pub(crate) sni: Option<Box<str>>,
@@ -98,7 +91,7 @@ pub(crate) async fn handle(
     ctx.activity.request_started();
     let mut pending = Pending(Some(ctx.activity.clone()));
     let response = respond(&ctx, req).await;
-    // From here the response body closes the request's books (see `body::Finish`).
+    // From here the response body closes the request's books (see `record::Finish`).
     pending.0 = None;
     Ok(response)
 }
@@ -123,7 +116,8 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     let (mut parts, body) = req.into_parts();
     let http1 = parts.version < Version::HTTP_2;
     rewrite_head(ctx, &mut parts, &body, upgrade);
-    let mut books = RequestRecord::open(ctx, start, &parts);
+    let access = ctx.access_log.then(|| (ctx.peer.ip(), &ctx.identity));
+    let mut books = RequestRecord::open(&ctx.activity, &ctx.metrics, access, start, &parts);
     let bytes_in = books.bytes_in();
     if let Some(answer) = refuse_before_upstream(ctx, &parts, &body) {
         return local(books.close(answer.status(), None), answer, http1);
@@ -135,7 +129,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     parts.uri = upstream.uri_for(&parts.uri);
     parts.version = Version::HTTP_11;
     let mut body = RequestBody::new(body, bytes_in);
-    body.limit(ctx.max_request_body);
+    body.limit(ctx.frontend.listener.max_request_body_bytes);
     let body_state = body.state();
     let result = upstream
         .send(
@@ -208,7 +202,7 @@ fn refuse_before_upstream(ctx: &ConnContext, parts: &Parts, body: &Incoming) -> 
     }
     // A declared length over the limit is refused before the upstream is contacted, and
     // before hyper sends `100 Continue`, so the client never uploads the body.
-    let limit = ctx.max_request_body?;
+    let limit = ctx.frontend.listener.max_request_body_bytes?;
     let declared = body.size_hint().lower();
     (declared > limit).then(|| {
         tracing::info!(peer = %ctx.peer, limit, declared, "request body over max_request_body_bytes; 413");
@@ -226,7 +220,7 @@ fn route<'a>(
 ) -> Result<&'a Arc<Upstream>, Answer> {
     let routes = &ctx.frontend.routes;
     if routes.is_empty() {
-        return Ok(&ctx.upstream);
+        return Ok(&ctx.frontend.upstream);
     }
     // Routes match the Host the upstream will see. Two Host fields, or an h2 :authority that
     // disagrees with a Host field, would let the proxy and the upstream read different hosts.
@@ -246,7 +240,7 @@ fn route<'a>(
         }
     }
     match routes.lookup(host, &parts.method, parts.uri.path()) {
-        Lookup::NoRoute => Ok(&ctx.upstream),
+        Lookup::NoRoute => Ok(&ctx.frontend.upstream),
         Lookup::BadPath(why) | Lookup::BadHost(why) => Err(refuse(why)),
         Lookup::Route(r) => {
             books.route(r.label());
@@ -259,7 +253,7 @@ fn route<'a>(
             }
             Ok(r.upstream()
                 .and_then(|name| ctx.frontend.upstreams.get(name))
-                .unwrap_or(&ctx.upstream))
+                .unwrap_or(&ctx.frontend.upstream))
         }
     }
 }
@@ -267,7 +261,7 @@ fn route<'a>(
 /// The client's share of a failed upstream exchange, if it had one.
 fn client_fault(ctx: &ConnContext, state: &BodyState) -> Option<Answer> {
     if state.over_limit() {
-        tracing::info!(peer = %ctx.peer, limit = ctx.max_request_body, "request body over max_request_body_bytes while streaming; 413");
+        tracing::info!(peer = %ctx.peer, limit = ctx.frontend.listener.max_request_body_bytes, "request body over max_request_body_bytes while streaming; 413");
         return Some(Answer::TooLarge);
     }
     if state.client_failed() {
@@ -295,7 +289,7 @@ fn relay(
                 upstream_side,
                 ctx.slot.clone(),
                 ctx.trust.clone(),
-                ctx.shutdown_timeout,
+                ctx.frontend.listener.shutdown_timeout,
             ));
         }
     }
@@ -380,61 +374,6 @@ fn local(finish: Finish, answer: Answer, http1: bool) -> Response<ResponseBody> 
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
-}
-
-/// A request's bookkeeping until its status is known: the clock, and the access record when
-/// the access log prints.
-struct RequestRecord {
-    activity: Arc<Activity>,
-    metrics: Arc<Metrics>,
-    start: Instant,
-    access: Option<AccessRecord>,
-}
-
-impl RequestRecord {
-    fn open(ctx: &ConnContext, start: Instant, parts: &Parts) -> RequestRecord {
-        RequestRecord {
-            activity: ctx.activity.clone(),
-            metrics: ctx.metrics.clone(),
-            start,
-            access: ctx.access_log.then(|| AccessRecord {
-                peer: ctx.peer.ip(),
-                identity: ctx.identity.clone(),
-                method: parts.method.clone(),
-                path: parts.uri.path().to_owned(),
-                version: parts.version,
-                bytes_in: Arc::new(AtomicU64::new(0)),
-                upstream: None,
-                route: None,
-            }),
-        }
-    }
-
-    /// Notes the route the request matched, for the access log.
-    fn route(&mut self, label: &str) {
-        if let Some(a) = &mut self.access {
-            a.route = Some(label.to_owned());
-        }
-    }
-
-    /// The request-body byte counter the access record reads (a fresh one when nothing prints).
-    fn bytes_in(&self) -> Arc<AtomicU64> {
-        self.access
-            .as_ref()
-            .map(|a| a.bytes_in.clone())
-            .unwrap_or_default()
-    }
-
-    /// What the response body needs to close the books once it ends.
-    fn close(self, status: StatusCode, upstream: Option<Duration>) -> Finish {
-        Finish {
-            activity: self.activity,
-            metrics: self.metrics,
-            start: self.start,
-            status: status.as_u16(),
-            access: self.access.map(|a| AccessRecord { upstream, ..a }),
-        }
-    }
 }
 
 /// Copies bytes both ways between an upgraded client and upstream until either side closes,

@@ -2,7 +2,8 @@
 //! handshake and the verifier's decision, the resumed-session re-check) and `serve`
 //! (hyper's HTTP/1.1 and h2 server with the timeouts' watchdog); `server` owns the accept
 //! loop and the state connections share, and `frontend` what one generation gives them.
-//! Requests go through `forward` (the handler), [`headers`] (the rewriting rules),
+//! Requests go through `forward` (the handler), [`headers`] (the rewriting rules), `record`
+//! (the one place a finished request is counted and written to the access log),
 //! `body` (bodies that account for themselves), `upstream` / `connector` (the HTTP/1.1
 //! client and how it reaches the app) and `pool` (upstream connection reuse, with
 //! client-connection affinity); [`activity`] tracks each connection for its timeouts,
@@ -18,6 +19,7 @@ pub(crate) mod frontend;
 pub mod headers;
 pub(crate) mod pool;
 pub mod proxy_protocol;
+pub(crate) mod record;
 pub(crate) mod serve;
 pub(crate) mod server;
 pub(crate) mod slot;

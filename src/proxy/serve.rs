@@ -15,6 +15,7 @@ use super::forward::{self, ConnContext};
 use super::frontend::Frontend;
 use super::headers::ForwardedPeer;
 use super::pool::{Affinity, AFFINE_IDLE};
+use super::record::{record_unparsed, Client};
 use super::slot::ConnectionSlot;
 use super::trust::{unix_now, ConnTrust};
 use crate::identity::{capped_for_log, ClientIdentity};
@@ -43,30 +44,18 @@ pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, deps
         accepted,
         tls_version,
         is_h2,
-        candidate: _,
         sni,
+        ..
     } = *admitted;
+    tracing::debug!(peer = %peer, tls_version = tls_version.unwrap_or("-"), client = capped_for_log(&accepted.identity.subject).as_ref(), h2 = is_h2, "handshake accepted");
+    let ctx = context(&frontend, peer, &accepted.identity, sni, &deps);
     let ServeDeps {
-        metrics,
         activity,
-        slot,
         trust,
         mut shutdown,
+        ..
     } = deps;
-    tracing::debug!(peer = %peer, tls_version = tls_version.unwrap_or("-"), client = capped_for_log(&accepted.identity.subject).as_ref(), h2 = is_h2, "handshake accepted");
-    let ctx = context(
-        &frontend,
-        peer,
-        &accepted.identity,
-        Conn {
-            activity: &activity,
-            metrics,
-            slot,
-            trust: &trust,
-            sni,
-        },
-    );
-    let books = ctx.clone();
+    let shared = ctx.clone();
     let service = service_fn(move |req| forward::handle(ctx.clone(), req));
     // Boxed for the same reason as the stages in `server::connection`: inline, rustc gives
     // hyper's connection state its own slot next to its moved-from copies.
@@ -75,78 +64,26 @@ pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, deps
             .http
             .serve_connection_with_upgrades(TokioIo::new(tls), service),
     );
-
-    let idle_timeout = frontend.listener.idle_timeout;
-    let header_timeout = (!is_h2).then_some(frontend.listener.header_read_timeout);
-    let mut closing = *shutdown.borrow();
-    if closing {
+    let mut dog = Watchdog::new(&frontend, &shared, is_h2);
+    if dog.drain(*shutdown.borrow()) {
         conn.as_mut().graceful_shutdown();
     }
-    // Set once a judgement refused the connection: in-flight requests get until then.
-    let mut untrusted_until: Option<tokio::time::Instant> = None;
     loop {
-        let wait = match activity.check(idle_timeout, header_timeout) {
-            Due::Wait(d) => d,
-            Due::Idle if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-                idle_timeout
-            }
-            Due::Idle => idle_timeout,
-            Due::HeaderTimeout => {
-                tracing::info!(peer = %peer, "request header not received in time; closing");
-                return;
-            }
-            Due::Abusive => {
-                // Security: rapid reset (CVE-2023-44487) paced to dodge h2's own guard;
-                // dropping the connection cancels everything it started upstream.
-                tracing::warn!(peer = %peer, "client cancelled too many requests (h2 rapid reset); closing");
-                return;
-            }
-        };
-        if untrusted_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
-            tracing::info!(peer = %peer, "requests still in flight on an untrusted connection after listener.shutdown_timeout; closing");
+        let Ok((wait, close)) = dog.next_wait().map_err(|end| end.log(peer)) else {
             return;
-        }
-        // Wake when the acceptance runs out by itself (an expiry, a CRL's nextUpdate), so an
-        // idle connection is judged then, not at its next request.
-        let now = unix_now();
-        let mut wait = wait.min(Duration::from_secs(
-            u64::try_from(trust.seconds_left(now)).unwrap_or(0).max(1),
-        ));
-        // A client that has gone quiet gives its upstream connections back to the pools, so
-        // idle clients hold none (see `pool`). While it keeps some, look every AFFINE_IDLE.
-        if books.affinity.holds() {
-            match activity.quiet_for() {
-                Some(q) if q >= AFFINE_IDLE => {
-                    let n = books.affinity.release();
-                    tracing::debug!(peer = %peer, connections = n, "client quiet; its upstream connections went back to the pool");
-                }
-                _ => wait = wait.min(AFFINE_IDLE),
-            }
+        };
+        if close {
+            conn.as_mut().graceful_shutdown();
         }
         tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    if let Some(status) = answered_by_hyper(&*e) {
-                        record_hyper_answer(&books, status);
-                    }
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            res = conn.as_mut() => return ended(res, &shared),
+            _ = draining(&mut shutdown), if dog.is_open() => {
+                if dog.drain(true) {
+                    conn.as_mut().graceful_shutdown();
                 }
-                return;
             }
-            _ = draining(&mut shutdown), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = trust.closed(), if untrusted_until.is_none() => {
-                // Security: requests already forwarded finish (HTTP/1.1 answers them with
-                // `Connection: close`, h2 gets GOAWAY), new ones are refused by the handler,
-                // and whatever is still running after shutdown_timeout is dropped.
-                untrusted_until =
-                    Some(tokio::time::Instant::now() + frontend.listener.shutdown_timeout);
-                if !closing {
-                    closing = true;
+            _ = trust.closed(), if !dog.is_untrusted() => {
+                if dog.untrusted() {
                     conn.as_mut().graceful_shutdown();
                 }
             }
@@ -154,7 +91,162 @@ pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, deps
                 let _ = trust.judge_if_stale();
             }
             _ = activity.woken() => {}
-            _ = books.affinity.filled() => {}
+            _ = shared.affinity.filled() => {}
+        }
+    }
+}
+
+/// The end of hyper's connection: a request head hyper refused itself is recorded (it never
+/// reached the handler), anything else only logged.
+fn ended(res: Result<(), Box<dyn std::error::Error + Send + Sync>>, ctx: &ConnContext) {
+    let Err(e) = res else { return };
+    if let Some(status) = answered_by_hyper(&*e) {
+        let client = ctx.access_log.then(|| Client {
+            peer: ctx.peer.ip(),
+            identity: &ctx.identity,
+        });
+        record_unparsed(&ctx.metrics, client, status);
+    }
+    tracing::debug!(peer = %ctx.peer, error = %e, "connection ended with an error");
+}
+
+/// Where a served connection stands, as its watchdog sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Serving requests.
+    Open,
+    /// Graceful shutdown has started (idle, or draining): requests in flight finish, hyper
+    /// takes no new one and closes when they are done.
+    Closing,
+    /// A later judgement refused the chain: requests in flight get until `deadline`
+    /// (`listener.shutdown_timeout`), the handler refuses new ones.
+    Untrusted {
+        /// When whatever is still running is dropped.
+        deadline: tokio::time::Instant,
+    },
+}
+
+/// Why the watchdog ends a connection at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// An HTTP/1.1 request head did not arrive whole within `header_read_timeout`.
+    HeaderTimeout,
+    /// h2 rapid reset: far more requests cancelled than completed.
+    Abusive,
+    /// Requests still running on an untrusted connection past `shutdown_timeout`.
+    UntrustedTooLong,
+}
+
+impl End {
+    fn log(self, peer: std::net::SocketAddr) {
+        match self {
+            End::HeaderTimeout => {
+                tracing::info!(peer = %peer, "request header not received in time; closing");
+            }
+            // Security: rapid reset (CVE-2023-44487) paced to dodge h2's own guard; dropping
+            // the connection cancels everything it started upstream.
+            End::Abusive => {
+                tracing::warn!(peer = %peer, "client cancelled too many requests (h2 rapid reset); closing");
+            }
+            End::UntrustedTooLong => {
+                tracing::info!(peer = %peer, "requests still in flight on an untrusted connection after listener.shutdown_timeout; closing");
+            }
+        }
+    }
+}
+
+/// The connection's watchdog: the idle and header-read timeouts, the rapid-reset guard, the
+/// end of the acceptance (an expiry, a CRL's nextUpdate), draining, a judgement that refused
+/// the chain, and giving a quiet client's upstream connections back to the pool.
+struct Watchdog<'a> {
+    state: State,
+    ctx: &'a ConnContext,
+    idle_timeout: Duration,
+    /// HTTP/1.1 only: h2 has no request head to trickle in.
+    header_timeout: Option<Duration>,
+    shutdown_timeout: Duration,
+}
+
+impl<'a> Watchdog<'a> {
+    fn new(frontend: &Frontend, ctx: &'a ConnContext, is_h2: bool) -> Self {
+        Self {
+            state: State::Open,
+            ctx,
+            idle_timeout: frontend.listener.idle_timeout,
+            header_timeout: (!is_h2).then_some(frontend.listener.header_read_timeout),
+            shutdown_timeout: frontend.listener.shutdown_timeout,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    fn is_untrusted(&self) -> bool {
+        matches!(self.state, State::Untrusted { .. })
+    }
+
+    /// Draining has started (when `draining`): true when graceful shutdown must start now.
+    fn drain(&mut self, draining: bool) -> bool {
+        let start = draining && self.state == State::Open;
+        if start {
+            self.state = State::Closing;
+        }
+        start
+    }
+
+    /// A judgement refused the chain. Security: requests already forwarded finish
+    /// (HTTP/1.1 answers them with `Connection: close`, h2 gets GOAWAY), new ones are refused
+    /// by the handler, and whatever still runs after `shutdown_timeout` is dropped. True when
+    /// graceful shutdown must start now.
+    fn untrusted(&mut self) -> bool {
+        let start = self.state == State::Open;
+        self.state = State::Untrusted {
+            deadline: tokio::time::Instant::now() + self.shutdown_timeout,
+        };
+        start
+    }
+
+    /// How long to wait before looking again, and whether graceful shutdown must start now;
+    /// or why to end the connection at once.
+    fn next_wait(&mut self) -> Result<(Duration, bool), End> {
+        let ctx = self.ctx;
+        let mut close = false;
+        let wait = match ctx.activity.check(self.idle_timeout, self.header_timeout) {
+            Due::Wait(d) => d,
+            Due::Idle => {
+                close = self.drain(true);
+                self.idle_timeout
+            }
+            Due::HeaderTimeout => return Err(End::HeaderTimeout),
+            Due::Abusive => return Err(End::Abusive),
+        };
+        if let State::Untrusted { deadline } = self.state {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(End::UntrustedTooLong);
+            }
+        }
+        // Wake when the acceptance runs out by itself (an expiry, a CRL's nextUpdate), so an
+        // idle connection is judged then, not at its next request.
+        let left = u64::try_from(ctx.trust.seconds_left(unix_now())).unwrap_or(0);
+        let wait = wait.min(Duration::from_secs(left.max(1)));
+        Ok((self.release_upstreams(wait), close))
+    }
+
+    /// A client that has gone quiet gives its upstream connections back to the pools, so
+    /// idle clients hold none (see `pool`). While it keeps some, look every `AFFINE_IDLE`.
+    fn release_upstreams(&self, wait: Duration) -> Duration {
+        let ctx = self.ctx;
+        if !ctx.affinity.holds() {
+            return wait;
+        }
+        match ctx.activity.quiet_for() {
+            Some(q) if q >= AFFINE_IDLE => {
+                let n = ctx.affinity.release();
+                tracing::debug!(peer = %ctx.peer, connections = n, "client quiet; its upstream connections went back to the pool");
+                wait
+            }
+            _ => wait.min(AFFINE_IDLE),
         }
     }
 }
@@ -179,71 +271,29 @@ fn answered_by_hyper(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Opt
     })
 }
 
-/// Counts hyper's own answer in `requests_total`, and writes its access line: the request was
-/// not parsed, so method and path are `-` and the duration is 0.
-fn record_hyper_answer(ctx: &ConnContext, status: u16) {
-    ctx.metrics.request_without_duration(status);
-    if !ctx.access_log {
-        return;
-    }
-    let client_cn = ctx.identity.cn_for_log();
-    crate::logs::write(&crate::logs::Line {
-        peer: ctx.peer.ip(),
-        client_cn: &client_cn,
-        client_fingerprint: &ctx.identity.fingerprint,
-        method: "-",
-        path: "-",
-        version: http::Version::HTTP_11,
-        status,
-        bytes_in: 0,
-        bytes_out: 0,
-        total: Duration::ZERO,
-        upstream: None,
-        route: None,
-    });
-}
-
 /// What every request of the connection shares, built once.
-/// The parts of a connection its request context takes.
-struct Conn<'a> {
-    activity: &'a Arc<Activity>,
-    metrics: Arc<Metrics>,
-    slot: ConnectionSlot,
-    trust: &'a Arc<ConnTrust>,
-    sni: Option<Box<str>>,
-}
-
 fn context(
     frontend: &Arc<Frontend>,
     peer: std::net::SocketAddr,
     identity: &Arc<ClientIdentity>,
-    conn: Conn<'_>,
+    sni: Option<Box<str>>,
+    deps: &ServeDeps,
 ) -> Arc<ConnContext> {
-    let Conn {
-        activity,
-        metrics,
-        slot,
-        trust,
-        sni,
-    } = conn;
     Arc::new(ConnContext {
         peer,
         affinity: Affinity::default(),
         forwarded_peer: ForwardedPeer::new(peer.ip()),
         identity_headers: identity.headers(&frontend.forward),
         identity: identity.clone(),
-        activity: activity.clone(),
-        upstream: frontend.upstream.clone(),
+        activity: deps.activity.clone(),
         frontend: frontend.clone(),
-        metrics,
+        metrics: deps.metrics.clone(),
         // Skip the per-request access record (a path copy and a byte counter) when nothing
         // would print it, e.g. `log.level = "warn"`.
         access_log: frontend.access_log
             && tracing::enabled!(target: crate::logs::target::ACCESS, tracing::Level::INFO),
-        max_request_body: frontend.listener.max_request_body_bytes,
-        slot,
-        trust: trust.clone(),
-        shutdown_timeout: frontend.listener.shutdown_timeout,
+        slot: deps.slot.clone(),
+        trust: deps.trust.clone(),
         sni: frontend
             .listener
             .require_sni_host_match

@@ -451,35 +451,50 @@ fn check_signer(
     let mut why = "it is signed neither by the issuing CA nor by a certificate in the answer";
     for cert in basic.certs.iter().flatten() {
         let Ok(der) = cert.to_der() else { continue };
-        let Ok((_, responder)) = X509Certificate::from_der(&der) else {
-            continue;
-        };
-        let issued_by_ca = responder.issuer().as_raw() == query.issuer_name.as_slice()
-            && signed_parts(&der).is_some_and(|p| verify_signed(algs, &query.issuer_spki, &p));
-        if !issued_by_ca {
-            why = "its responder certificate was not issued by the client's CA";
-            continue;
-        }
-        let valid = responder.validity().not_before.timestamp() <= now
-            && now <= responder.validity().not_after.timestamp();
-        if !valid {
-            why = "its responder certificate is expired or not yet valid";
-            continue;
-        }
-        let ocsp_signing = responder
-            .extended_key_usage()
-            .ok()
-            .flatten()
-            .is_some_and(|eku| eku.value.ocsp_signing);
-        if !ocsp_signing {
-            why = "its responder certificate lacks id-kp-OCSPSigning, so the CA did not delegate OCSP to it";
-            continue;
-        }
-        if verify_signed(algs, responder.public_key().raw, &signed) {
-            return Ok(());
+        match delegated_responder(&der, query, now, algs) {
+            Ok(key) if verify_signed(algs, &key, &signed) => return Ok(()),
+            Ok(_) | Err(None) => {}
+            Err(Some(e)) => why = e,
         }
     }
     Err(AnswerError::Untrusted(why))
+}
+
+/// The key of `der`, a responder certificate the answer carries, when the client's CA
+/// delegated OCSP to it: issued by that CA, valid now, with id-kp-OCSPSigning. Else why not
+/// (`None`: it cannot be read, and says nothing).
+fn delegated_responder(
+    der: &[u8],
+    query: &OcspQuery,
+    now: i64,
+    algs: &WebPkiSupportedAlgorithms,
+) -> Result<Vec<u8>, Option<&'static str>> {
+    let Ok((_, responder)) = X509Certificate::from_der(der) else {
+        return Err(None);
+    };
+    let issued_by_ca = responder.issuer().as_raw() == query.issuer_name.as_slice()
+        && signed_parts(der).is_some_and(|p| verify_signed(algs, &query.issuer_spki, &p));
+    if !issued_by_ca {
+        return Err(Some(
+            "its responder certificate was not issued by the client's CA",
+        ));
+    }
+    let valid = responder.validity().not_before.timestamp() <= now
+        && now <= responder.validity().not_after.timestamp();
+    if !valid {
+        return Err(Some(
+            "its responder certificate is expired or not yet valid",
+        ));
+    }
+    let ocsp_signing = responder
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.ocsp_signing);
+    if !ocsp_signing {
+        return Err(Some("its responder certificate lacks id-kp-OCSPSigning, so the CA did not delegate OCSP to it"));
+    }
+    Ok(responder.public_key().raw.to_vec())
 }
 
 fn sequence_contents(der: &[u8]) -> Option<&[u8]> {

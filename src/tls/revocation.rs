@@ -79,6 +79,63 @@ struct InForce {
     source: String,
 }
 
+impl InForce {
+    /// This CRL's verdict on the certificate `on` with `serial`: refused (revoked, or a CRL
+    /// that covers it is stale or not its issuer's), or whether it covers the certificate.
+    fn judge(
+        &self,
+        on: &OnPath<'_>,
+        serial: &[u8],
+        dps: Option<&[String]>,
+        now: i64,
+        algs: &WebPkiSupportedAlgorithms,
+    ) -> Result<bool, Refusal> {
+        // Security: a CRL is evidence only under the key that issued this certificate.
+        if !self.crl.signed_by(on.issuer_spki, algs) {
+            return Err(Refusal {
+                error: webpki::Error::InvalidCrlSignatureForPublicKey,
+                detail: format!(
+                    "the CRL {} does not verify with the key of the issuer on this path",
+                    self.source
+                ),
+            });
+        }
+        let header = self.crl.header();
+        if self.crl.lists(serial) {
+            let number = header
+                .number
+                .as_ref()
+                .map_or("-".to_owned(), ToString::to_string);
+            return Err(Refusal {
+                error: webpki::Error::CertRevoked,
+                detail: format!(
+                    "serial {} is revoked by the CRL {} ({}, number {number})",
+                    serial_hex(serial),
+                    self.source,
+                    describe(header.scope.as_ref()),
+                ),
+            });
+        }
+        if !covers(header.scope.as_ref(), on.role, dps) {
+            return Ok(false);
+        }
+        if let Some(next) = header.next_update.filter(|n| *n <= now) {
+            return Err(Refusal {
+                error: webpki::Error::CrlExpired {
+                    time: unix(now),
+                    next_update: unix(next),
+                },
+                detail: format!(
+                    "the CRL {} that covers it passed its nextUpdate {}",
+                    self.source,
+                    rfc3339_z(next)
+                ),
+            });
+        }
+        Ok(true)
+    }
+}
+
 /// OCSP as one trust state applies it.
 #[derive(Debug, Clone)]
 pub(crate) struct OcspPolicy {
@@ -267,48 +324,7 @@ impl Revocation {
         let dps = crl_scope_uris(cert);
         let mut covered = false;
         for c in crls {
-            // Security: a CRL is evidence only under the key that issued this certificate.
-            if !c.crl.signed_by(on.issuer_spki, algs) {
-                return Err(Refusal {
-                    error: webpki::Error::InvalidCrlSignatureForPublicKey,
-                    detail: format!(
-                        "the CRL {} does not verify with the key of the issuer on this path",
-                        c.source
-                    ),
-                });
-            }
-            if c.crl.lists(serial) {
-                return Err(Refusal {
-                    error: webpki::Error::CertRevoked,
-                    detail: format!(
-                        "serial {} is revoked by the CRL {} ({}, number {})",
-                        serial_hex(serial),
-                        c.source,
-                        describe(c.crl.header().scope.as_ref()),
-                        c.crl
-                            .header()
-                            .number
-                            .as_ref()
-                            .map_or("-".to_owned(), ToString::to_string)
-                    ),
-                });
-            }
-            if covers(c.crl.header().scope.as_ref(), on.role, dps.as_deref()) {
-                covered = true;
-                if let Some(next) = c.crl.header().next_update.filter(|n| *n <= now) {
-                    return Err(Refusal {
-                        error: webpki::Error::CrlExpired {
-                            time: unix(now),
-                            next_update: unix(next),
-                        },
-                        detail: format!(
-                            "the CRL {} that covers it passed its nextUpdate {}",
-                            c.source,
-                            rfc3339_z(next)
-                        ),
-                    });
-                }
-            }
+            covered |= c.judge(on, serial, dps.as_deref(), now, algs)?;
         }
         if covered {
             return Ok(Covered::Yes);

@@ -197,6 +197,17 @@ pub struct ShieldVerifier {
     accepted: VerifiedChains,
 }
 
+/// What the path webpki accepted yields.
+#[derive(Default)]
+struct PathFacts {
+    /// When the acceptance starts and ends (the path's validity, and the CRLs' nextUpdate).
+    window: Option<(i64, i64)>,
+    /// The OCSP lookups the cache could not answer, and until when the cached ones hold.
+    pending: Pending,
+    /// The CRL distribution points of the path, when they are fetched.
+    points: Vec<DistributionPoint>,
+}
+
 /// A truststore certificate that cannot be a trust anchor; `index` counts from 1 in the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("certificate #{index}{}: {why}", if *.not_an_anchor { " is not usable as a trust anchor" } else { "" })]
@@ -354,43 +365,79 @@ impl ShieldVerifier {
         let identity = parsed
             .as_ref()
             .map(|c| Arc::new(ClientIdentity::from_x509(c, end_entity, intermediates)));
-        let refuse = |reason, error| Rejection::new(reason, error, identity.clone());
+        let facts = self
+            .verify_path(end_entity, intermediates, parsed.as_ref(), now)
+            .map_err(|(reason, error, detail)| {
+                let r = Rejection::new(reason, error, identity.clone());
+                match detail {
+                    Some(detail) => r.with_detail(detail),
+                    None => r,
+                }
+            })?;
+        let (Some(leaf), Some(identity), Some((valid_from, valid_until))) =
+            (parsed.as_ref(), identity, facts.window)
+        else {
+            // WebPKI accepted what x509-parser cannot read: fail closed, since the allow-list
+            // and the identity headers both need the parsed fields.
+            return Err(Rejection::new(
+                Reason::BadEncoding,
+                CertificateError::BadEncoding.into(),
+                None,
+            )
+            .with_detail("the certificate verified but its fields could not be parsed"));
+        };
+        self.judge_leaf(leaf, &identity)
+            .map_err(|(reason, error, detail)| {
+                Rejection::new(reason, error, Some(identity.clone())).with_detail(detail)
+            })?;
+        // Only now, with the chain accepted: a refused client must not make the shield fetch
+        // URLs of its choosing.
+        if let Some(sink) = &self.distribution_points {
+            for dp in facts.points {
+                sink.report(dp);
+            }
+        }
+        Ok(Accepted {
+            identity,
+            valid_from,
+            valid_until: valid_until.min(facts.pending.deadline),
+            ocsp_pending: facts.pending.queries,
+        })
+    }
 
+    /// Has webpki build and verify a path from `end_entity` to an anchor, with the shield's
+    /// own checks on each candidate path ([`Self::judge_path`]: the CAs' keyUsage and
+    /// revocation). Returns what the accepted path yields, or the refusal with our detail
+    /// when webpki's final answer is the refusal we gave it.
+    fn verify_path(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        leaf: Option<&X509Certificate<'_>>,
+        now: UnixTime,
+    ) -> Result<PathFacts, (Reason, rustls::Error, Option<String>)> {
         let cert = EndEntityCert::try_from(end_entity).map_err(|e| {
             let (reason, error) = webpki_error(e);
-            refuse(reason, error)
+            (reason, error, None)
         })?;
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let facts = RefCell::new(PathFacts::default());
+        let path_refusal: RefCell<Option<Refusal>> = RefCell::new(None);
         // webpki calls this for each candidate path that it has fully verified up to an
         // anchor; an error makes it try the next candidate. The leaf's facts are needed for
-        // the window, so a leaf x509-parser cannot read fails closed below, after WebPKI has
-        // had its say (its reason is the more useful one for a damaged certificate).
-        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let window: RefCell<Option<(i64, i64)>> = RefCell::new(None);
-        let found_points: RefCell<Vec<DistributionPoint>> = RefCell::new(Vec::new());
-        let path_refusal: RefCell<Option<Refusal>> = RefCell::new(None);
-        let pending: RefCell<Pending> = RefCell::new(Pending::default());
+        // the window, so a leaf x509-parser cannot read fails closed, after WebPKI has had its
+        // say (its reason is the more useful one for a damaged certificate).
         let on_path = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
-            let Some(leaf) = parsed.as_ref() else {
-                return Err(webpki::Error::BadDer);
-            };
-            let mut this_path = Pending::default();
-            match self.judge_path(path, leaf, now_secs, &mut this_path) {
-                Ok(w) => {
-                    *window.borrow_mut() = Some(w);
-                    *pending.borrow_mut() = this_path;
-                    if self.distribution_points.is_some() {
-                        *found_points.borrow_mut() = distribution_points_of(path, leaf);
-                    }
-                    Ok(())
-                }
-                Err(refusal) => {
+            let leaf = leaf.ok_or(webpki::Error::BadDer)?;
+            self.judge_verified_path(path, leaf, now_secs)
+                .map(|found| *facts.borrow_mut() = found)
+                .map_err(|refusal| {
                     let error = refusal.error.clone();
                     *path_refusal.borrow_mut() = Some(refusal);
-                    Err(error)
-                }
-            }
+                    error
+                })
         };
-        // Revocation is not webpki's: `judge_path` decides it from the CRLs in force.
+        // Revocation is not webpki's: `judge_path` decides it.
         let verified = cert.verify_for_usage(
             self.algs.all,
             &self.roots,
@@ -409,42 +456,28 @@ impl ShieldVerifier {
                 .filter(|r| std::mem::discriminant(&r.error) == std::mem::discriminant(&e))
                 .map(|r| r.detail);
             let (reason, error) = webpki_error(e);
-            let r = refuse(reason, error);
-            return Err(match detail {
-                Some(detail) => r.with_detail(detail),
-                None => r,
-            });
+            return Err((reason, error, detail));
         }
-        let (Some(leaf), Some(identity), Some((valid_from, valid_until))) =
-            (parsed.as_ref(), identity.clone(), window.take())
-        else {
-            // WebPKI accepted what x509-parser cannot read: fail closed, since the allow-list
-            // and the identity headers both need the parsed fields.
-            return Err(Rejection::new(
-                Reason::BadEncoding,
-                CertificateError::BadEncoding.into(),
-                None,
-            )
-            .with_detail("the certificate verified but its fields could not be parsed"));
-        };
+        Ok(facts.into_inner())
+    }
 
-        self.judge_leaf(leaf, &identity)
-            .map_err(|(reason, error, detail)| {
-                Rejection::new(reason, error, Some(identity.clone())).with_detail(detail)
-            })?;
-        // Only now, with the chain accepted: a refused client must not make the shield fetch
-        // URLs of its choosing.
-        if let Some(sink) = &self.distribution_points {
-            for dp in found_points.take() {
-                sink.report(dp);
-            }
-        }
-        let pending = pending.into_inner();
-        Ok(Accepted {
-            identity,
-            valid_from,
-            valid_until: valid_until.min(pending.deadline),
-            ocsp_pending: pending.queries,
+    /// One candidate path webpki verified: the shield's checks on it, and what it yields.
+    fn judge_verified_path(
+        &self,
+        path: &VerifiedPath<'_>,
+        leaf: &X509Certificate<'_>,
+        now_secs: i64,
+    ) -> Result<PathFacts, Refusal> {
+        let mut pending = Pending::default();
+        let window = self.judge_path(path, leaf, now_secs, &mut pending)?;
+        let points = self
+            .distribution_points
+            .as_ref()
+            .map_or_else(Vec::new, |_| distribution_points_of(path, leaf));
+        Ok(PathFacts {
+            window: Some(window),
+            pending,
+            points,
         })
     }
 
