@@ -48,8 +48,8 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 /// The first upstream (the default, then the named ones) that a new connection cannot reach.
 async fn unreachable_upstream(server: &Server) -> Option<String> {
-    let frontend = server.current();
-    for (name, upstream) in frontend.all_upstreams() {
+    let generation = server.current();
+    for (name, upstream) in generation.all_upstreams() {
         if !upstream.probe().await {
             return Some(name.to_owned());
         }

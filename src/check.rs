@@ -3,7 +3,7 @@
 //! Gateway's truststore warnings.
 //!
 //! The verdict comes from the same code `run` uses ([`Config::load`], then
-//! [`Generation::build`]), so `check` passes exactly when `run` would start. `run` stops at
+//! `app::generation::build`), so `check` passes exactly when `run` would start. `run` stops at
 //! the first broken file; `check` also loads each file on its own (through the same loaders
 //! that [`TlsState::build`](crate::tls::TlsState::build) calls) so that every broken file
 //! gets its own error line.
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::app::Generation;
+use crate::app::generation;
 use crate::config::OcspMode;
 use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
 use crate::policy::Policy;
@@ -281,18 +281,14 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
             BuildInputs::default()
         }
     };
-    let built = Generation::build(config.clone(), 1, None, &inputs);
+    let built = generation::build(config.clone(), 1, None, &inputs);
     let (server_info, anchors, crls) = match &built {
         // When everything loads, report what `run` would actually serve.
         Ok(generation) => {
-            report.sources = generation
-                .frontend
-                .sources
-                .prefixes()
-                .map(|prefixes| SourcesReport {
-                    file: config.listener.allow_sources_file.clone(),
-                    prefixes,
-                });
+            report.sources = generation.sources.prefixes().map(|prefixes| SourcesReport {
+                file: config.listener.allow_sources_file.clone(),
+                prefixes,
+            });
             let inv = generation.inventory().clone();
             (Some(inv.server), inv.anchors, inv.crls)
         }

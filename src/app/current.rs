@@ -1,9 +1,8 @@
-//! [`App`]: the generation in service, swapped whole by a reload, and the data plane it
-//! feeds.
+//! [`App`]: the running program's handle on the data plane, which holds the generation in
+//! service (`proxy::trust::LiveTrust`, the one place), and what every generation's trust is
+//! built with besides the config's files ([`TrustSources`]).
 
 use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 
 use tokio::sync::Notify;
 
@@ -19,10 +18,9 @@ use crate::tls::ocsp::OcspCache;
 use crate::tls::state::BuildInputs;
 use crate::tls::state::OcspSetup;
 
-/// The current generation and the data plane it feeds.
+/// The data plane, which holds the generation in service, and what generations are built with.
 #[derive(Debug)]
 pub(crate) struct App {
-    generation: ArcSwap<Generation>,
     server: Arc<Server>,
     metrics: Arc<Metrics>,
     /// What every generation's trust state is built with besides the config's files.
@@ -87,13 +85,9 @@ impl App {
         if first.config.client_auth.report_only.is_some() {
             metrics.report_only_series();
         }
-        let server = Server::new(
-            first.frontend.clone(),
-            metrics.clone(),
-            first.config.listener.max_connections,
-        );
+        let max_connections = first.config.listener.max_connections;
+        let server = Server::new(Arc::new(first), metrics.clone(), max_connections);
         Arc::new(Self {
-            generation: ArcSwap::from_pointee(first),
             server,
             metrics,
             inputs,
@@ -121,29 +115,27 @@ impl App {
         let weak = Arc::downgrade(self);
         Arc::new(move || {
             weak.upgrade()
-                .map(|a| a.current().frontend.tls.anchors.clone())
+                .map(|a| a.current().tls.anchors.clone())
                 .unwrap_or_default()
         })
     }
 
     /// The generation in service.
     pub(crate) fn current(&self) -> Arc<Generation> {
-        self.generation.load_full()
+        self.server.current()
     }
 
-    /// Puts `next` in service: new connections use its frontend from now on, and every open
-    /// connection is judged against its trust state.
-    pub(crate) fn swap(&self, next: Generation) -> Judged {
+    /// Puts `next` in service: new connections use it from now on, and every open connection
+    /// judges itself against its trust; returns once they have.
+    pub(crate) async fn swap(&self, next: Generation) -> Judged {
         self.metrics.set_inventory(next.inventory());
         self.metrics
             .route_series(next.policy.routes.routes().iter().map(|r| r.label()));
         if next.config.client_auth.report_only.is_some() {
             self.metrics.report_only_series();
         }
-        let frontend = next.frontend.clone();
         let id = next.id;
-        self.generation.store(Arc::new(next));
-        let judged = self.server.install(frontend);
+        let judged = self.server.install(Arc::new(next)).await;
         tracing::info!(
             target: crate::logs::target::TRUST,
             generation = id,

@@ -1,5 +1,6 @@
-//! [`Generation`]: one complete, validated state built from one config: the config itself,
-//! the TLS state and the upstream client, with the [`Frontend`] the data path uses.
+//! Building a [`Generation`] from one config: every file it names is read, the policy is
+//! compiled, the TLS state and the upstream clients are made. Nothing is half-built: any
+//! failure names the file (or the key) and leaves the generation in service untouched.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,25 +8,11 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::policy::{parse_sources_file, Policy, SourcePolicy, SourcesFileError};
 use crate::proxy::connector::Material;
-use crate::proxy::frontend::Frontend;
+pub(crate) use crate::proxy::generation::Generation;
 use crate::proxy::upstream::Upstream;
 use crate::tls::load::{self, LoadError};
 use crate::tls::state::BuildInputs;
 use crate::tls::TlsState;
-use crate::x509::Inventory;
-
-/// Everything a reload replaces at once. Connections keep the frontend they started on.
-#[derive(Debug)]
-pub(crate) struct Generation {
-    /// Counts reloads; 1 at start-up.
-    pub(crate) id: u64,
-    /// The config it was built from.
-    pub(crate) config: Arc<Config>,
-    /// Its allow-lists and routes, compiled.
-    pub(crate) policy: Arc<Policy>,
-    /// What the data path uses.
-    pub(crate) frontend: Arc<Frontend>,
-}
 
 /// Why a generation could not be built: one line naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -67,39 +54,31 @@ fn source_policy(config: &Config) -> Result<SourcePolicy, BuildError> {
     Ok(SourcePolicy::from_parts(config.allow_sources.clone(), file))
 }
 
-impl Generation {
-    /// Loads every file the config names and builds the state. `previous` lends its upstream
-    /// pool when the upstream settings and TLS files did not change, so a certificate reload
-    /// does not drop warm connections.
-    pub(crate) fn build(
-        config: Config,
-        id: u64,
-        previous: Option<&Generation>,
-        inputs: &BuildInputs,
-    ) -> Result<Self, BuildError> {
-        let policy = Arc::new(Policy::compile(&config)?);
-        let tls = Arc::new(TlsState::build_with(&config, &policy, inputs)?);
-        let previous = previous.map(|p| &p.frontend);
-        let upstream = client_for(&config.upstream, previous.map(|f| &f.upstream))?;
-        let mut upstreams = HashMap::new();
-        for (name, cfg) in &config.upstreams {
-            let before = previous.and_then(|f| f.upstreams.get(name));
-            upstreams.insert(name.clone(), client_for(cfg, before)?);
-        }
-        let sources = source_policy(&config)?;
-        let frontend = Arc::new(Frontend::new(
-            id, &config, &policy, tls, upstream, upstreams, sources,
-        ));
-        Ok(Self {
-            id,
-            config: Arc::new(config),
-            policy,
-            frontend,
-        })
+/// Loads every file `config` names and builds generation `id`. `previous` lends its upstream
+/// pools when the upstream settings and TLS files did not change, so a certificate reload
+/// does not drop warm connections.
+pub(crate) fn build(
+    config: Config,
+    id: u64,
+    previous: Option<&Generation>,
+    inputs: &BuildInputs,
+) -> Result<Generation, BuildError> {
+    let policy = Arc::new(Policy::compile(&config)?);
+    let tls = Arc::new(TlsState::build_with(&config, &policy, inputs)?);
+    let upstream = client_for(&config.upstream, previous.map(|g| &g.upstream))?;
+    let mut upstreams = HashMap::new();
+    for (name, cfg) in &config.upstreams {
+        let before = previous.and_then(|g| g.upstreams.get(name));
+        upstreams.insert(name.clone(), client_for(cfg, before)?);
     }
-
-    /// What its TLS state trusts and serves.
-    pub(crate) fn inventory(&self) -> &Inventory {
-        &self.frontend.tls.inventory
-    }
+    let sources = source_policy(&config)?;
+    Ok(Generation::new(
+        id,
+        Arc::new(config),
+        policy,
+        tls,
+        upstream,
+        upstreams,
+        sources,
+    ))
 }

@@ -23,7 +23,7 @@ use crate::tls::crl::{DistributionPoint, DistributionPoints, MAX_DISTRIBUTION_PO
 use crate::tls::state::load_anchors;
 use crl::{AnchorsSource, CrlFetch};
 pub(crate) use current::{App, TrustSources};
-pub(crate) use generation::{BuildError, Generation};
+pub(crate) use generation::BuildError;
 pub(crate) use reload::Reloader;
 
 /// Why the program could not start.
@@ -88,7 +88,7 @@ pub(crate) async fn start(
     };
     let max_connections = cfg.listener.max_connections;
     let first_inputs = inputs.build_inputs_for(&cfg);
-    let first = Generation::build(cfg, 1, None, &first_inputs)?;
+    let first = generation::build(cfg, 1, None, &first_inputs)?;
     // After the config and its files proved usable, so a config error stays the only line.
     raise_file_limit(max_connections);
     let app = App::new(first, metrics, inputs);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::current::App;
 use super::fetch::Fetcher;
-use super::generation::{BuildError, Generation};
+use super::generation::{self, BuildError, Generation};
 use crate::config::{Config, ConfigError};
 use crate::metrics::ReloadOutcome;
 use crate::x509::{rfc3339_z, CertInfo, Inventory};
@@ -118,7 +118,7 @@ impl Reloader {
                     &next.config,
                 );
                 let id = next.id;
-                let _ = self.app.swap(next);
+                let _ = self.app.swap(next).await;
                 metrics.reload(ReloadOutcome::success);
                 tracing::info!(target: crate::logs::target::RELOAD, cause, generation = id, "reload complete");
                 Ok(id)
@@ -211,7 +211,7 @@ fn attempt(path: &Path, running_files: &[PathBuf], prev: &Generation, app: &App)
             .prepare(&c.client_auth.crl_fetch)
             .map_err(BuildError::from)?;
         let inputs = app.build_inputs_for(&c);
-        let next = Generation::build(c, prev.id + 1, Some(prev), &inputs)?;
+        let next = generation::build(c, prev.id + 1, Some(prev), &inputs)?;
         Ok((next, fetcher))
     });
     Attempt {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use super::activity::{Activity, Tracked};
-use super::frontend::Frontend;
+use super::generation::Generation;
 use super::proxy_protocol::{self, AcceptError, Rewind};
 use crate::config::ProxyProtocol;
 use crate::identity::{capped_for_log, ClientIdentity};
@@ -194,21 +194,22 @@ pub(crate) fn certificate_fields(
 pub(crate) async fn admit(
     stream: TcpStream,
     peer: SocketAddr,
-    frontend: &Frontend,
+    generation: &Generation,
     activity: &Arc<Activity>,
 ) -> Result<Option<Admitted>, Refusal> {
     // The PROXY header (when configured) and the handshake share one deadline.
-    let deadline = Instant::now() + frontend.listener.handshake_timeout;
-    let Some((stream, peer)) = proxy_header(stream, peer, frontend, deadline).await? else {
+    let deadline = Instant::now() + generation.listener().handshake_timeout;
+    let Some((stream, peer)) = proxy_header(stream, peer, generation, deadline).await? else {
         return Ok(None);
     };
-    if frontend.listener.proxy_protocol != ProxyProtocol::Off && !frontend.sources.allows(peer.ip())
+    if generation.listener().proxy_protocol != ProxyProtocol::Off
+        && !generation.sources.allows(peer.ip())
     {
         // The balancer's PROXY header names the client: that is the source checked, still
         // before any TLS work.
         return Err(Refusal::quiet_source(peer));
     }
-    let Some((tls, notes)) = handshake(stream, peer, frontend, activity, deadline).await? else {
+    let Some((tls, notes)) = handshake(stream, peer, generation, activity, deadline).await? else {
         return Ok(None);
     };
     activity.handshake_done();
@@ -227,9 +228,9 @@ pub(crate) async fn admit(
         (Some(a), Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest)) => {
             (a, notes.candidate)
         }
-        _ => recheck_resumed(conn, peer, frontend, tls_version)?,
+        _ => recheck_resumed(conn, peer, generation, tls_version)?,
     };
-    let accepted = resolve_ocsp(accepted, peer, frontend, tls_version).await?;
+    let accepted = resolve_ocsp(accepted, peer, generation, tls_version).await?;
     Ok(Some(Admitted {
         tls,
         peer,
@@ -249,13 +250,13 @@ pub(crate) async fn admit(
 async fn resolve_ocsp(
     accepted: Arc<Accepted>,
     peer: SocketAddr,
-    frontend: &Frontend,
+    generation: &Generation,
     tls_version: Option<&'static str>,
 ) -> Result<Arc<Accepted>, Refusal> {
     if accepted.ocsp_pending.is_empty() {
         return Ok(accepted);
     }
-    let Some(resolver) = &frontend.tls.ocsp else {
+    let Some(resolver) = &generation.tls.ocsp else {
         // Queries exist only when a generation has OCSP on, and then it has a resolver; fail
         // closed if that ever stops being true.
         return Err(Refusal {
@@ -288,10 +289,10 @@ async fn resolve_ocsp(
 async fn proxy_header(
     stream: TcpStream,
     peer: SocketAddr,
-    frontend: &Frontend,
+    generation: &Generation,
     deadline: Instant,
 ) -> Result<Option<(ClientStream, SocketAddr)>, Refusal> {
-    let mode = frontend.listener.proxy_protocol;
+    let mode = generation.listener().proxy_protocol;
     match tokio::time::timeout_at(deadline, proxy_protocol::accept(stream, peer, mode)).await {
         Ok(Ok(accepted)) => Ok(Some(accepted)),
         Ok(Err(AcceptError::Empty)) => {
@@ -327,7 +328,7 @@ enum Stopped {
 async fn handshake(
     stream: ClientStream,
     peer: SocketAddr,
-    frontend: &Frontend,
+    generation: &Generation,
     activity: &Arc<Activity>,
     deadline: Instant,
 ) -> Result<Option<(TlsStream<Tracked<ClientStream>>, HandshakeNotes)>, Refusal> {
@@ -347,7 +348,7 @@ async fn handshake(
             Ok(_) => {}
             Err(e) => return Err(Stopped::Refused(Reason::Other, None, e.to_string())),
         }
-        frontend
+        generation
             .acceptor
             .accept(Tracked::new(stream, activity.clone()))
             .into_fallible()
@@ -392,7 +393,7 @@ async fn handshake(
 fn recheck_resumed(
     conn: &rustls::ServerConnection,
     peer: SocketAddr,
-    frontend: &Frontend,
+    generation: &Generation,
     tls_version: Option<&'static str>,
 ) -> Result<(Arc<Accepted>, Option<CandidateVerdict>), Refusal> {
     let chain = conn.peer_certificates().unwrap_or_default();
@@ -406,7 +407,7 @@ fn recheck_resumed(
             )
         });
     };
-    let verifier = &frontend.tls.verifier;
+    let verifier = &generation.tls.verifier;
     let now = UnixTime::now();
     let candidate = verifier.judge_candidate(leaf, intermediates, now);
     match verifier.check(leaf, intermediates, now) {

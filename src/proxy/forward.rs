@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::activity::Activity;
 use super::body::{BodyState, RequestBody, ResponseBody};
-use super::frontend::Frontend;
+use super::generation::Generation;
 use super::headers;
 use super::record::{Finish, RequestRecord};
 use super::slot::ConnectionSlot;
@@ -39,8 +39,8 @@ pub(crate) struct ConnContext {
     pub(crate) identity_headers: Vec<(HeaderName, HeaderValue)>,
     /// Activity tracker for idle and header timeouts.
     pub(crate) activity: Arc<Activity>,
-    /// The frontend the connection started on: its upstreams, routes and listener settings.
-    pub(crate) frontend: Arc<Frontend>,
+    /// The generation the connection started on: its upstreams, routes and listener settings.
+    pub(crate) generation: Arc<Generation>,
     /// Metrics sink.
     pub(crate) metrics: Arc<Metrics>,
     /// Write access-log lines.
@@ -129,7 +129,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     parts.uri = upstream.uri_for(&parts.uri);
     parts.version = Version::HTTP_11;
     let mut body = RequestBody::new(body, bytes_in);
-    body.limit(ctx.frontend.listener.max_request_body_bytes);
+    body.limit(ctx.generation.listener().max_request_body_bytes);
     let body_state = body.state();
     let result = upstream
         .send(
@@ -202,7 +202,7 @@ fn refuse_before_upstream(ctx: &ConnContext, parts: &Parts, body: &Incoming) -> 
     }
     // A declared length over the limit is refused before the upstream is contacted, and
     // before hyper sends `100 Continue`, so the client never uploads the body.
-    let limit = ctx.frontend.listener.max_request_body_bytes?;
+    let limit = ctx.generation.listener().max_request_body_bytes?;
     let declared = body.size_hint().lower();
     (declared > limit).then(|| {
         tracing::info!(peer = %ctx.peer, limit, declared, "request body over max_request_body_bytes; 413");
@@ -218,9 +218,9 @@ fn route<'a>(
     parts: &Parts,
     books: &mut RequestRecord,
 ) -> Result<&'a Arc<Upstream>, Answer> {
-    let routes = &ctx.frontend.routes;
+    let routes = &ctx.generation.policy.routes;
     if routes.is_empty() {
-        return Ok(&ctx.frontend.upstream);
+        return Ok(&ctx.generation.upstream);
     }
     // Routes match the Host the upstream will see. Two Host fields, or an h2 :authority that
     // disagrees with a Host field, would let the proxy and the upstream read different hosts.
@@ -240,7 +240,7 @@ fn route<'a>(
         }
     }
     match routes.lookup(host, &parts.method, parts.uri.path()) {
-        Lookup::NoRoute => Ok(&ctx.frontend.upstream),
+        Lookup::NoRoute => Ok(&ctx.generation.upstream),
         Lookup::BadPath(why) | Lookup::BadHost(why) => Err(refuse(why)),
         Lookup::Route(r) => {
             books.route(r.label());
@@ -252,8 +252,8 @@ fn route<'a>(
                 }
             }
             Ok(r.upstream()
-                .and_then(|name| ctx.frontend.upstreams.get(name))
-                .unwrap_or(&ctx.frontend.upstream))
+                .and_then(|name| ctx.generation.upstreams.get(name))
+                .unwrap_or(&ctx.generation.upstream))
         }
     }
 }
@@ -261,7 +261,7 @@ fn route<'a>(
 /// The client's share of a failed upstream exchange, if it had one.
 fn client_fault(ctx: &ConnContext, state: &BodyState) -> Option<Answer> {
     if state.over_limit() {
-        tracing::info!(peer = %ctx.peer, limit = ctx.frontend.listener.max_request_body_bytes, "request body over max_request_body_bytes while streaming; 413");
+        tracing::info!(peer = %ctx.peer, limit = ctx.generation.listener().max_request_body_bytes, "request body over max_request_body_bytes while streaming; 413");
         return Some(Answer::TooLarge);
     }
     if state.client_failed() {
@@ -289,7 +289,7 @@ fn relay(
                 upstream_side,
                 ctx.slot.clone(),
                 ctx.trust.clone(),
-                ctx.frontend.listener.shutdown_timeout,
+                ctx.generation.listener().shutdown_timeout,
             ));
         }
     }
@@ -377,7 +377,8 @@ fn local(finish: Finish, answer: Answer, http1: bool) -> Response<ResponseBody> 
 }
 
 /// Copies bytes both ways between an upgraded client and upstream until either side closes,
-/// or until `shutdown_timeout` after the connection's chain stops being trusted.
+/// or until `shutdown_timeout` after the connection's chain stops being trusted. It holds the
+/// connection's slot and trust, so the connection stays counted and judged while it runs.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
@@ -390,8 +391,11 @@ async fn tunnel(
         (Ok(c), Ok(u)) => {
             let mut c = TokioIo::new(c);
             let mut u = TokioIo::new(u);
+            // Security: the tunnel outlives the connection's watchdog, so it keeps the chain
+            // judged itself, at each new generation and when the acceptance runs out.
+            let current = trust.subscribe();
             let untrusted = async {
-                trust.closed().await;
+                trust.until_refused(current).await;
                 tokio::time::sleep(shutdown_timeout).await;
             };
             tokio::select! {

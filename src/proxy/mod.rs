@@ -1,7 +1,8 @@
 //! The data path. A connection goes through two stages: `admit` (PROXY header, TLS
 //! handshake and the verifier's decision, the resumed-session re-check) and `serve`
 //! (hyper's HTTP/1.1 and h2 server with the timeouts' watchdog); `server` owns the accept
-//! loop and the state connections share, and `frontend` what one generation gives them.
+//! loop and the state connections share, `generation` everything one config builds, and
+//! `trust` (with `judged`) the generation in service and each open connection's standing with it.
 //! Requests go through `forward` (the handler), [`headers`] (the rewriting rules), `record`
 //! (the one place a finished request is counted and written to the access log),
 //! `body` (bodies that account for themselves), `upstream` / `connector` (the HTTP/1.1
@@ -15,8 +16,9 @@ pub(crate) mod admit;
 pub(crate) mod body;
 pub(crate) mod connector;
 pub(crate) mod forward;
-pub(crate) mod frontend;
+pub(crate) mod generation;
 pub mod headers;
+pub(crate) mod judged;
 pub(crate) mod pool;
 pub mod proxy_protocol;
 pub(crate) mod record;

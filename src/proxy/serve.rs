@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::activity::{Activity, Due};
 use super::admit::Admitted;
 use super::forward::{self, ConnContext};
-use super::frontend::Frontend;
+use super::generation::Generation;
 use super::headers::ForwardedPeer;
 use super::pool::{Affinity, AFFINE_IDLE};
 use super::record::{record_unparsed, Client};
@@ -21,7 +21,7 @@ use super::trust::{unix_now, ConnTrust};
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
 
-/// What a connection is served with besides its stream and frontend.
+/// What a connection is served with besides its stream and generation.
 pub(crate) struct ServeDeps {
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
@@ -29,15 +29,18 @@ pub(crate) struct ServeDeps {
     pub(crate) activity: Arc<Activity>,
     /// Its `max_connections` slot.
     pub(crate) slot: ConnectionSlot,
-    /// Its standing with the current trust state.
+    /// Its standing with the generation in service.
     pub(crate) trust: Arc<ConnTrust>,
+    /// Its subscription to the generation in service: the watchdog judges the connection
+    /// again when it changes.
+    pub(crate) current: watch::Receiver<Arc<Generation>>,
     /// The drain signal.
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 /// Serves `admitted` until it closes, times out, misbehaves, loses the trust it was admitted
 /// with, or the drain signal ends it.
-pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, deps: ServeDeps) {
+pub(crate) async fn serve(admitted: Box<Admitted>, generation: Arc<Generation>, deps: ServeDeps) {
     let Admitted {
         tls,
         peer,
@@ -48,10 +51,11 @@ pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, deps
         ..
     } = *admitted;
     tracing::debug!(peer = %peer, tls_version = tls_version.unwrap_or("-"), client = capped_for_log(&accepted.identity.subject).as_ref(), h2 = is_h2, "handshake accepted");
-    let ctx = context(&frontend, peer, &accepted.identity, sni, &deps);
+    let ctx = context(&generation, peer, &accepted.identity, sni, &deps);
     let ServeDeps {
         activity,
         trust,
+        mut current,
         mut shutdown,
         ..
     } = deps;
@@ -60,11 +64,12 @@ pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, deps
     // Boxed for the same reason as the stages in `server::connection`: inline, rustc gives
     // hyper's connection state its own slot next to its moved-from copies.
     let mut conn = Box::pin(
-        frontend
+        generation
             .http
             .serve_connection_with_upgrades(TokioIo::new(tls), service),
     );
-    let mut dog = Watchdog::new(&frontend, &shared, is_h2);
+    let mut dog = Watchdog::new(&generation, &shared, is_h2);
+    let mut subscribed = true;
     if dog.drain(*shutdown.borrow()) {
         conn.as_mut().graceful_shutdown();
     }
@@ -82,16 +87,19 @@ pub(crate) async fn serve(admitted: Box<Admitted>, frontend: Arc<Frontend>, deps
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = trust.closed(), if !dog.is_untrusted() => {
-                if dog.untrusted() {
-                    conn.as_mut().graceful_shutdown();
-                }
+            changed = current.changed(), if subscribed => {
+                subscribed = changed.is_ok();
+                let _ = trust.judge_if_stale();
             }
+            _ = trust.closed(), if !dog.is_untrusted() => {}
             _ = tokio::time::sleep(wait) => {
                 let _ = trust.judge_if_stale();
             }
             _ = activity.woken() => {}
             _ = shared.affinity.filled() => {}
+        }
+        if trust.is_closed() && !dog.is_untrusted() && dog.untrusted() {
+            conn.as_mut().graceful_shutdown();
         }
     }
 }
@@ -168,13 +176,13 @@ struct Watchdog<'a> {
 }
 
 impl<'a> Watchdog<'a> {
-    fn new(frontend: &Frontend, ctx: &'a ConnContext, is_h2: bool) -> Self {
+    fn new(generation: &Generation, ctx: &'a ConnContext, is_h2: bool) -> Self {
         Self {
             state: State::Open,
             ctx,
-            idle_timeout: frontend.listener.idle_timeout,
-            header_timeout: (!is_h2).then_some(frontend.listener.header_read_timeout),
-            shutdown_timeout: frontend.listener.shutdown_timeout,
+            idle_timeout: generation.listener().idle_timeout,
+            header_timeout: (!is_h2).then_some(generation.listener().header_read_timeout),
+            shutdown_timeout: generation.listener().shutdown_timeout,
         }
     }
 
@@ -273,7 +281,7 @@ fn answered_by_hyper(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Opt
 
 /// What every request of the connection shares, built once.
 fn context(
-    frontend: &Arc<Frontend>,
+    generation: &Arc<Generation>,
     peer: std::net::SocketAddr,
     identity: &Arc<ClientIdentity>,
     sni: Option<Box<str>>,
@@ -283,19 +291,19 @@ fn context(
         peer,
         affinity: Affinity::default(),
         forwarded_peer: ForwardedPeer::new(peer.ip()),
-        identity_headers: identity.headers(&frontend.forward),
+        identity_headers: identity.headers(&generation.config.forward),
         identity: identity.clone(),
         activity: deps.activity.clone(),
-        frontend: frontend.clone(),
+        generation: generation.clone(),
         metrics: deps.metrics.clone(),
         // Skip the per-request access record (a path copy and a byte counter) when nothing
         // would print it, e.g. `log.level = "warn"`.
-        access_log: frontend.access_log
+        access_log: generation.access_log()
             && tracing::enabled!(target: crate::logs::target::ACCESS, tracing::Level::INFO),
         slot: deps.slot.clone(),
         trust: deps.trust.clone(),
-        sni: frontend
-            .listener
+        sni: generation
+            .listener()
             .require_sni_host_match
             .then_some(sni)
             .flatten(),

@@ -1,4 +1,4 @@
-//! The data plane's shared state ([`Server`]: the frontend new connections use, the
+//! The data plane's shared state ([`Server`]: the generation new connections use, the
 //! connection slots, the drain signal), binding the listener, and the accept loop, which runs
 //! each connection through its two stages: [`admit`](super::admit::admit), then
 //! [`serve`](super::serve::serve).
@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::activity::Activity;
 use super::admit::{admit, report_candidate, source_refused};
-use super::frontend::Frontend;
+use super::generation::Generation;
 use super::serve::{draining, serve as serve_connection, ServeDeps};
 use super::slot::ConnectionSlot;
 use super::trust::{Judged, LiveTrust};
@@ -26,8 +25,7 @@ use crate::metrics::Metrics;
 /// State shared by the accept loop, every connection, the admin listener and the reloader.
 #[derive(Debug)]
 pub(crate) struct Server {
-    current: ArcSwap<Frontend>,
-    /// The trust state every open connection is held to, and the open connections.
+    /// The generation in service, and every open connection's standing with it.
     trust: Arc<LiveTrust>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -54,17 +52,12 @@ impl Server {
     /// A server whose new connections use `first`; at most `max_connections` are served at
     /// once.
     pub(crate) fn new(
-        first: Arc<Frontend>,
+        first: Arc<Generation>,
         metrics: Arc<Metrics>,
         max_connections: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
-            trust: Arc::new(LiveTrust::new(
-                first.tls.verifier.clone(),
-                first.generation,
-                metrics.clone(),
-            )),
-            current: ArcSwap::new(first),
+            trust: Arc::new(LiveTrust::new(first, metrics.clone())),
             metrics,
             draining: AtomicBool::new(false),
             listening: AtomicBool::new(false),
@@ -75,19 +68,16 @@ impl Server {
         })
     }
 
-    /// The frontend new connections use.
-    pub(crate) fn current(&self) -> Arc<Frontend> {
-        self.current.load_full()
+    /// The generation in service: new connections use it.
+    pub(crate) fn current(&self) -> Arc<Generation> {
+        self.trust.current()
     }
 
-    /// Makes `next` the frontend of every connection accepted from now on, and judges every
-    /// open connection against its trust state. Connections that still pass keep their own
-    /// frontend; the others are closed (see `proxy::trust`).
-    pub(crate) fn install(&self, next: Arc<Frontend>) -> Judged {
-        let verifier = next.tls.verifier.clone();
-        let generation = next.generation;
-        self.current.store(next);
-        self.trust.install(verifier, generation)
+    /// Puts `next` in service: connections accepted from now on use it, and every open
+    /// connection judges itself against its trust (see `proxy::trust`); returns once they
+    /// have. Connections that still pass keep their own generation; the others are closed.
+    pub(crate) async fn install(&self, next: Arc<Generation>) -> Judged {
+        self.trust.install(next).await
     }
 
     /// The metrics every connection counts into.
@@ -213,23 +203,23 @@ pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
             },
             _ = draining(&mut shutdown) => break,
         };
-        let frontend = server.current();
+        let generation = server.current();
         // Security: outside `listener.allow_sources`, the connection is closed before a byte
         // is read: no TLS work, no crypto. Behind a PROXY-protocol balancer the TCP peer is the
         // balancer; the PROXY header's source is checked instead, in `admit`.
-        if frontend.listener.proxy_protocol == ProxyProtocol::Off
-            && !frontend.sources.allows(peer.ip())
+        if generation.listener().proxy_protocol == ProxyProtocol::Off
+            && !generation.sources.allows(peer.ip())
         {
             source_refused(server.metrics(), peer);
             drop((stream, permit));
             continue;
         }
-        tokio::spawn(connection(stream, peer, frontend, server.clone(), permit));
+        tokio::spawn(connection(stream, peer, generation, server.clone(), permit));
     }
     tracing::info!("listener closed; draining connections");
 }
 
-/// One connection: admitted (or refused), then served, on the frontend it started on.
+/// One connection: admitted (or refused), then served, on the generation it started on.
 ///
 /// Memory: each stage is its own heap future, so an idle connection's task holds only the
 /// serving stage, not the space of the handshake's state as well. Inline, the two stages
@@ -239,11 +229,11 @@ pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    frontend: Arc<Frontend>,
+    generation: Arc<Generation>,
     server: Arc<Server>,
     permit: OwnedSemaphorePermit,
 ) {
-    if let Some(serving) = Box::pin(admission(stream, peer, frontend, server, permit)).await {
+    if let Some(serving) = Box::pin(admission(stream, peer, generation, server, permit)).await {
         serving.await;
     }
 }
@@ -255,7 +245,7 @@ type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
 async fn admission(
     stream: TcpStream,
     peer: SocketAddr,
-    frontend: Arc<Frontend>,
+    generation: Arc<Generation>,
     server: Arc<Server>,
     permit: OwnedSemaphorePermit,
 ) -> Option<Serving> {
@@ -264,7 +254,7 @@ async fn admission(
     // holder is gone: this task, or an upgraded tunnel that outlives it.
     let slot = ConnectionSlot::new(permit, metrics);
     let activity = Activity::new();
-    match admit(stream, peer, &frontend, &activity).await {
+    match admit(stream, peer, &generation, &activity).await {
         Ok(Some(admitted)) => {
             metrics.handshake(None);
             report_candidate(
@@ -274,25 +264,23 @@ async fn admission(
                 Ok(()),
                 admitted.candidate.as_ref(),
             );
-            // Registered for as long as it is served, so every later trust state judges it.
-            let registered = server.trust.register(
-                admitted.peer,
-                admitted.accepted.clone(),
-                frontend.generation,
-            );
+            // Registered for as long as anything serves it (its requests, its watchdog, an
+            // upgraded tunnel), so every later generation judges it.
+            let registered =
+                server
+                    .trust
+                    .register(admitted.peer, admitted.accepted.clone(), generation.id);
             let deps = ServeDeps {
                 metrics: metrics.clone(),
                 activity,
                 slot,
+                current: registered.trust().subscribe(),
                 trust: registered.trust().clone(),
                 shutdown: server.shutdown_tx.subscribe(),
             };
             // Boxed, so the serving future holds a pointer, not the TLS stream's bytes twice.
             let admitted = Box::new(admitted);
-            Some(Box::pin(async move {
-                serve_connection(admitted, frontend, deps).await;
-                drop(registered);
-            }))
+            Some(Box::pin(serve_connection(admitted, generation, deps)))
         }
         Ok(None) => None,
         Err(refusal) => {

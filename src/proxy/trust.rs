@@ -3,152 +3,170 @@
 //! CloudFront keeps busy origin connections open for as long as traffic flows, so a client
 //! removed from the allow-list, revoked by a CRL, or whose CA left the truststore would keep
 //! being served until its connection happened to close, and a certificate that expires
-//! mid-connection would keep being served too. Here every open connection is registered, and:
+//! mid-connection would keep being served too.
 //!
-//! - when a new trust state is installed (a reload, or a fetched CRL), every open connection
-//!   is judged again by the new state's verifier, over the chain it presented, at the current
-//!   time. The verifier's memo makes that one full verification per distinct chain, then one
-//!   lookup per connection;
-//! - before each request, the connection compares the trust generation it was judged under
-//!   with the current one (one atomic load), and the time with the end of its acceptance
-//!   (the earliest notAfter on the verified path, or the nextUpdate of a CRL consulted), and
-//!   is judged again when either changed;
-//! - the connection's watchdog wakes at the end of the acceptance too, so an idle connection
-//!   is judged when its certificate expires, not only at its next request.
+//! [`LiveTrust`] holds the generation in service, in a `watch` channel: the one place that
+//! holds it. Each open connection subscribes to it (model: linkerd2-proxy's `AllowPolicy`, a
+//! `watch::Receiver` per connection that re-checks on `changed()`), and:
+//!
+//! - when a new generation goes into service (a reload, a fetched CRL, an OCSP answer), the
+//!   connection's watchdog wakes and judges the chain the client presented again, with the
+//!   new generation's verifier, at the current time. The verifier's memo makes that one full
+//!   verification per distinct chain, then one lookup per connection. The install waits until
+//!   every connection open at that moment has judged the new generation (its [`Tally`]), so
+//!   the reload's log line says how many were judged and closed;
+//! - before each request, the connection checks whether a newer generation is in service and
+//!   whether its acceptance (the earliest notAfter on the verified path, or the nextUpdate of
+//!   a CRL consulted) ran out, and is judged again first when either is the case;
+//! - the watchdog also wakes at the end of the acceptance, so an idle connection is judged
+//!   when its certificate expires, not only at its next request; an upgraded tunnel (a
+//!   WebSocket) keeps a subscription of its own for as long as it runs.
 //!
 //! A connection that fails is closed: requests already being forwarded run to completion
 //! (within `listener.shutdown_timeout`), HTTP/1.1 gets `Connection: close` on the response in
 //! flight or is closed at once when idle, h2 gets GOAWAY; a request that arrives afterwards is
 //! never forwarded and gets no HTTP answer at all. Connections that still pass are untouched.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rustls_pki_types::UnixTime;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::admit::certificate_fields;
+use super::generation::Generation;
+pub(crate) use super::judged::{Judged, TrustState};
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
 use crate::tls::accepted::Accepted;
-use crate::tls::verifier::ShieldVerifier;
 use crate::tls::Reason;
 
-/// The trust state every open connection is held to, and the open connections.
+/// How long an install waits for the open connections to judge the new generation. They do
+/// it as soon as they see it (their watchdogs wake on the change); past this, the reload
+/// completes and the log counts those judged so far.
+const JUDGE_WAIT: Duration = Duration::from_secs(5);
+
+/// The generation in service, and the count of open connections.
 #[derive(Debug)]
-pub(crate) struct LiveTrust {
-    /// The verifier of the current trust state.
-    verifier: ArcSwap<ShieldVerifier>,
-    /// The generation of the current trust state. Stored after `verifier`, so a connection
-    /// that reads it and then the verifier judges with a state at least that new.
-    generation: AtomicU64,
-    connections: Mutex<HashMap<u64, Arc<ConnTrust>>>,
-    next_id: AtomicU64,
+pub(crate) struct LiveTrust<S: TrustState = Generation> {
+    /// The generation in service: every reader takes it from here.
+    current: watch::Sender<Arc<S>>,
+    /// Open connections still trusted. Registration, leaving (a refusal or the end) and
+    /// install all take this lock, so an install counts exactly the connections that will
+    /// judge it.
+    open: Mutex<usize>,
     metrics: Arc<Metrics>,
 }
 
-/// How a re-judgement of every open connection went.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Judged {
-    /// Open connections judged.
-    pub(crate) judged: usize,
-    /// Of which closed.
-    pub(crate) closed: usize,
-}
-
-impl LiveTrust {
-    /// Trust state `generation`, judged by `verifier`.
-    pub(crate) fn new(
-        verifier: Arc<ShieldVerifier>,
-        generation: u64,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+impl<S: TrustState> LiveTrust<S> {
+    /// Live trust with `first` in service.
+    pub(crate) fn new(first: Arc<S>, metrics: Arc<Metrics>) -> Self {
         Self {
-            verifier: ArcSwap::new(verifier),
-            generation: AtomicU64::new(generation),
-            connections: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
+            current: watch::channel(first).0,
+            open: Mutex::new(0),
             metrics,
         }
     }
 
-    /// Installs a new trust state and judges every open connection against it.
-    pub(crate) fn install(&self, verifier: Arc<ShieldVerifier>, generation: u64) -> Judged {
-        self.verifier.store(verifier);
-        self.generation.store(generation, Ordering::Release);
-        // Judge outside the lock: a full verification per distinct chain must not hold up
-        // connections opening and closing meanwhile.
-        let open: Vec<Arc<ConnTrust>> = self
-            .connections
-            .lock()
-            .map(|c| c.values().cloned().collect())
-            .unwrap_or_default();
-        let now = unix_now();
-        let mut result = Judged::default();
-        for conn in open {
-            if conn.is_closed() {
-                continue;
-            }
-            result.judged += 1;
-            if conn.judge(now).is_err() {
-                result.closed += 1;
-            }
-        }
-        result
+    /// The generation in service.
+    pub(crate) fn current(&self) -> Arc<S> {
+        self.current.borrow().clone()
     }
 
-    /// Registers an admitted connection, accepted under trust generation `generation`.
+    /// A subscription to the generation in service, for a task that waits on its changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<S>> {
+        self.current.subscribe()
+    }
+
+    fn open_count(&self) -> std::sync::MutexGuard<'_, usize> {
+        // A poisoned lock means a panic while adding or subtracting one: the count is usable.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts `next` in service, then waits until every connection open at that moment has
+    /// judged it (at most [`JUDGE_WAIT`]).
+    pub(crate) async fn install(&self, next: Arc<S>) -> Judged {
+        let tally_of = next.clone();
+        {
+            let open = self.open_count();
+            tally_of.tally().expect(*open);
+            self.current.send_replace(next);
+        }
+        tally_of.tally().wait(JUDGE_WAIT).await
+    }
+
+    /// Registers an admitted connection, accepted under generation `admitted_under`.
     pub(crate) fn register(
         self: &Arc<Self>,
         peer: SocketAddr,
         accepted: Arc<Accepted>,
-        generation: u64,
-    ) -> Registered {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        admitted_under: u64,
+    ) -> Registered<S> {
+        let (seen, registered_at) = {
+            let mut open = self.open_count();
+            *open += 1;
+            let mut rx = self.current.subscribe();
+            let seen = rx.borrow_and_update().clone();
+            let id = seen.id();
+            (
+                Seen {
+                    rx,
+                    generation: seen,
+                },
+                id,
+            )
+        };
         let conn = Arc::new(ConnTrust {
-            id,
             peer,
             identity: accepted.identity.clone(),
             valid_until: AtomicI64::new(accepted.valid_until),
-            generation: AtomicU64::new(generation),
+            judged_in: AtomicU64::new(admitted_under),
+            registered_at,
+            left_at: AtomicU64::new(u64::MAX),
+            seen: Mutex::new(seen),
             closed: OnceLock::new(),
             wake: Notify::new(),
             live: self.clone(),
         });
-        if let Ok(mut c) = self.connections.lock() {
-            c.insert(id, conn.clone());
-        }
-        // A trust state installed while this connection was handshaking has not judged it.
-        if conn.is_stale(unix_now()) {
-            let _ = conn.judge(unix_now());
-        }
+        // A generation put in service while this connection was handshaking has not judged it.
+        let _ = conn.judge_if_stale();
         Registered(conn)
     }
 
-    fn unregister(&self, id: u64) {
-        if let Ok(mut c) = self.connections.lock() {
-            c.remove(&id);
+    /// A connection stops counting for the generations installed from now on: it was refused,
+    /// or it ended. Once only.
+    fn leave(&self, conn: &ConnTrust<S>) {
+        let mut open = self.open_count();
+        if conn.left_at.load(Ordering::Acquire) == u64::MAX {
+            *open = open.saturating_sub(1);
+            conn.left_at
+                .store(self.current.borrow().id(), Ordering::Release);
+        }
+    }
+
+    /// A connection ended: it no longer counts, and the generation in service stops waiting
+    /// for its judgement.
+    fn unregister(&self, conn: &ConnTrust<S>) {
+        self.leave(conn);
+        let current = self.current.borrow().clone();
+        if conn.counts_for(current.id()) && conn.judged_in.load(Ordering::Acquire) < current.id() {
+            current.tally().gone();
         }
     }
 }
 
-/// A registered connection; unregisters it when the connection ends.
+/// A registered connection: the handle to its standing with the generation in service. It
+/// stays registered for as long as anything holds its [`ConnTrust`] (the connection's
+/// requests, its watchdog, an upgraded tunnel).
 #[derive(Debug)]
-pub(crate) struct Registered(Arc<ConnTrust>);
+pub(crate) struct Registered<S: TrustState = Generation>(Arc<ConnTrust<S>>);
 
-impl Registered {
+impl<S: TrustState> Registered<S> {
     /// The connection's trust.
-    pub(crate) fn trust(&self) -> &Arc<ConnTrust> {
+    pub(crate) fn trust(&self) -> &Arc<ConnTrust<S>> {
         &self.0
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.0.live.unregister(self.0.id);
     }
 }
 
@@ -159,64 +177,102 @@ pub(crate) struct Closed {
     pub(crate) reason: Reason,
 }
 
-/// One open connection's standing with the current trust state.
+/// The generation a connection has seen last, and its subscription.
 #[derive(Debug)]
-pub(crate) struct ConnTrust {
-    id: u64,
+struct Seen<S> {
+    rx: watch::Receiver<Arc<S>>,
+    generation: Arc<S>,
+}
+
+/// One open connection's standing with the generation in service.
+#[derive(Debug)]
+pub(crate) struct ConnTrust<S: TrustState = Generation> {
     peer: SocketAddr,
     /// The chain the client presented (its leaf and intermediates), judged again.
     identity: Arc<ClientIdentity>,
     /// The first second at which the last acceptance no longer holds by itself.
     valid_until: AtomicI64,
-    /// The trust generation of the last judgement.
-    generation: AtomicU64,
+    /// The generation of the last judgement.
+    judged_in: AtomicU64,
+    /// The generation in service when the connection registered: later ones count it...
+    registered_at: u64,
+    /// ...up to the one in service when it stopped counting (refused or ended; `u64::MAX`
+    /// while it counts).
+    left_at: AtomicU64,
+    seen: Mutex<Seen<S>>,
     closed: OnceLock<Closed>,
-    /// Wakes the connection's watchdog when the connection is closed.
+    /// Wakes the connection's watchdog when a judgement closes the connection.
     wake: Notify,
-    live: Arc<LiveTrust>,
+    live: Arc<LiveTrust<S>>,
 }
 
-impl ConnTrust {
-    /// Whether a request may start now. A new trust state or the end of the acceptance makes
+impl<S: TrustState> Drop for ConnTrust<S> {
+    fn drop(&mut self) {
+        self.live.unregister(self);
+    }
+}
+
+impl<S: TrustState> ConnTrust<S> {
+    /// Whether a request may start now. A newer generation or the end of the acceptance makes
     /// the connection be judged again first; a closed connection takes no more requests.
     pub(crate) fn admit_request(&self) -> Result<(), Closed> {
         if let Some(c) = self.closed.get() {
             return Err(c.clone());
         }
-        let now = unix_now();
-        if self.is_stale(now) {
-            self.judge(now)?;
-        }
-        Ok(())
+        self.judge_if_stale()
     }
 
-    /// Judges the connection again if a new trust state was installed or its acceptance ran
+    /// Judges the connection again if a newer generation is in service or its acceptance ran
     /// out since the last judgement.
     pub(crate) fn judge_if_stale(&self) -> Result<(), Closed> {
         let now = unix_now();
-        if self.is_stale(now) {
-            self.judge(now)?;
+        let generation = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.rx.has_changed().unwrap_or(false) {
+                let latest = seen.rx.borrow_and_update().clone();
+                seen.generation = latest;
+            }
+            let stale = self.is_closed()
+                || self.judged_in.load(Ordering::Acquire) != seen.generation.id()
+                || now >= self.valid_until.load(Ordering::Relaxed);
+            if !stale {
+                return Ok(());
+            }
+            seen.generation.clone()
+        };
+        self.judge(&generation, now)
+    }
+
+    /// Judges the presented chain with `generation`'s verifier at `now` (Unix seconds);
+    /// closes the connection when it fails. The first judgement of a generation that counts
+    /// this connection goes to its tally; a connection already closed only stops being
+    /// waited for.
+    fn judge(&self, generation: &Arc<S>, now: i64) -> Result<(), Closed> {
+        let was_closed = self.is_closed();
+        let verdict = self.verdict(generation, now);
+        let id = generation.id();
+        let first = self.judged_in.fetch_max(id, Ordering::AcqRel) < id;
+        if first && self.counts_for(id) {
+            if was_closed {
+                generation.tally().gone();
+            } else {
+                generation.tally().report(verdict.is_err());
+            }
         }
-        Ok(())
+        verdict
     }
 
-    /// A new trust state, or an acceptance that has run out.
-    fn is_stale(&self, now: i64) -> bool {
-        self.generation.load(Ordering::Relaxed) != self.live.generation.load(Ordering::Acquire)
-            || now >= self.valid_until.load(Ordering::Relaxed)
+    /// Whether the install of generation `id` waits for this connection's judgement.
+    fn counts_for(&self, id: u64) -> bool {
+        id > self.registered_at && id <= self.left_at.load(Ordering::Acquire)
     }
 
-    /// Judges the presented chain with the current trust state at `now` (Unix seconds); closes
-    /// the connection when it fails.
-    pub(crate) fn judge(&self, now: i64) -> Result<(), Closed> {
+    fn verdict(&self, generation: &Arc<S>, now: i64) -> Result<(), Closed> {
         if let Some(c) = self.closed.get() {
             return Err(c.clone());
         }
-        let generation = self.live.generation.load(Ordering::Acquire);
-        let verifier = self.live.verifier.load();
-        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            u64::try_from(now).unwrap_or(0),
-        ));
+        let verifier = generation.verifier();
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or(0)));
         match verifier.check(&self.identity.leaf, &self.identity.intermediates, at) {
             // Security: an open connection cannot wait on a responder. An OCSP answer that went
             // stale (its refresh failed) is an unknown status, which closes the connection as a
@@ -224,20 +280,18 @@ impl ConnTrust {
             Ok(accepted) if !accepted.ocsp_pending.is_empty() && !verifier.ocsp_soft_fail() => {
                 Err(self.close(
                     Reason::RevocationUnknown,
-                    generation,
+                    generation.id(),
                     "no fresh OCSP answer for the chain (the responder did not answer the refresh)",
                 ))
             }
             Ok(accepted) => {
                 self.valid_until
                     .store(accepted.valid_until, Ordering::Relaxed);
-                self.generation.store(generation, Ordering::Relaxed);
                 Ok(())
             }
-            Err(r) => Err(self.close(r.reason, generation, &r.detail)),
+            Err(r) => Err(self.close(r.reason, generation.id(), &r.detail)),
         }
     }
-
     /// Closes the connection once: counts it, writes its connection-log line, and wakes its
     /// watchdog.
     fn close(&self, reason: Reason, generation: u64, detail: &str) -> Closed {
@@ -257,7 +311,8 @@ impl ConnTrust {
                 detail,
                 "open connection no longer trusted; closing"
             );
-            self.wake.notify_one();
+            self.live.leave(self);
+            self.wake.notify_waiters();
         }
         closed
     }
@@ -267,11 +322,36 @@ impl ConnTrust {
         self.closed.get().is_some()
     }
 
+    /// Keeps the connection judged, with the subscription `rx`, until a judgement refuses it:
+    /// at each new generation, and when the acceptance runs out. For a task that has no other
+    /// reason to wake, such as an upgraded tunnel.
+    pub(crate) async fn until_refused(&self, mut rx: watch::Receiver<Arc<S>>) {
+        let mut subscribed = true;
+        while !self.is_closed() {
+            let wait = Duration::from_secs(
+                u64::try_from(self.seconds_left(unix_now()))
+                    .unwrap_or(0)
+                    .max(1),
+            );
+            tokio::select! {
+                changed = rx.changed(), if subscribed => subscribed = changed.is_ok(),
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.closed() => {}
+            }
+            let _ = self.judge_if_stale();
+        }
+    }
+
+    /// A subscription to the generation in service.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<S>> {
+        self.live.subscribe()
+    }
+
     /// Resolves once the connection is closed by a judgement.
     pub(crate) async fn closed(&self) {
         loop {
             // Register interest before looking, so a close between the look and the wait
-            // still wakes us (Notify keeps one permit for `notify_one`).
+            // still wakes us (a `Notified` hears `notify_waiters` from its creation on).
             let notified = self.wake.notified();
             if self.is_closed() {
                 return;
@@ -300,12 +380,56 @@ mod tests {
     use super::*;
     use crate::config::AllowConfig;
     use crate::policy::AllowList;
+    use crate::proxy::judged::Tally;
     use crate::tls::crl::Anchor;
+    use crate::tls::verifier::ShieldVerifier;
     use crate::tls::verifier::Trust;
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     };
     use rustls_pki_types::CertificateDer;
+
+    /// A generation as live trust sees it: an id, a verifier, a tally.
+    #[derive(Debug)]
+    struct State {
+        id: u64,
+        verifier: Arc<ShieldVerifier>,
+        tally: Tally,
+    }
+
+    impl TrustState for State {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn verifier(&self) -> &Arc<ShieldVerifier> {
+            &self.verifier
+        }
+        fn tally(&self) -> &Tally {
+            &self.tally
+        }
+    }
+
+    fn state(verifier: Arc<ShieldVerifier>, id: u64) -> Arc<State> {
+        Arc::new(State {
+            id,
+            verifier,
+            tally: Tally::default(),
+        })
+    }
+
+    fn live(verifier: Arc<ShieldVerifier>, id: u64) -> Arc<LiveTrust<State>> {
+        Arc::new(LiveTrust::new(
+            state(verifier, id),
+            Arc::new(Metrics::new()),
+        ))
+    }
+
+    /// What a connection's watchdog does: judge the connection at each new generation.
+    fn watched(conn: &Registered<State>) {
+        let trust = conn.trust().clone();
+        let rx = trust.subscribe();
+        tokio::spawn(async move { trust.until_refused(rx).await });
+    }
 
     fn root(cn: &str) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
@@ -355,17 +479,18 @@ mod tests {
         "192.0.2.1:443".parse().unwrap()
     }
 
-    #[test]
-    fn a_new_trust_state_that_refuses_the_chain_closes_the_connection() {
+    #[tokio::test]
+    async fn a_new_trust_state_that_refuses_the_chain_closes_the_connection() {
         let (a, b) = (root("A"), root("B"));
         let leaf = client(&a, false);
         let trusting_a = verifier(&a.0);
         let accepted = trusting_a.check(&leaf, &[], UnixTime::now()).unwrap();
-        let live = Arc::new(LiveTrust::new(trusting_a, 1, Arc::new(Metrics::new())));
+        let live = live(trusting_a, 1);
         let conn = live.register(peer(), accepted, 1);
+        watched(&conn);
         assert!(conn.trust().admit_request().is_ok());
 
-        let judged = live.install(verifier(&b.0), 2);
+        let judged = live.install(state(verifier(&b.0), 2)).await;
         assert_eq!(
             judged,
             Judged {
@@ -377,16 +502,18 @@ mod tests {
         assert_eq!(closed.reason, Reason::UnknownCa);
     }
 
-    #[test]
-    fn a_new_trust_state_that_still_accepts_the_chain_keeps_the_connection() {
+    #[tokio::test]
+    async fn a_new_trust_state_that_still_accepts_the_chain_keeps_the_connection() {
         let a = root("A");
         let leaf = client(&a, false);
         let v = verifier(&a.0);
         let accepted = v.check(&leaf, &[], UnixTime::now()).unwrap();
-        let live = Arc::new(LiveTrust::new(v, 1, Arc::new(Metrics::new())));
+        let live = live(v, 1);
         let conn = live.register(peer(), accepted, 1);
+        watched(&conn);
+        let judged = live.install(state(verifier(&a.0), 2)).await;
         assert_eq!(
-            live.install(verifier(&a.0), 2),
+            judged,
             Judged {
                 judged: 1,
                 closed: 0
@@ -408,7 +535,7 @@ mod tests {
             valid_until: unix_now() - 1,
             ocsp_pending: Vec::new(),
         });
-        let live = Arc::new(LiveTrust::new(v, 1, Arc::new(Metrics::new())));
+        let live = live(v, 1);
         // Registration already sees the stale acceptance and judges it.
         let conn = live.register(peer(), accepted, 1);
         assert!(conn.trust().is_closed());
@@ -424,20 +551,76 @@ mod tests {
         let leaf = client(&a, false);
         let trusting_a = verifier(&a.0);
         let accepted = trusting_a.check(&leaf, &[], UnixTime::now()).unwrap();
-        let live = Arc::new(LiveTrust::new(verifier(&b.0), 2, Arc::new(Metrics::new())));
+        let live = live(verifier(&b.0), 2);
         // Handshake finished on generation 1 while generation 2 was installed.
         let conn = live.register(peer(), accepted, 1);
         assert!(conn.trust().is_closed());
     }
 
-    #[test]
-    fn an_ended_connection_is_no_longer_judged() {
+    #[tokio::test]
+    async fn an_ended_connection_is_no_longer_judged() {
         let a = root("A");
         let leaf = client(&a, false);
         let v = verifier(&a.0);
         let accepted = v.check(&leaf, &[], UnixTime::now()).unwrap();
-        let live = Arc::new(LiveTrust::new(v, 1, Arc::new(Metrics::new())));
+        let live = live(v, 1);
         drop(live.register(peer(), accepted, 1));
-        assert_eq!(live.install(verifier(&a.0), 2), Judged::default());
+        let judged = live.install(state(verifier(&a.0), 2)).await;
+        assert_eq!(judged, Judged::default());
+    }
+
+    #[tokio::test]
+    async fn an_install_counts_a_connection_that_ends_before_judging_as_gone() {
+        let a = root("A");
+        let leaf = client(&a, false);
+        let v = verifier(&a.0);
+        let accepted = v.check(&leaf, &[], UnixTime::now()).unwrap();
+        let live = live(v, 1);
+        let judging = live.register(peer(), accepted.clone(), 1);
+        watched(&judging);
+        // Registered, never judging (no watchdog), and ended while the install waits.
+        let idle = live.register(peer(), accepted, 1);
+        let next = state(verifier(&a.0), 2);
+        let install = tokio::spawn({
+            let (live, next) = (live.clone(), next.clone());
+            async move { live.install(next).await }
+        });
+        while next.tally.snapshot().0.judged == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(idle);
+        let judged = tokio::time::timeout(Duration::from_secs(2), install)
+            .await
+            .expect("the install waited for a connection that had ended")
+            .unwrap();
+        assert_eq!(
+            judged,
+            Judged {
+                judged: 1,
+                closed: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_earlier_is_not_counted_again_by_a_later_install() {
+        let (a, b) = (root("A"), root("B"));
+        let leaf = client(&a, false);
+        let v = verifier(&a.0);
+        let accepted = v.check(&leaf, &[], UnixTime::now()).unwrap();
+        let live = live(v, 1);
+        let conn = live.register(peer(), accepted, 1);
+        watched(&conn);
+        let first = live.install(state(verifier(&b.0), 2)).await;
+        assert_eq!(
+            first,
+            Judged {
+                judged: 1,
+                closed: 1
+            }
+        );
+        // Still open while its requests drain, but already refused: not judged again.
+        let second = live.install(state(verifier(&b.0), 3)).await;
+        assert_eq!(second, Judged::default());
     }
 }

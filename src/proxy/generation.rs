@@ -1,5 +1,10 @@
-//! [`Frontend`]: everything the data path needs from one generation of the configuration,
-//! built once per generation and shared by every connection that starts on it.
+//! [`Generation`]: everything built from one config, whole: the config and its compiled
+//! policy, the TLS state (certificates, trust, the verifier), the upstream clients, the HTTP
+//! server settings and the source allow-list. The app builds one at start and one per reload
+//! (`app::generation::build`); [`super::trust::LiveTrust`] holds the one in service, and every
+//! reader (the accept loop, open connections, the admin listener, the app) takes it from
+//! there. A connection keeps the generation it started on for its settings and upstreams, and
+//! is judged against each newer one's trust.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,16 +14,22 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
+use super::judged::{Tally, TrustState};
 use super::upstream::Upstream;
-use crate::config::{Config, ForwardConfig, ListenerConfig};
-use crate::policy::{Policy, RouteTable, SourcePolicy};
+use crate::config::{Config, ListenerConfig};
+use crate::policy::{Policy, SourcePolicy};
+use crate::tls::verifier::ShieldVerifier;
 use crate::tls::TlsState;
+use crate::x509::Inventory;
 
-/// What the data path needs from one generation. Connections keep the frontend they started
-/// on; a reload installs a new one for new connections.
-pub(crate) struct Frontend {
-    /// The generation it belongs to; 1 at start-up.
-    pub(crate) generation: u64,
+/// Everything a reload replaces at once.
+pub(crate) struct Generation {
+    /// Counts generations; 1 at start-up.
+    pub(crate) id: u64,
+    /// The config it was built from.
+    pub(crate) config: Arc<Config>,
+    /// Its allow-lists and routes, compiled.
+    pub(crate) policy: Arc<Policy>,
     /// Certificates, trust and the verifier.
     pub(crate) tls: Arc<TlsState>,
     /// The acceptor for new handshakes (over `tls`'s server config).
@@ -29,55 +40,62 @@ pub(crate) struct Frontend {
     pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
     /// HTTP server settings.
     pub(crate) http: auto::Builder<TokioExecutor>,
-    /// `[listener]`: timeouts, limits, the PROXY protocol.
-    pub(crate) listener: ListenerConfig,
-    /// `[forward]`: which identity headers the upstream gets.
-    pub(crate) forward: ForwardConfig,
-    /// `log.access_log`.
-    pub(crate) access_log: bool,
-    /// `[[routes]]`.
-    pub(crate) routes: RouteTable,
     /// Who may connect at all (`listener.allow_sources` and its file).
     pub(crate) sources: SourcePolicy,
+    /// The judgements of the connections that were open when it went into service.
+    pub(crate) tally: Tally,
 }
 
-impl std::fmt::Debug for Frontend {
+impl std::fmt::Debug for Generation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Frontend")
-            .field("generation", &self.generation)
+        f.debug_struct("Generation")
+            .field("id", &self.id)
             .finish_non_exhaustive()
     }
 }
 
-impl Frontend {
-    /// The frontend of generation `generation` of `config`, over its loaded TLS state and
-    /// upstream.
+impl Generation {
+    /// Generation `id` of `config`, over its compiled policy, loaded TLS state and upstreams.
     pub(crate) fn new(
-        generation: u64,
-        config: &Config,
-        policy: &Policy,
+        id: u64,
+        config: Arc<Config>,
+        policy: Arc<Policy>,
         tls: Arc<TlsState>,
         upstream: Arc<Upstream>,
         upstreams: HashMap<String, Arc<Upstream>>,
         sources: SourcePolicy,
-    ) -> Frontend {
-        Frontend {
-            generation,
+    ) -> Generation {
+        Generation {
+            id,
             acceptor: TlsAcceptor::from(tls.server_config.clone()),
+            http: http_builder(&config.listener),
+            config,
+            policy,
             tls,
             upstream,
             upstreams,
-            http: http_builder(&config.listener),
-            listener: config.listener.clone(),
-            forward: config.forward.clone(),
-            access_log: config.log.access_log,
-            routes: policy.routes.clone(),
             sources,
+            tally: Tally::default(),
         }
+    }
+
+    /// `[listener]`: timeouts, limits, the PROXY protocol.
+    pub(crate) fn listener(&self) -> &ListenerConfig {
+        &self.config.listener
+    }
+
+    /// Write access-log lines (`log.access_log`).
+    pub(crate) fn access_log(&self) -> bool {
+        self.config.log.access_log
+    }
+
+    /// What its TLS state trusts and serves.
+    pub(crate) fn inventory(&self) -> &Inventory {
+        &self.tls.inventory
     }
 }
 
-impl Frontend {
+impl Generation {
     /// Every upstream, the default first (as `upstream`), then the named ones by name.
     pub(crate) fn all_upstreams(&self) -> Vec<(&str, &Arc<Upstream>)> {
         let mut named: Vec<_> = self
@@ -89,6 +107,20 @@ impl Frontend {
         let mut all = vec![("upstream", &self.upstream)];
         all.extend(named);
         all
+    }
+}
+
+impl TrustState for Generation {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn verifier(&self) -> &Arc<ShieldVerifier> {
+        &self.tls.verifier
+    }
+
+    fn tally(&self) -> &Tally {
+        &self.tally
     }
 }
 
