@@ -240,3 +240,55 @@ fn upgrade_declined_by_the_upstream_is_an_ordinary_response_and_keeps_the_connec
     assert_eq!(c.read_response(false).unwrap().status, 200);
     assert_eq!(app.hits(), 2);
 }
+
+/// A WebSocket tunnel outlives its HTTP connection, so it must keep being judged: a reload that
+/// stops trusting its client ends it after `listener.shutdown_timeout`, and the other side
+/// sees the stream end. (It used to run on, unjudged, once hyper had handed it over.)
+#[test]
+fn a_websocket_tunnel_is_closed_when_a_reload_stops_trusting_its_client() {
+    let pki = Pki::new();
+    let echo = echo_server();
+    let other = pki.root.issue(Leaf::client("other"));
+    let pin = |c: &Issued| {
+        format!(
+            "[client_auth.allow]\nfingerprints_sha256 = [\"{}\"]\n",
+            c.fingerprint()
+        )
+    };
+    let listener = "shutdown_timeout = \"1s\"";
+    let proxy = start(&pki, &config(&echo.url, listener, "", &pin(&pki.client)));
+    block_on(async {
+        let tls = tls_connect(proxy.addr, &pki.root, &good(&pki))
+            .await
+            .unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async("wss://localhost/chat", tls)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+
+        std::fs::write(
+            pki.path("mtls-shield.toml"),
+            config(&echo.url, listener, "", &pin(&other)),
+        )
+        .unwrap();
+        proxy.signal("HUP");
+        proxy
+            .wait_log(&["upgraded connection closed: its client certificate is no longer trusted"]);
+        // The client side ends: no more echoes, the stream closes.
+        let ended = loop {
+            match ws.next().await {
+                None | Some(Err(_)) => break true,
+                Some(Ok(Message::Close(_))) => break true,
+                Some(Ok(_)) => {}
+            }
+        };
+        assert!(ended);
+    });
+    let line = proxy.wait_log(&[
+        "open connection no longer trusted",
+        "reason=\"not_allowed\"",
+    ]);
+    assert!(line.contains("generation=2"), "{line}");
+}
