@@ -8,14 +8,16 @@
 //! that [`TlsState::build`](crate::tls::TlsState::build) calls) so that every broken file
 //! gets its own error line.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::app::generation;
 use crate::config::OcspMode;
-use crate::config::{AllowConfig, Config, ListenerConfig, UpstreamConfig};
+use crate::config::{AllowConfig, Config, ProxyProtocol, SniPolicy, UpstreamConfig};
 use crate::policy::Policy;
 use crate::tls::load::{self, LoadError};
 use crate::tls::state::{self, BuildInputs};
@@ -71,7 +73,7 @@ pub(crate) struct Report {
     /// Warnings.
     pub(crate) warnings: Vec<Warning>,
     /// `[listener]`, absent when the config itself does not load.
-    pub(crate) listener: Option<ListenerConfig>,
+    pub(crate) listener: Option<ListenerReport>,
     /// The server leaf certificate, when it could be read.
     pub(crate) server_certificate: Option<CertReport>,
     /// The truststore file.
@@ -81,9 +83,9 @@ pub(crate) struct Report {
     /// Every CRL that could be read.
     pub(crate) crls: Vec<CrlInfo>,
     /// `[client_auth.allow]`; empty lists mean any certificate that verifies.
-    pub(crate) allow: Option<AllowConfig>,
+    pub(crate) allow: Option<AllowReport>,
     /// `[upstream]`.
-    pub(crate) upstream: Option<UpstreamConfig>,
+    pub(crate) upstream: Option<UpstreamReport>,
     /// Each `client_auth.crl_urls` entry, fetched once.
     pub(crate) crl_urls: Vec<CrlUrlReport>,
     /// `listener.allow_sources` and its file, when either is set.
@@ -92,6 +94,137 @@ pub(crate) struct Report {
     pub(crate) routes: Vec<RouteReport>,
     /// `client_auth.ocsp*`.
     pub(crate) ocsp: Option<OcspReport>,
+}
+
+/// `[listener]` as `run` would apply it, keyed as the config file writes it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ListenerReport {
+    pub(crate) address: SocketAddr,
+    pub(crate) certificate: PathBuf,
+    pub(crate) private_key: PathBuf,
+    pub(crate) session_resumption: bool,
+    #[serde(with = "humantime_serde")]
+    pub(crate) handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_concurrent_streams: u32,
+    pub(crate) max_request_body_bytes: Option<u64>,
+    pub(crate) proxy_protocol: ProxyProtocol,
+    pub(crate) require_sni_host_match: bool,
+    /// The networks of `allow_sources`, as parsed.
+    pub(crate) allow_sources: Option<Vec<String>>,
+    pub(crate) allow_sources_file: Option<PathBuf>,
+}
+
+impl ListenerReport {
+    fn of(config: &Config) -> Self {
+        let l = &config.listener;
+        Self {
+            address: l.address,
+            certificate: l.certificate.clone(),
+            private_key: l.private_key.clone(),
+            session_resumption: l.session_resumption,
+            handshake_timeout: l.timeouts.handshake,
+            header_read_timeout: l.timeouts.header_read,
+            idle_timeout: l.timeouts.idle,
+            shutdown_timeout: l.timeouts.shutdown,
+            max_connections: l.limits.max_connections,
+            max_header_bytes: l.limits.max_header_bytes,
+            max_concurrent_streams: l.limits.max_concurrent_streams,
+            max_request_body_bytes: l.limits.max_request_body_bytes,
+            proxy_protocol: l.proxy_protocol,
+            require_sni_host_match: l.sni == SniPolicy::RequireHostMatch,
+            allow_sources: config
+                .allow_sources
+                .as_ref()
+                .map(|nets| nets.iter().map(ToString::to_string).collect()),
+            allow_sources_file: l.allow_sources_file.clone(),
+        }
+    }
+}
+
+/// An allow-list as written; every list empty means any certificate that verifies.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AllowReport {
+    pub(crate) common_names: Vec<String>,
+    pub(crate) organizational_units: Vec<String>,
+    pub(crate) dns_names: Vec<String>,
+    pub(crate) uris: Vec<String>,
+    pub(crate) fingerprints_sha256: Vec<String>,
+    pub(crate) spki_sha256: Vec<String>,
+}
+
+impl AllowReport {
+    fn of(a: &AllowConfig) -> Self {
+        Self {
+            common_names: a.common_names.clone(),
+            organizational_units: a.organizational_units.clone(),
+            dns_names: a.dns_names.clone(),
+            uris: a.uris.clone(),
+            fingerprints_sha256: a.fingerprints_sha256.clone(),
+            spki_sha256: a.spki_sha256.clone(),
+        }
+    }
+
+    /// True when no list has an entry.
+    fn is_empty(&self) -> bool {
+        [
+            &self.common_names,
+            &self.organizational_units,
+            &self.dns_names,
+            &self.uris,
+            &self.fingerprints_sha256,
+            &self.spki_sha256,
+        ]
+        .iter()
+        .all(|l| l.is_empty())
+    }
+}
+
+/// An upstream as `run` would reach it, keyed as the config file writes it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct UpstreamReport {
+    /// Scheme, host and port, or the unix socket.
+    pub(crate) url: String,
+    #[serde(with = "humantime_serde")]
+    pub(crate) connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) response_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) pool_idle_timeout: Duration,
+    pub(crate) pool_max_idle: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client_certificate: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_name: Option<String>,
+}
+
+impl UpstreamReport {
+    fn of(u: &UpstreamConfig) -> Self {
+        let tls = u.tls.as_ref();
+        let client = tls.and_then(|t| t.client.as_ref());
+        Self {
+            url: u.url.to_string(),
+            connect_timeout: u.connect_timeout,
+            response_timeout: u.response_timeout,
+            pool_idle_timeout: u.pool_idle_timeout,
+            pool_max_idle: u.pool_max_idle,
+            ca: tls.map(|t| t.ca.clone()),
+            client_certificate: client.map(|c| c.certificate.clone()),
+            client_key: client.map(|c| c.key.clone()),
+            server_name: tls.map(|t| t.server_name.clone()),
+        }
+    }
 }
 
 /// OCSP as `run` would apply it.
@@ -195,10 +328,10 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
             return report;
         }
     };
-    report.listener = Some(config.listener.clone());
+    report.listener = Some(ListenerReport::of(&config));
     report.truststore = Some(config.client_auth.truststore.clone());
-    report.allow = Some(config.client_auth.allow.clone());
-    report.upstream = Some(config.upstream.clone());
+    report.allow = Some(AllowReport::of(&config.client_auth.allow));
+    report.upstream = Some(UpstreamReport::of(&config.upstream));
     let ocsp = &config.client_auth.ocsp;
     report.ocsp = Some(OcspReport {
         mode: ocsp.mode,

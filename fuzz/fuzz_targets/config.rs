@@ -15,8 +15,8 @@ fuzz_target!(|text: &str| {
     match loaded {
         Ok(c) => {
             // Whatever validated must be internally consistent.
-            assert!(c.listener.max_connections >= 1);
-            assert!(c.listener.max_header_bytes >= 1024);
+            assert!(c.listener.limits.max_connections >= 1);
+            assert!(c.listener.limits.max_header_bytes >= 1024);
             assert!(!c.forward.client_cert_headers.is_empty());
             assert!(c.listener.certificate.is_absolute());
         }

@@ -85,7 +85,7 @@ impl App {
         if first.config.client_auth.report_only.is_some() {
             metrics.report_only_series();
         }
-        let max_connections = first.config.listener.max_connections;
+        let max_connections = first.config.listener.limits.max_connections;
         let server = Server::new(Arc::new(first), metrics.clone(), max_connections);
         Arc::new(Self {
             server,

@@ -86,7 +86,7 @@ pub(crate) async fn start(
         ocsp_changed: Arc::default(),
         metrics: metrics.clone(),
     };
-    let max_connections = cfg.listener.max_connections;
+    let max_connections = cfg.listener.limits.max_connections;
     let first_inputs = inputs.build_inputs_for(&cfg);
     let first = generation::build(cfg, 1, None, &first_inputs)?;
     // After the config and its files proved usable, so a config error stays the only line.
@@ -247,7 +247,7 @@ impl Running {
             }
         };
         // Read at drain time, so a reloaded listener.shutdown_timeout applies.
-        let shutdown_timeout = app.current().config.listener.shutdown_timeout;
+        let shutdown_timeout = app.current().config.listener.timeouts.shutdown;
         tracing::info!(target: crate::logs::target::APP, signal = which, timeout = ?shutdown_timeout, "draining: no new connections; in-flight requests may finish");
         app.server().begin_drain();
         tokio::spawn(async move {

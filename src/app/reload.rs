@@ -266,7 +266,7 @@ const RESTART_CHECKS: &[(&str, Changed)] = &[
         o.listener.address != n.listener.address
     }),
     ("listener.max_connections", |o, n| {
-        o.listener.max_connections != n.listener.max_connections
+        o.listener.limits.max_connections != n.listener.limits.max_connections
     }),
     ("admin.address", |o, n| {
         o.admin.as_ref().map(|a| a.address) != n.admin.as_ref().map(|a| a.address)

@@ -1,11 +1,11 @@
 //! `[client_auth.allow]` (and every other allow table) as the config file spells it. The lists
 //! are compiled and matched by `policy::allow`; here they are input only.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The lists as written in the config: a certificate is allowed if it matches one entry of
 /// any list.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AllowConfig {
     /// Subject commonName values.

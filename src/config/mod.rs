@@ -65,9 +65,8 @@ pub struct Config {
     pub source: PathBuf,
 }
 
-/// `[listener]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// `[listener]`, checked: the address and certificate, and the settings in small groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     /// Socket address to bind, e.g. `0.0.0.0:8443`.
     pub address: SocketAddr,
@@ -75,54 +74,56 @@ pub struct ListenerConfig {
     pub certificate: PathBuf,
     /// PKCS#8, PKCS#1 or SEC1 PEM private key.
     pub private_key: PathBuf,
-    /// Allow TLS session resumption (tickets and a session cache). Off by default.
-    #[serde(default)]
+    /// Allow TLS session resumption (tickets and a session cache).
     pub session_resumption: bool,
-    /// A peer that has not finished the TLS handshake by then is dropped.
-    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    /// A client must send a complete request header block within this time.
-    #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
-    pub header_read_timeout: Duration,
-    /// Idle keep-alive connections are closed after this long without a request.
-    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
-    #[serde(default = "defaults::shutdown_timeout", with = "humantime_serde")]
-    pub shutdown_timeout: Duration,
-    /// Connections served at once; further connections wait in the kernel backlog.
-    #[serde(default = "defaults::max_connections")]
-    pub max_connections: usize,
-    /// Largest request header block accepted (HTTP/1.1 read buffer and h2 header list).
-    #[serde(default = "defaults::max_header_bytes")]
-    pub max_header_bytes: usize,
-    /// h2 streams per connection.
-    #[serde(default = "defaults::max_concurrent_streams")]
-    pub max_concurrent_streams: u32,
-    /// Largest request body accepted, in bytes; larger bodies get 413. Enforced while the
-    /// body streams (a declared Content-Length over it is refused before the upstream is
-    /// contacted). Absent: no limit.
-    #[serde(default = "defaults::max_request_body_bytes")]
-    pub max_request_body_bytes: Option<u64>,
-    /// PROXY protocol header from a load balancer in front (`off`, `v1`, `v2`,
-    /// `optional`): its client address replaces the TCP peer in X-Forwarded-For and logs.
-    /// Enable only where the port is reachable solely through that balancer.
-    #[serde(default = "defaults::proxy_protocol")]
+    /// How long each stage of a connection may take.
+    pub timeouts: Timeouts,
+    /// How much a connection and its requests may hold.
+    pub limits: Limits,
+    /// PROXY protocol header from a load balancer in front.
     pub proxy_protocol: ProxyProtocol,
-    /// Answer `421 Misdirected Request` to a request whose Host (or `:authority`) is not the
-    /// server name (SNI) its connection was opened for. Off by default: CloudFront sends the
-    /// origin domain as SNI but forwards the viewer's Host when an origin request policy
-    /// includes it.
-    #[serde(default)]
-    pub require_sni_host_match: bool,
-    /// Networks (CIDR) that may connect; a connection from anywhere else is closed before a
-    /// byte is read. Absent: every source.
-    #[serde(default)]
-    pub allow_sources: Option<Vec<String>>,
-    /// A file of more networks: AWS's `ip-ranges.json` (its CLOUDFRONT_ORIGIN_FACING prefixes)
-    /// or one CIDR a line; reloaded like every file.
-    #[serde(default)]
+    /// Whether a request's Host must name its connection's SNI.
+    pub sni: SniPolicy,
+    /// The file of more networks that may connect (the list itself is
+    /// [`Config::allow_sources`]).
     pub allow_sources_file: Option<PathBuf>,
+}
+
+/// `listener.*_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `handshake_timeout`: a peer that has not finished the TLS handshake by then is dropped.
+    pub handshake: Duration,
+    /// `header_read_timeout`: a request header block must arrive whole within this.
+    pub header_read: Duration,
+    /// `idle_timeout`: a keep-alive connection with no request for this long is closed.
+    pub idle: Duration,
+    /// `shutdown_timeout`: in-flight requests get this long when draining or refused.
+    pub shutdown: Duration,
+}
+
+/// `listener.max_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `max_connections`: connections served at once.
+    pub max_connections: usize,
+    /// `max_header_bytes`: the largest request header block.
+    pub max_header_bytes: usize,
+    /// `max_concurrent_streams`: h2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// `max_request_body_bytes`: the largest request body; `None`: no limit.
+    pub max_request_body_bytes: Option<u64>,
+}
+
+/// `listener.require_sni_host_match`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SniPolicy {
+    /// Any Host on any connection (CloudFront sends the origin domain as SNI but may forward
+    /// the viewer's Host).
+    #[default]
+    AnyHost,
+    /// A request whose Host is not its connection's SNI name gets 421.
+    RequireHostMatch,
 }
 
 /// `listener.proxy_protocol`.
@@ -248,7 +249,7 @@ pub enum HeaderFamily {
 }
 
 /// `[forward]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardConfig {
     /// Families of identity headers to send.
@@ -269,7 +270,7 @@ impl Default for ForwardConfig {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the plain-HTTP admin listener. Keep it on loopback or a private port.
@@ -288,7 +289,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter such as `info` or `mtls_shield=debug`; `RUST_LOG` overrides it.
@@ -313,7 +314,7 @@ impl Default for LogConfig {
 }
 
 /// `[reload]`
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadConfig {
     /// Poll the config and every file it names this often; reload when content changes.
@@ -322,7 +323,7 @@ pub struct ReloadConfig {
 }
 
 /// `[runtime]`
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Tokio worker threads; default: the CPUs this process may use.
@@ -601,7 +602,7 @@ url = "http://127.0.0.1:8080"
     fn defaults_apply() {
         let c = Config::from_toml(MINIMAL, Path::new("c.toml")).unwrap();
         assert!(!c.listener.session_resumption);
-        assert_eq!(c.listener.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.listener.timeouts.handshake, Duration::from_secs(10));
         assert_eq!(c.forward.client_cert_headers, vec![HeaderFamily::Xfcc]);
         assert_eq!(c.client_auth.verified_chain_cache, 1024);
         assert!(c.admin.is_none());

@@ -2,6 +2,7 @@
 //! [`super`]. Unknown keys are refused here (`deny_unknown_fields`); defaults come from
 //! [`super::defaults`]; every refusal names the file and the dotted key.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,16 +11,16 @@ use serde::Deserialize;
 use super::sources::parse_allow_sources;
 use super::{
     defaults, AdminConfig, AllowConfig, ClientAuthConfig, Config, ConfigError, CrlFetchConfig,
-    ForwardConfig, ListenerConfig, LogConfig, OcspConfig, OcspMode, RawRoute, ReloadConfig,
-    ReportOnlyConfig, RuntimeConfig, UpstreamClientCert, UpstreamConfig, UpstreamTarget,
-    UpstreamTls,
+    ForwardConfig, Limits, ListenerConfig, LogConfig, OcspConfig, OcspMode, ProxyProtocol,
+    RawRoute, ReloadConfig, ReportOnlyConfig, RuntimeConfig, SniPolicy, Timeouts,
+    UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls,
 };
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    listener: ListenerConfig,
+    listener: RawListener,
     client_auth: RawClientAuth,
     upstream: RawUpstream,
     #[serde(default)]
@@ -36,6 +37,66 @@ pub(super) struct RawConfig {
     reload: ReloadConfig,
     #[serde(default)]
     runtime: RuntimeConfig,
+}
+
+/// `[listener]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    /// Socket address to bind, e.g. `0.0.0.0:8443`.
+    address: SocketAddr,
+    /// PEM chain, leaf first.
+    certificate: PathBuf,
+    /// PKCS#8, PKCS#1 or SEC1 PEM private key.
+    private_key: PathBuf,
+    /// Allow TLS session resumption (tickets and a session cache). Off by default.
+    #[serde(default)]
+    session_resumption: bool,
+    /// A peer that has not finished the TLS handshake by then is dropped.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    handshake_timeout: Duration,
+    /// A client must send a complete request header block within this time.
+    #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
+    header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long without a request.
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[serde(default = "defaults::shutdown_timeout", with = "humantime_serde")]
+    shutdown_timeout: Duration,
+    /// Connections served at once; further connections wait in the kernel backlog.
+    #[serde(default = "defaults::max_connections")]
+    max_connections: usize,
+    /// Largest request header block accepted (HTTP/1.1 read buffer and h2 header list).
+    #[serde(default = "defaults::max_header_bytes")]
+    max_header_bytes: usize,
+    /// h2 streams per connection.
+    #[serde(default = "defaults::max_concurrent_streams")]
+    max_concurrent_streams: u32,
+    /// Largest request body accepted, in bytes; larger bodies get 413. Enforced while the
+    /// body streams (a declared Content-Length over it is refused before the upstream is
+    /// contacted). Absent: no limit.
+    #[serde(default = "defaults::max_request_body_bytes")]
+    max_request_body_bytes: Option<u64>,
+    /// PROXY protocol header from a load balancer in front (`off`, `v1`, `v2`,
+    /// `optional`): its client address replaces the TCP peer in X-Forwarded-For and logs.
+    /// Enable only where the port is reachable solely through that balancer.
+    #[serde(default = "defaults::proxy_protocol")]
+    proxy_protocol: ProxyProtocol,
+    /// Answer `421 Misdirected Request` to a request whose Host (or `:authority`) is not the
+    /// server name (SNI) its connection was opened for. Off by default: CloudFront sends the
+    /// origin domain as SNI but forwards the viewer's Host when an origin request policy
+    /// includes it.
+    #[serde(default)]
+    require_sni_host_match: bool,
+    /// Networks (CIDR) that may connect; a connection from anywhere else is closed before a
+    /// byte is read. Absent: every source.
+    #[serde(default)]
+    allow_sources: Option<Vec<String>>,
+    /// A file of more networks: AWS's `ip-ranges.json` (its CLOUDFRONT_ORIGIN_FACING prefixes)
+    /// or one CIDR a line; reloaded like every file.
+    #[serde(default)]
+    allow_sources_file: Option<PathBuf>,
 }
 
 /// `[client_auth]`
@@ -145,16 +206,14 @@ impl RawConfig {
     /// paths resolve against `base`.
     pub(super) fn into_config(self, source: &Path, base: &Path) -> Result<Config, ConfigError> {
         let ctx = Ctx { source, base };
-        let mut listener = self.listener;
-        listener.certificate = ctx.resolve(listener.certificate);
-        listener.private_key = ctx.resolve(listener.private_key);
-        listener.allow_sources_file = listener.allow_sources_file.map(|p| ctx.resolve(p));
-        check_listener(&ctx, &listener)?;
+        let raw_listener = self.listener;
+        check_listener(&ctx, &raw_listener)?;
         let allow_sources = parse_allow_sources(
-            listener.allow_sources.as_deref(),
-            listener.allow_sources_file.is_some(),
+            raw_listener.allow_sources.as_deref(),
+            raw_listener.allow_sources_file.is_some(),
             source,
         )?;
+        let listener = raw_listener.into_typed(&ctx);
         let client_auth = self.client_auth.into_typed(&ctx)?;
         let upstream = self.upstream.into_typed(&ctx, "upstream")?;
         let mut upstreams = std::collections::BTreeMap::new();
@@ -203,7 +262,7 @@ impl RawConfig {
     }
 }
 
-fn check_listener(ctx: &Ctx<'_>, l: &ListenerConfig) -> Result<(), ConfigError> {
+fn check_listener(ctx: &Ctx<'_>, l: &RawListener) -> Result<(), ConfigError> {
     if l.max_connections == 0 {
         return Err(ctx.invalid("listener.max_connections", "must be at least 1"));
     }
@@ -229,6 +288,37 @@ fn check_listener(ctx: &Ctx<'_>, l: &ListenerConfig) -> Result<(), ConfigError> 
         }
     }
     Ok(())
+}
+
+impl RawListener {
+    /// The checked `[listener]`, its paths resolved.
+    fn into_typed(self, ctx: &Ctx<'_>) -> ListenerConfig {
+        ListenerConfig {
+            address: self.address,
+            certificate: ctx.resolve(self.certificate),
+            private_key: ctx.resolve(self.private_key),
+            session_resumption: self.session_resumption,
+            timeouts: Timeouts {
+                handshake: self.handshake_timeout,
+                header_read: self.header_read_timeout,
+                idle: self.idle_timeout,
+                shutdown: self.shutdown_timeout,
+            },
+            limits: Limits {
+                max_connections: self.max_connections,
+                max_header_bytes: self.max_header_bytes,
+                max_concurrent_streams: self.max_concurrent_streams,
+                max_request_body_bytes: self.max_request_body_bytes,
+            },
+            proxy_protocol: self.proxy_protocol,
+            sni: if self.require_sni_host_match {
+                SniPolicy::RequireHostMatch
+            } else {
+                SniPolicy::AnyHost
+            },
+            allow_sources_file: self.allow_sources_file.map(|p| ctx.resolve(p)),
+        }
+    }
 }
 
 impl RawClientAuth {

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::uri::{Authority, Uri};
-use serde::Serialize;
 
 /// A parsed upstream `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,40 +129,29 @@ impl std::fmt::Display for UpstreamTarget {
     }
 }
 
-impl Serialize for UpstreamTarget {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// One upstream: an `[upstream]` table, parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Where to connect.
     pub url: UpstreamTarget,
     /// Connecting to the upstream takes at most this long (502 after).
-    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Time from sending the request to the upstream's response headers (504 after).
-    #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
     /// Idle upstream connections are kept this long for reuse.
-    #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     /// Idle upstream connections kept per host.
     pub pool_max_idle: usize,
     /// TLS to the upstream: present exactly when `url` is `https://`.
-    #[serde(flatten)]
     pub tls: Option<UpstreamTls>,
 }
 
 /// The TLS settings of an `https://` upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
     /// PEM bundle of the CAs trusted for the upstream's server certificate (no system roots).
     pub ca: PathBuf,
     /// The certificate presented to the upstream (re-originated mTLS), if any.
-    #[serde(flatten)]
     pub client: Option<UpstreamClientCert>,
     /// The name sent as SNI and verified in the upstream's certificate (default: the host of
     /// `url`); known to be a valid DNS name or IP address.
@@ -171,13 +159,11 @@ pub struct UpstreamTls {
 }
 
 /// `client_certificate` and `client_key`, which are always set together.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamClientCert {
     /// PEM chain presented to the upstream.
-    #[serde(rename = "client_certificate")]
     pub certificate: PathBuf,
     /// Its private key.
-    #[serde(rename = "client_key")]
     pub key: PathBuf,
 }
 

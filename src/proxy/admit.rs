@@ -198,7 +198,7 @@ pub(crate) async fn admit(
     activity: &Arc<Activity>,
 ) -> Result<Option<Admitted>, Refusal> {
     // The PROXY header (when configured) and the handshake share one deadline.
-    let deadline = Instant::now() + generation.listener().handshake_timeout;
+    let deadline = Instant::now() + generation.listener().timeouts.handshake;
     let Some((stream, peer)) = proxy_header(stream, peer, generation, deadline).await? else {
         return Ok(None);
     };

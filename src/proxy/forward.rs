@@ -129,7 +129,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     parts.uri = upstream.uri_for(&parts.uri);
     parts.version = Version::HTTP_11;
     let mut body = RequestBody::new(body, bytes_in);
-    body.limit(ctx.generation.listener().max_request_body_bytes);
+    body.limit(ctx.generation.listener().limits.max_request_body_bytes);
     let body_state = body.state();
     let result = upstream
         .send(
@@ -202,7 +202,7 @@ fn refuse_before_upstream(ctx: &ConnContext, parts: &Parts, body: &Incoming) -> 
     }
     // A declared length over the limit is refused before the upstream is contacted, and
     // before hyper sends `100 Continue`, so the client never uploads the body.
-    let limit = ctx.generation.listener().max_request_body_bytes?;
+    let limit = ctx.generation.listener().limits.max_request_body_bytes?;
     let declared = body.size_hint().lower();
     (declared > limit).then(|| {
         tracing::info!(peer = %ctx.peer, limit, declared, "request body over max_request_body_bytes; 413");
@@ -261,7 +261,7 @@ fn route<'a>(
 /// The client's share of a failed upstream exchange, if it had one.
 fn client_fault(ctx: &ConnContext, state: &BodyState) -> Option<Answer> {
     if state.over_limit() {
-        tracing::info!(peer = %ctx.peer, limit = ctx.generation.listener().max_request_body_bytes, "request body over max_request_body_bytes while streaming; 413");
+        tracing::info!(peer = %ctx.peer, limit = ctx.generation.listener().limits.max_request_body_bytes, "request body over max_request_body_bytes while streaming; 413");
         return Some(Answer::TooLarge);
     }
     if state.client_failed() {
@@ -289,7 +289,7 @@ fn relay(
                 upstream_side,
                 ctx.slot.clone(),
                 ctx.trust.clone(),
-                ctx.generation.listener().shutdown_timeout,
+                ctx.generation.listener().timeouts.shutdown,
             ));
         }
     }

@@ -132,11 +132,11 @@ fn http_builder(l: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         // hyper's own header timeout also fires on idle keep-alive connections; our
         // watchdog enforces header_read_timeout and idle_timeout separately.
         .header_read_timeout(None)
-        .max_buf_size(l.max_header_bytes.max(8192));
+        .max_buf_size(l.limits.max_header_bytes.max(8192));
     http.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(l.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(l.limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(l.limits.max_header_bytes).unwrap_or(u32::MAX))
         // CVE-2023-44487 (rapid reset): cap streams reset before we could process them,
         // and streams we reset because the client misbehaved; past either, GOAWAY.
         .max_pending_accept_reset_streams(Some(50))

@@ -18,6 +18,7 @@ use super::pool::{Affinity, AFFINE_IDLE};
 use super::record::{record_unparsed, Client};
 use super::slot::ConnectionSlot;
 use super::trust::{unix_now, ConnTrust};
+use crate::config::SniPolicy;
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
 
@@ -180,9 +181,9 @@ impl<'a> Watchdog<'a> {
         Self {
             state: State::Open,
             ctx,
-            idle_timeout: generation.listener().idle_timeout,
-            header_timeout: (!is_h2).then_some(generation.listener().header_read_timeout),
-            shutdown_timeout: generation.listener().shutdown_timeout,
+            idle_timeout: generation.listener().timeouts.idle,
+            header_timeout: (!is_h2).then_some(generation.listener().timeouts.header_read),
+            shutdown_timeout: generation.listener().timeouts.shutdown,
         }
     }
 
@@ -302,9 +303,7 @@ fn context(
             && tracing::enabled!(target: crate::logs::target::ACCESS, tracing::Level::INFO),
         slot: deps.slot.clone(),
         trust: deps.trust.clone(),
-        sni: generation
-            .listener()
-            .require_sni_host_match
+        sni: (generation.listener().sni == SniPolicy::RequireHostMatch)
             .then_some(sni)
             .flatten(),
     })
