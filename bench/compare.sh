@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/compare.sh — mtls-shield vs nginx vs HAProxy as mTLS-verifying reverse proxies,
-# side by side on one machine (issues 6 and 15). One command; see bench/README.md.
+# side by side on one machine. One command; see bench/README.md.
 #
 #   bench/compare.sh                 # full run: 5 rounds, 10 s per load phase, 20,000 idle conns
 #   QUICK=1 bench/compare.sh         # smoke run: 1 round, short phases, fewer idle conns

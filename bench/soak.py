@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak driver for bench/soak.sh (issue 5): mixed good and hostile traffic against a running
+"""Soak driver for bench/soak.sh: mixed good and hostile traffic against a running
 mtls-shield, with the proxy's RSS and open file descriptors sampled from /proc.
 
 Good traffic: keep-alive and fresh-connection GETs and 64 KiB POSTs with the client

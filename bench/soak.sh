@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak: mixed good and hostile traffic against mtls-shield for SOAK_SECONDS (default 600),
 # reporting the proxy's RSS and open file descriptors at the start and the end; fails
-# unless they are flat, the process is alive and every good request was answered (issue 5).
+# unless they are flat, the process is alive and every good request was answered.
 #
 #   bench/soak.sh                      # 10 minutes
 #   SOAK_SECONDS=60 bench/soak.sh      # a short run

@@ -405,8 +405,8 @@ def _ms(v):
 
 TARGETS = ["mtls-shield", "mtls-shield-base", "nginx", "haproxy"]
 
-# key, label, unit, better ("lower"/"higher"), goal ratio vs nginx (or None: issue 15's goals
-# against HAProxy are read off the table by hand, see the README), format
+# key, label, unit, better ("lower"/"higher"), goal ratio vs nginx (or None: the goals against
+# HAProxy are read off the table by hand, see bench/README.md), format
 METRICS = [
     ("ka_rps", "Keep-alive HTTP/1.1 req/s, 32 conns, CloudFront headers, access log off", "req/s", "higher", None, "{:,.0f}"),
     ("ka_p50_ms", "Keep-alive p50 latency (log off)", "ms", "lower", None, "{:.3f}"),
