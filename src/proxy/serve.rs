@@ -17,7 +17,7 @@ use super::headers::ForwardedPeer;
 use super::pool::{Affinity, AFFINE_IDLE};
 use super::record::{record_unparsed, Client};
 use super::slot::ConnectionSlot;
-use super::trust::{unix_now, ConnTrust};
+use super::trust::{unix_now, ConnTrust, InService};
 use crate::config::SniPolicy;
 use crate::identity::{capped_for_log, ClientIdentity};
 use crate::metrics::Metrics;
@@ -32,11 +32,9 @@ pub(crate) struct ServeDeps {
     pub(crate) slot: ConnectionSlot,
     /// Its standing with the generation in service.
     pub(crate) trust: Arc<ConnTrust>,
-    /// Its subscription to the generation in service: the watchdog judges the connection
-    /// again when it changes.
-    pub(crate) current: watch::Receiver<Arc<Generation>>,
-    /// The drain signal.
-    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Its subscription to what is in service: the watchdog judges the connection again
+    /// when the generation changes, and starts closing it when draining starts.
+    pub(crate) current: watch::Receiver<InService<Generation>>,
 }
 
 /// Serves `admitted` until it closes, times out, misbehaves, loses the trust it was admitted
@@ -57,7 +55,6 @@ pub(crate) async fn serve(admitted: Box<Admitted>, generation: Arc<Generation>, 
         activity,
         trust,
         mut current,
-        mut shutdown,
         ..
     } = deps;
     let shared = ctx.clone();
@@ -71,7 +68,7 @@ pub(crate) async fn serve(admitted: Box<Admitted>, generation: Arc<Generation>, 
     );
     let mut dog = Watchdog::new(&generation, &shared, is_h2);
     let mut subscribed = true;
-    if dog.drain(*shutdown.borrow()) {
+    if dog.drain(current.borrow_and_update().draining) {
         conn.as_mut().graceful_shutdown();
     }
     loop {
@@ -83,13 +80,11 @@ pub(crate) async fn serve(admitted: Box<Admitted>, generation: Arc<Generation>, 
         }
         tokio::select! {
             res = conn.as_mut() => return ended(res, &shared),
-            _ = draining(&mut shutdown), if dog.is_open() => {
-                if dog.drain(true) {
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
             changed = current.changed(), if subscribed => {
                 subscribed = changed.is_ok();
+                if dog.drain(current.borrow().draining) {
+                    conn.as_mut().graceful_shutdown();
+                }
                 let _ = trust.judge_if_stale();
             }
             _ = trust.closed(), if !dog.is_untrusted() => {}
@@ -185,10 +180,6 @@ impl<'a> Watchdog<'a> {
             header_timeout: (!is_h2).then_some(generation.listener().timeouts.header_read),
             shutdown_timeout: generation.listener().timeouts.shutdown,
         }
-    }
-
-    fn is_open(&self) -> bool {
-        self.state == State::Open
     }
 
     fn is_untrusted(&self) -> bool {
@@ -310,7 +301,7 @@ fn context(
 }
 
 /// Resolves once draining has started.
-pub(super) async fn draining(rx: &mut watch::Receiver<bool>) {
+pub(super) async fn draining(rx: &mut watch::Receiver<InService<Generation>>) {
     // The guard `wait_for` returns is not Send; drop it here rather than across an await.
-    let _ = rx.wait_for(|d| *d).await;
+    let _ = rx.wait_for(|s| s.draining).await;
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::activity::Activity;
 use super::admit::{admit, report_candidate, source_refused};
@@ -28,9 +28,7 @@ pub(crate) struct Server {
     /// The generation in service, and every open connection's standing with it.
     trust: Arc<LiveTrust>,
     metrics: Arc<Metrics>,
-    draining: AtomicBool,
     listening: AtomicBool,
-    shutdown_tx: watch::Sender<bool>,
     connections: Arc<Semaphore>,
     max_connections: usize,
     /// Why the program is not ready yet besides the listener and the upstream (e.g. a CRL URL
@@ -59,9 +57,7 @@ impl Server {
         Arc::new(Self {
             trust: Arc::new(LiveTrust::new(first, metrics.clone())),
             metrics,
-            draining: AtomicBool::new(false),
             listening: AtomicBool::new(false),
-            shutdown_tx: watch::channel(false).0,
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             not_ready: std::sync::RwLock::new(None),
@@ -87,13 +83,12 @@ impl Server {
 
     /// Starts draining: stop accepting, close idle connections, GOAWAY on h2.
     pub(crate) fn begin_drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        self.shutdown_tx.send_replace(true);
+        self.trust.begin_drain();
     }
 
     /// True once draining has started: readiness turns 503.
     pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.trust.is_draining()
     }
 
     /// Adds a readiness condition.
@@ -181,7 +176,7 @@ impl AcceptErrors {
 /// Accepts until draining starts.
 pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
     server.listening.store(true, Ordering::SeqCst);
-    let mut shutdown = server.shutdown_tx.subscribe();
+    let mut shutdown = server.trust.subscribe();
     let mut accept_errors = AcceptErrors::new("listener");
     loop {
         // Past max_connections, stop calling accept(): new peers wait in the kernel backlog
@@ -276,7 +271,6 @@ async fn admission(
                 slot,
                 current: registered.trust().subscribe(),
                 trust: registered.trust().clone(),
-                shutdown: server.shutdown_tx.subscribe(),
             };
             // Boxed, so the serving future holds a pointer, not the TLS stream's bytes twice.
             let admitted = Box::new(admitted);

@@ -48,11 +48,31 @@ use crate::tls::Reason;
 /// completes and the log counts those judged so far.
 const JUDGE_WAIT: Duration = Duration::from_secs(5);
 
+/// What is in service: the generation, and whether the program is draining. One channel for
+/// both, so a connection's watchdog waits on one subscription, not two: each wait registers
+/// with the channel's shared waiter list, and the watchdog waits again after every request.
+#[derive(Debug)]
+pub(crate) struct InService<S> {
+    /// The generation new connections use and open ones are judged against.
+    pub(crate) generation: Arc<S>,
+    /// Draining has started: no new connections, open ones close once idle.
+    pub(crate) draining: bool,
+}
+
+impl<S> Clone for InService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            generation: self.generation.clone(),
+            draining: self.draining,
+        }
+    }
+}
+
 /// The generation in service, and the count of open connections.
 #[derive(Debug)]
 pub(crate) struct LiveTrust<S: TrustState = Generation> {
-    /// The generation in service: every reader takes it from here.
-    current: watch::Sender<Arc<S>>,
+    /// What is in service: every reader takes it from here.
+    current: watch::Sender<InService<S>>,
     /// Open connections still trusted. Registration, leaving (a refusal or the end) and
     /// install all take this lock, so an install counts exactly the connections that will
     /// judge it.
@@ -64,7 +84,11 @@ impl<S: TrustState> LiveTrust<S> {
     /// Live trust with `first` in service.
     pub(crate) fn new(first: Arc<S>, metrics: Arc<Metrics>) -> Self {
         Self {
-            current: watch::channel(first).0,
+            current: watch::channel(InService {
+                generation: first,
+                draining: false,
+            })
+            .0,
             open: Mutex::new(0),
             metrics,
         }
@@ -72,12 +96,22 @@ impl<S: TrustState> LiveTrust<S> {
 
     /// The generation in service.
     pub(crate) fn current(&self) -> Arc<S> {
-        self.current.borrow().clone()
+        self.current.borrow().generation.clone()
     }
 
-    /// A subscription to the generation in service, for a task that waits on its changes.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<S>> {
+    /// A subscription to what is in service, for a task that waits on its changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<InService<S>> {
         self.current.subscribe()
+    }
+
+    /// Starts draining; every subscriber sees it.
+    pub(crate) fn begin_drain(&self) {
+        self.current.send_modify(|s| s.draining = true);
+    }
+
+    /// True once draining has started.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.current.borrow().draining
     }
 
     fn open_count(&self) -> std::sync::MutexGuard<'_, usize> {
@@ -92,7 +126,7 @@ impl<S: TrustState> LiveTrust<S> {
         {
             let open = self.open_count();
             tally_of.tally().expect(*open);
-            self.current.send_replace(next);
+            self.current.send_modify(|s| s.generation = next);
         }
         tally_of.tally().wait(JUDGE_WAIT).await
     }
@@ -108,7 +142,7 @@ impl<S: TrustState> LiveTrust<S> {
             let mut open = self.open_count();
             *open += 1;
             let mut rx = self.current.subscribe();
-            let seen = rx.borrow_and_update().clone();
+            let seen = rx.borrow_and_update().generation.clone();
             let id = seen.id();
             (
                 Seen {
@@ -142,7 +176,7 @@ impl<S: TrustState> LiveTrust<S> {
         if conn.left_at.load(Ordering::Acquire) == u64::MAX {
             *open = open.saturating_sub(1);
             conn.left_at
-                .store(self.current.borrow().id(), Ordering::Release);
+                .store(self.current.borrow().generation.id(), Ordering::Release);
         }
     }
 
@@ -150,7 +184,7 @@ impl<S: TrustState> LiveTrust<S> {
     /// for its judgement.
     fn unregister(&self, conn: &ConnTrust<S>) {
         self.leave(conn);
-        let current = self.current.borrow().clone();
+        let current = self.current.borrow().generation.clone();
         if conn.counts_for(current.id()) && conn.judged_in.load(Ordering::Acquire) < current.id() {
             current.tally().gone();
         }
@@ -180,7 +214,7 @@ pub(crate) struct Closed {
 /// The generation a connection has seen last, and its subscription.
 #[derive(Debug)]
 struct Seen<S> {
-    rx: watch::Receiver<Arc<S>>,
+    rx: watch::Receiver<InService<S>>,
     generation: Arc<S>,
 }
 
@@ -229,7 +263,7 @@ impl<S: TrustState> ConnTrust<S> {
         let generation = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if seen.rx.has_changed().unwrap_or(false) {
-                let latest = seen.rx.borrow_and_update().clone();
+                let latest = seen.rx.borrow_and_update().generation.clone();
                 seen.generation = latest;
             }
             let stale = self.is_closed()
@@ -325,7 +359,7 @@ impl<S: TrustState> ConnTrust<S> {
     /// Keeps the connection judged, with the subscription `rx`, until a judgement refuses it:
     /// at each new generation, and when the acceptance runs out. For a task that has no other
     /// reason to wake, such as an upgraded tunnel.
-    pub(crate) async fn until_refused(&self, mut rx: watch::Receiver<Arc<S>>) {
+    pub(crate) async fn until_refused(&self, mut rx: watch::Receiver<InService<S>>) {
         let mut subscribed = true;
         while !self.is_closed() {
             let wait = Duration::from_secs(
@@ -342,8 +376,8 @@ impl<S: TrustState> ConnTrust<S> {
         }
     }
 
-    /// A subscription to the generation in service.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<S>> {
+    /// A subscription to what is in service.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<InService<S>> {
         self.live.subscribe()
     }
 
