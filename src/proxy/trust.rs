@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rustls_pki_types::UnixTime;
 use tokio::sync::{watch, Notify};
 
@@ -159,13 +160,14 @@ impl<S: TrustState> LiveTrust<S> {
             judged_in: AtomicU64::new(admitted_under),
             registered_at,
             left_at: AtomicU64::new(u64::MAX),
+            fresh: ArcSwap::from_pointee(seen.rx.clone()),
             seen: Mutex::new(seen),
             closed: OnceLock::new(),
             wake: Notify::new(),
             live: self.clone(),
         });
         // A generation put in service while this connection was handshaking has not judged it.
-        let _ = conn.judge_if_stale();
+        let _ = conn.recheck(unix_now());
         Registered(conn)
     }
 
@@ -234,6 +236,9 @@ pub(crate) struct ConnTrust<S: TrustState = Generation> {
     /// while it counts).
     left_at: AtomicU64,
     seen: Mutex<Seen<S>>,
+    /// A copy of `seen`'s subscription as of the last look, for the lock-free check that
+    /// nothing new was published since.
+    fresh: ArcSwap<watch::Receiver<InService<S>>>,
     closed: OnceLock<Closed>,
     /// Wakes the connection's watchdog when a judgement closes the connection.
     wake: Notify,
@@ -260,6 +265,21 @@ impl<S: TrustState> ConnTrust<S> {
     /// out since the last judgement.
     pub(crate) fn judge_if_stale(&self) -> Result<(), Closed> {
         let now = unix_now();
+        // The fast path, taken by almost every request: nothing new was published since the
+        // last look, and the acceptance still holds. Lock-free, because the streams of one h2
+        // connection ask it at once from both workers.
+        if !self.is_closed()
+            && now < self.valid_until.load(Ordering::Relaxed)
+            && !self.fresh.load().has_changed().unwrap_or(true)
+        {
+            return Ok(());
+        }
+        self.recheck(now)
+    }
+
+    /// The slow path of [`Self::judge_if_stale`]: takes what was published, and judges the
+    /// connection when it is stale by it or by the clock.
+    fn recheck(&self, now: i64) -> Result<(), Closed> {
         let generation = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if seen.rx.has_changed().unwrap_or(false) {
@@ -270,11 +290,20 @@ impl<S: TrustState> ConnTrust<S> {
                 || self.judged_in.load(Ordering::Acquire) != seen.generation.id()
                 || now >= self.valid_until.load(Ordering::Relaxed);
             if !stale {
+                self.fresh.store(Arc::new(seen.rx.clone()));
                 return Ok(());
             }
             seen.generation.clone()
         };
-        self.judge(&generation, now)
+        let verdict = self.judge(&generation, now);
+        // Whatever the verdict, this generation has been judged: the fast path may skip it.
+        // (A refused connection never takes it: `closed` is set.)
+        if let Ok(seen) = self.seen.lock() {
+            if seen.generation.id() == generation.id() {
+                self.fresh.store(Arc::new(seen.rx.clone()));
+            }
+        }
+        verdict
     }
 
     /// Judges the presented chain with `generation`'s verifier at `now` (Unix seconds);
