@@ -56,7 +56,7 @@ impl Counts {
 
 impl Tally {
     /// The generation goes into service with `open` connections to judge it.
-    pub(crate) fn expect(&self, open: usize) {
+    pub(crate) fn start(&self, open: usize) {
         self.update(|c| c.expected = open);
     }
 

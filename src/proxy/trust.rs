@@ -126,7 +126,7 @@ impl<S: TrustState> LiveTrust<S> {
         let tally_of = next.clone();
         {
             let open = self.open_count();
-            tally_of.tally().expect(*open);
+            tally_of.tally().start(*open);
             self.current.send_modify(|s| s.generation = next);
         }
         tally_of.tally().wait(JUDGE_WAIT).await
