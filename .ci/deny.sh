@@ -47,8 +47,11 @@ skip_advisories() { echo "advisories: SKIPPED, not checked: $*"; }
 # advisory_bundle: print the path of the snapshot bundle, if there is one.
 advisory_bundle() {
   local candidate
+  # The workspace's shared folder sits beside the repository; a CI clone may be one level
+  # deeper, or elsewhere on a machine laid out like this one.
   for candidate in "${MTLS_SHIELD_ADVISORY_BUNDLE:-}" \
                    "$CI_REPO/../shared/rustsec/advisory-db.bundle" \
+                   "$CI_REPO/../../shared/rustsec/advisory-db.bundle" \
                    /work/shared/rustsec/advisory-db.bundle; do
     if [ -n "$candidate" ] && [ -f "$candidate" ]; then
       echo "$candidate"
