@@ -19,6 +19,7 @@ mod common;
 mod rawtls;
 
 mod allow_list;
+mod config_defaults;
 mod core_accept;
 mod core_chain_crl;
 mod core_config_errors;
