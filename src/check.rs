@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::app::generation;
 use crate::config::OcspMode;
-use crate::config::{AllowConfig, Config, ProxyProtocol, SniPolicy, UpstreamConfig};
+use crate::config::{AllowConfig, Config, ProxyProtocol, SniPolicy, UpstreamConfig, ViewerMode};
 use crate::policy::Policy;
 use crate::tls::load::{self, LoadError};
 use crate::tls::state::{self, BuildInputs};
@@ -94,6 +94,31 @@ pub(crate) struct Report {
     pub(crate) routes: Vec<RouteReport>,
     /// `client_auth.ocsp*`.
     pub(crate) ocsp: Option<OcspReport>,
+    /// `[viewer]`, when viewer certificates are judged.
+    pub(crate) viewer: Option<ViewerReport>,
+}
+
+/// `[viewer]` as `run` would judge viewer certificates.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ViewerReport {
+    /// `cloudfront` or `rfc9440`.
+    pub(crate) headers: crate::config::ViewerHeaders,
+    /// The viewer truststore file.
+    pub(crate) truststore: PathBuf,
+    /// Its anchors, when it loaded.
+    pub(crate) anchors: Vec<CertReport>,
+    /// The viewer CRLs in force (files, and URLs fetched once).
+    pub(crate) crls: Vec<CrlInfo>,
+    /// `viewer.crl_urls`.
+    pub(crate) crl_urls: Vec<String>,
+    /// `viewer.required`.
+    pub(crate) required: bool,
+    /// `[viewer.edges]`: the connections whose viewer headers count.
+    pub(crate) edges: AllowReport,
+    /// `[viewer.allow]`; empty lists mean any viewer that verifies.
+    pub(crate) allow: AllowReport,
+    /// The routes with viewer rules of their own: `label: mode[, own viewer_allow]`.
+    pub(crate) routes: Vec<String>,
 }
 
 /// `[listener]` as `run` would apply it, keyed as the config file writes it.
@@ -161,6 +186,27 @@ pub(crate) struct AllowReport {
 }
 
 impl AllowReport {
+    /// The lists that have entries, on one line: `uris: a, b; common_names: c`.
+    fn summary(&self) -> String {
+        self.lists()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}: {}", v.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn lists(&self) -> impl Iterator<Item = (&'static str, &Vec<String>)> {
+        [
+            ("common_names", &self.common_names),
+            ("organizational_units", &self.organizational_units),
+            ("dns_names", &self.dns_names),
+            ("uris", &self.uris),
+            ("fingerprints_sha256", &self.fingerprints_sha256),
+            ("spki_sha256", &self.spki_sha256),
+        ]
+        .into_iter()
+    }
+
     fn of(a: &AllowConfig) -> Self {
         Self {
             common_names: a.common_names.clone(),
@@ -295,6 +341,7 @@ impl Report {
             allow: None,
             upstream: None,
             ocsp: None,
+            viewer: None,
             crl_urls: Vec::new(),
             sources: None,
             routes: Vec::new(),
@@ -360,6 +407,37 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
             restricted: r.allow().is_some(),
         })
         .collect();
+    report.viewer = config.viewer.as_ref().map(|v| ViewerReport {
+        headers: v.headers,
+        truststore: v.truststore.clone(),
+        anchors: Vec::new(),
+        crls: Vec::new(),
+        crl_urls: v.crl_urls.clone(),
+        required: v.required,
+        edges: AllowReport::of(&v.edges),
+        allow: AllowReport::of(&v.allow),
+        routes: policy
+            .routes
+            .routes()
+            .iter()
+            .filter(|r| r.viewer().is_some() || r.viewer_allow().is_some())
+            .map(|r| {
+                let mode = match r.viewer() {
+                    Some(ViewerMode::Required) => "required",
+                    Some(ViewerMode::Optional) => "optional",
+                    Some(ViewerMode::Ignored) => "ignored",
+                    None if v.required => "required",
+                    None => "optional",
+                };
+                let own = if r.viewer_allow().is_some() {
+                    ", own viewer_allow"
+                } else {
+                    ""
+                };
+                format!("{}: {mode}{own}", r.label())
+            })
+            .collect(),
+    });
 
     // Pass 1: every file on its own, so each broken one gets its own line.
     let server = check_server(&config, &mut report);
@@ -407,6 +485,7 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
                 fetched,
                 distribution_points: None,
                 ocsp: None,
+                viewer_ocsp: None,
             }
         }
         Err(e) => {
@@ -422,6 +501,10 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
                 file: config.listener.allow_sources_file.clone(),
                 prefixes,
             });
+            if let (Some(vr), Some(vt)) = (&mut report.viewer, &generation.viewer) {
+                vr.anchors = vt.anchor_infos().map(|a| cert_report(a, now)).collect();
+                vr.crls = vt.crls.clone();
+            }
             let inv = generation.inventory().clone();
             (Some(inv.server), inv.anchors, inv.crls)
         }
@@ -470,9 +553,31 @@ pub(crate) fn check(path: &Path, now: i64) -> Report {
     for c in &crls {
         crl_warnings(&mut report, c, &crls, &anchors, now);
     }
+    viewer_warnings(&mut report, now);
     report.crls = crls;
     report.valid = built.is_ok() && report.errors.is_empty();
     report
+}
+
+/// The viewer anchors' expiry and the viewer CRLs' freshness, as for `client_auth`'s.
+fn viewer_warnings(report: &mut Report, now: i64) {
+    let Some(v) = report.viewer.clone() else {
+        return;
+    };
+    for a in &v.anchors {
+        cert_warnings(
+            report,
+            "viewer_anchor",
+            "viewer trust anchor",
+            &v.truststore,
+            &a.info,
+            now,
+        );
+    }
+    let infos: Vec<CertInfo> = v.anchors.iter().map(|a| a.info.clone()).collect();
+    for c in &v.crls {
+        crl_warnings(report, c, &v.crls, &infos, now);
+    }
 }
 
 /// Loads the server certificate and key through the same loader as `run`, reporting the
@@ -686,6 +791,59 @@ fn expiry(c: &CertReport) -> String {
 }
 
 /// The human-readable report.
+/// The `viewer:` section of the text report.
+fn viewer_text(o: &mut String, v: &ViewerReport) {
+    use std::fmt::Write as _;
+    let headers = match v.headers {
+        crate::config::ViewerHeaders::Cloudfront => {
+            "cloudfront (Client-Cert/Client-Cert-Chain or CloudFront-Viewer-Cert-Pem)"
+        }
+        crate::config::ViewerHeaders::Rfc9440 => "rfc9440 (Client-Cert/Client-Cert-Chain)",
+    };
+    let _ = writeln!(
+        o,
+        "viewer: headers {headers}, {}",
+        if v.required { "required" } else { "optional" }
+    );
+    let _ = writeln!(
+        o,
+        "  truststore: {} ({} anchor{})",
+        v.truststore.display(),
+        v.anchors.len(),
+        if v.anchors.len() == 1 { "" } else { "s" }
+    );
+    for a in &v.anchors {
+        let _ = writeln!(o, "    - {}, expires {}", a.info.subject, expiry(a));
+    }
+    for c in &v.crls {
+        let _ = writeln!(
+            o,
+            "  CRL {}: issuer {}, number {}, next update {}, {} revoked",
+            c.path.display(),
+            c.issuer,
+            c.number.as_deref().unwrap_or("-"),
+            c.next_update.map_or_else(|| "-".to_owned(), rfc3339_z),
+            c.revoked
+        );
+    }
+    for u in &v.crl_urls {
+        let _ = writeln!(o, "  CRL URL: {u}");
+    }
+    let _ = writeln!(o, "  edges: {}", v.edges.summary());
+    let _ = writeln!(
+        o,
+        "  allow: {}",
+        if v.allow.is_empty() {
+            "any viewer that verifies".to_owned()
+        } else {
+            v.allow.summary()
+        }
+    );
+    for r in &v.routes {
+        let _ = writeln!(o, "  route {r}");
+    }
+}
+
 pub(crate) fn text(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
@@ -799,14 +957,7 @@ pub(crate) fn text(r: &Report) -> String {
             let _ = writeln!(o, "allow-list: any certificate that verifies");
         } else {
             let _ = writeln!(o, "allow-list: a certificate matching any of");
-            for (key, values) in [
-                ("common_names", &a.common_names),
-                ("organizational_units", &a.organizational_units),
-                ("dns_names", &a.dns_names),
-                ("uris", &a.uris),
-                ("fingerprints_sha256", &a.fingerprints_sha256),
-                ("spki_sha256", &a.spki_sha256),
-            ] {
+            for (key, values) in a.lists() {
                 if !values.is_empty() {
                     let _ = writeln!(o, "  {key}: {}", values.join(", "));
                 }
@@ -878,6 +1029,9 @@ pub(crate) fn text(r: &Report) -> String {
                 "every client that connected"
             }
         );
+    }
+    if let Some(v) = &r.viewer {
+        viewer_text(&mut o, v);
     }
     for w in &r.warnings {
         let _ = writeln!(

@@ -60,7 +60,9 @@ pub(crate) enum Command {
         #[arg(long, short, default_value = "config/mtls-shield.toml")]
         config: PathBuf,
         /// The client certificate (PEM); certificates after the first are its intermediates.
-        cert: PathBuf,
+        /// With `--viewer`: the viewer's certificate.
+        #[arg(required_unless_present = "headers")]
+        cert: Option<PathBuf>,
         /// Intermediates the client sends with it (PEM).
         #[arg(long)]
         chain: Option<PathBuf>,
@@ -70,6 +72,16 @@ pub(crate) enum Command {
         /// Also print the verdict of `[client_auth.report_only]`, the candidate policy.
         #[arg(long)]
         report_only: bool,
+        /// Judge a viewer certificate with `[viewer]`, as a request from an edge would be.
+        #[arg(long)]
+        viewer: bool,
+        /// With `--viewer`: a viewer header as the edge sends it (`Name: value`), instead of
+        /// CERT; repeat it for each header.
+        #[arg(long = "header", value_name = "NAME: VALUE", requires = "viewer")]
+        headers: Vec<String>,
+        /// With `--viewer`: the request path, whose route's `viewer` and `viewer_allow` apply.
+        #[arg(long, requires = "viewer")]
+        path: Option<String>,
     },
     /// Write a development PKI (CA, server and client certificates) as PEM files.
     #[cfg(feature = "demo")]
@@ -124,8 +136,31 @@ pub fn main() -> anyhow::Result<ExitCode> {
             cert,
             chain,
             at,
+            report_only: _,
+            viewer: true,
+            headers,
+            path,
+        } => crate::verify::run_viewer(
+            &config,
+            crate::verify::ViewerInput {
+                cert: cert.as_deref(),
+                chain: chain.as_deref(),
+                headers: &headers,
+                path: path.as_deref(),
+            },
+            at.as_deref(),
+        ),
+        Command::Verify {
+            config,
+            cert,
+            chain,
+            at,
             report_only,
-        } => crate::verify::run(&config, &cert, chain.as_deref(), at.as_deref(), report_only),
+            ..
+        } => {
+            let cert = cert.context("a certificate file is required")?;
+            crate::verify::run(&config, &cert, chain.as_deref(), at.as_deref(), report_only)
+        }
         #[cfg(feature = "demo")]
         Command::GenCerts { out, force } => crate::demo::gen_certs(&out, force),
     }

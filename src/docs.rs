@@ -28,8 +28,9 @@ pub fn generated() -> Vec<GeneratedDoc> {
         },
         GeneratedDoc {
             path: "docs/troubleshooting.md",
-            source: "src/tls/reason.rs (the reasons! table)",
-            text: crate::tls::reason::troubleshooting_markdown(),
+            source: "src/tls/reason.rs (the reasons! table) and src/viewer/reason.rs",
+            text: crate::tls::reason::troubleshooting_markdown()
+                + &crate::viewer::reason::troubleshooting_markdown(),
         },
         GeneratedDoc {
             path: "docs/metrics.md",

@@ -247,7 +247,9 @@ pub fn capped_for_log(s: &str) -> Cow<'_, str> {
 }
 
 /// True for any header, in any case or with `_` for `-`, that claims a client identity: XFCC,
-/// ALB's `x-amzn-mtls-clientcert*`, and RFC 9440's `client-cert`/`client-cert-chain`.
+/// ALB's `x-amzn-mtls-clientcert*`, RFC 9440's `client-cert`/`client-cert-chain`, and
+/// CloudFront's `cloudfront-viewer-cert-*` (a viewer's certificate as CloudFront forwards it:
+/// only `[viewer]` may read it, on an edge's connection, and it is never passed on unjudged).
 ///
 /// Security: these are stripped from every inbound request whatever `forward` mode is set, so
 /// an upstream never mistakes a client-written header for one this proxy verified. The
@@ -259,6 +261,7 @@ pub fn is_identity_header(name: &HeaderName) -> bool {
         || starts_with_folded(n, b"x-amzn-mtls-clientcert")
         || eq_folded(n, b"client-cert")
         || eq_folded(n, b"client-cert-chain")
+        || starts_with_folded(n, b"cloudfront-viewer-cert-")
 }
 
 fn fold(b: u8) -> u8 {

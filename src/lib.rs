@@ -22,4 +22,5 @@ pub mod policy;
 pub mod proxy;
 pub mod tls;
 mod verify;
+pub mod viewer;
 mod x509;

@@ -102,6 +102,20 @@ pub(crate) struct Line<'a> {
     pub(crate) upstream: Option<Duration>,
     /// The `[[routes]]` entry the request matched.
     pub(crate) route: Option<&'a str>,
+    /// The viewer certificate's verdict, when `[viewer]` judged one (or refused for lack of
+    /// one).
+    pub(crate) viewer: Option<ViewerFields<'a>>,
+}
+
+/// A request's viewer, on its access line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ViewerFields<'a> {
+    /// `None` when the viewer passed; else the `viewer_*` reason.
+    pub(crate) reason: Option<&'a str>,
+    /// The viewer's subject DN (capped), when its certificate could be read.
+    pub(crate) subject: Option<&'a str>,
+    /// SHA-256 of the viewer's certificate, when it could be read.
+    pub(crate) fingerprint: Option<&'a [u8; 32]>,
 }
 
 /// Access lines dropped so far (see the module doc).
@@ -361,6 +375,20 @@ fn render_text(out: &mut String, now: SystemTime, l: &Line<'_>) {
         out.push_str(" route=");
         debug_str(out, r);
     }
+    if let Some(v) = &l.viewer {
+        if let Some(r) = v.reason {
+            out.push_str(" viewer_reason=");
+            out.push_str(r);
+        }
+        if let Some(s) = v.subject {
+            out.push_str(" viewer_subject=");
+            debug_str(out, s);
+        }
+        if let Some(f) = v.fingerprint {
+            out.push_str(" viewer_fingerprint=");
+            hex(out, f);
+        }
+    }
 }
 
 /// The JSON form, as tracing's JSON lines, with `target` last.
@@ -395,6 +423,21 @@ fn render_json(out: &mut String, now: SystemTime, l: &Line<'_>) {
     if let Some(r) = l.route {
         out.push_str(",\"route\":");
         json_str(out, r);
+    }
+    if let Some(v) = &l.viewer {
+        if let Some(r) = v.reason {
+            out.push_str(",\"viewer_reason\":");
+            json_str(out, r);
+        }
+        if let Some(s) = v.subject {
+            out.push_str(",\"viewer_subject\":");
+            json_str(out, s);
+        }
+        if let Some(f) = v.fingerprint {
+            out.push_str(",\"viewer_fingerprint\":\"");
+            hex(out, f);
+            out.push('"');
+        }
     }
     out.push_str(",\"target\":\"");
     out.push_str(target::ACCESS);
@@ -557,6 +600,7 @@ mod tests {
             total: Duration::from_nanos(524_958),
             upstream: Some(Duration::from_micros(8_173)),
             route: Some("r1"),
+            viewer: None,
         }
     }
 

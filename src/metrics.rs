@@ -242,6 +242,17 @@ struct RouteLabels {
     route: TextLabel,
 }
 
+/// Labels of `mtls_shield_viewer_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ViewerLabels {
+    /// accepted or rejected
+    result: HandshakeResult,
+    /// `none` when accepted, else a `viewer_*` reason code.
+    reason: &'static str,
+    /// The route's name or index; `none` when no route covers the request.
+    route: TextLabel,
+}
+
 /// Labels of `mtls_shield_connections_closed_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClosedLabels {
@@ -296,6 +307,12 @@ pub(crate) struct Metrics {
     report_only: Family<ReportOnlyLabels, Counter>,
     /// `mtls_shield_requests_denied_total`
     requests_denied: Family<RouteLabels, Counter>,
+    /// `mtls_shield_viewer_requests_total`
+    viewer_requests: Family<ViewerLabels, Counter>,
+    /// `mtls_shield_viewer_verifications_total`
+    viewer_verifications: Counter,
+    /// `mtls_shield_viewer_headers_removed_total`
+    viewer_headers_removed: Counter,
     /// `mtls_shield_crl_last_success_timestamp_seconds`
     crl_last_success: Family<UrlLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// `mtls_shield_access_log_dropped_total`, caught up with [`crate::logs::dropped`] at
@@ -354,6 +371,9 @@ impl Metrics {
             ocsp_oldest_answer: Gauge::default(),
             report_only: Family::default(),
             requests_denied: Family::default(),
+            viewer_requests: Family::default(),
+            viewer_verifications: Counter::default(),
+            viewer_headers_removed: Counter::default(),
             crl_last_success: Family::default(),
             access_log_dropped: Counter::default(),
             log_dropped: Counter::default(),
@@ -419,6 +439,21 @@ impl Metrics {
             "requests_denied",
             "Requests refused with 403 because the matching route's allow-list refuses the client, by route (its name, or its index)",
             m.requests_denied.clone(),
+        );
+        registry.register(
+            "viewer_requests",
+            "Requests whose viewer certificate [viewer] judged, by result (accepted, rejected), reason (none, or a viewer_* code) and route (its name or index; none when no route covers the request)",
+            m.viewer_requests.clone(),
+        );
+        registry.register(
+            "viewer_verifications",
+            "Full verifications of a viewer chain (the first sight of a chain in a trust state; later requests with it use the memo)",
+            m.viewer_verifications.clone(),
+        );
+        registry.register(
+            "viewer_headers_removed",
+            "Requests whose viewer certificate headers were removed unjudged, because their connection is not one of [viewer.edges] (or [viewer] is not set)",
+            m.viewer_headers_removed.clone(),
         );
         registry.register(
             "report_only",
@@ -664,6 +699,33 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a request whose viewer certificate `[viewer]` judged: `reason` is `None` when
+    /// it passed (with or without a viewer), else the `viewer_*` code.
+    pub(crate) fn viewer_request(&self, reason: Option<&'static str>, route: Option<&str>) {
+        self.viewer_requests
+            .get_or_create(&ViewerLabels {
+                result: if reason.is_none() {
+                    HandshakeResult::accepted
+                } else {
+                    HandshakeResult::rejected
+                },
+                reason: reason.unwrap_or("none"),
+                route: TextLabel(route.unwrap_or("none").to_owned()),
+            })
+            .inc();
+    }
+
+    /// Counts a full verification of a viewer chain (the memo did not have it).
+    pub(crate) fn viewer_verification(&self) {
+        self.viewer_verifications.inc();
+    }
+
+    /// Counts a request whose viewer headers were removed unjudged: its connection is not
+    /// one of `[viewer.edges]`, or `[viewer]` is not set.
+    pub(crate) fn viewer_headers_removed(&self) {
+        self.viewer_headers_removed.inc();
+    }
+
     /// Counts a reload.
     pub(crate) fn reload(&self, result: ReloadOutcome) {
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
@@ -802,6 +864,7 @@ pub(crate) fn reference_markdown() -> String {
     m.ocsp(OcspResult::good);
     m.report_only_series();
     m.route_series(["admin"]);
+    m.viewer_request(None, Some("devices"));
     m.set_inventory(&example_inventory());
     let mut families: Vec<(String, String, String, Vec<String>)> = Vec::new();
     for line in m.encode().lines() {

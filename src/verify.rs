@@ -112,6 +112,7 @@ pub(crate) fn run(
                 cache: cache.clone(),
                 resolver: r.clone(),
             }),
+            viewer_ocsp: None,
         },
     )?;
 
@@ -182,6 +183,149 @@ pub(crate) fn run(
             Ok(ExitCode::from(REFUSED))
         }
     }
+}
+
+/// What `verify --viewer` judges: a certificate file (and its chain), or the headers an edge
+/// would send.
+pub(crate) struct ViewerInput<'a> {
+    /// The viewer's certificate (PEM); certificates after the first are its chain.
+    pub(crate) cert: Option<&'a Path>,
+    /// More of its chain (PEM).
+    pub(crate) chain: Option<&'a Path>,
+    /// `Name: value` headers, instead of the files.
+    pub(crate) headers: &'a [String],
+    /// The request path, for its route's viewer rules.
+    pub(crate) path: Option<&'a str>,
+}
+
+/// `mtls-shield verify --viewer`: the verdict a request from an edge would get, from
+/// [`ViewerTrust::judge_request`](crate::viewer::ViewerTrust::judge_request), the function
+/// the request path calls. A certificate file is sent as RFC 9440 headers, so it goes through
+/// the same decoding as the headers themselves.
+pub(crate) fn run_viewer(
+    config_path: &Path,
+    input: ViewerInput<'_>,
+    at: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let when = match at {
+        Some(s) => parse_time(s)?,
+        None => time::OffsetDateTime::now_utc().unix_timestamp(),
+    };
+    let config = Config::load(config_path)?;
+    let viewer = config
+        .viewer
+        .as_ref()
+        .context("--viewer: the config has no [viewer] table")?;
+    let policy = Policy::compile(&config)?;
+    let viewer_policy = policy
+        .viewer
+        .as_ref()
+        .context("--viewer: the config has no [viewer] table")?;
+    let (fetched, _) = crate::app::crl::fetch_offline(&config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    // OCSP as the request path would ask it, once, with a cache of this run's own.
+    let setup = (viewer.ocsp.mode != OcspMode::Off).then(|| {
+        let cache = Arc::new(OcspCache::default());
+        OcspSetup {
+            cache: cache.clone(),
+            resolver: Arc::new(Resolver::new(
+                &viewer.ocsp,
+                cache,
+                Arc::default(),
+                Arc::new(Metrics::new()),
+                Arc::default(),
+            )),
+        }
+    });
+    let trust = crate::viewer::ViewerTrust::build(
+        viewer,
+        viewer_policy.allow.clone(),
+        &config.forward,
+        &fetched,
+        setup.as_ref(),
+    )?;
+    let headers = viewer_headers(&input)?;
+    let presented = trust.read(&headers);
+    let route = match input.path {
+        Some(path) => match policy.routes.lookup(None, &http::Method::GET, path) {
+            crate::policy::Lookup::Route(r) => Some(r),
+            _ => None,
+        },
+        None => None,
+    };
+    let verdict = rt.block_on(trust.judge_request(viewer_policy, route, &presented, when, || {}));
+    println!("checked at: {}", rfc3339_z(when));
+    if let Some(r) = route {
+        println!("route: {}", r.label());
+    }
+    match verdict {
+        Ok(Some(v)) => {
+            print_identity(v.identity());
+            println!("result: accepted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(None) => {
+            println!("result: accepted without a viewer (the route does not require one)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refusal) => {
+            if let Some(id) = &refusal.identity {
+                print_identity(id);
+            }
+            println!("result: refused: {}", refusal.reason);
+            println!("  reason: {}", refusal.reason.explain());
+            println!("  detail: {}", refusal.detail);
+            Ok(ExitCode::from(REFUSED))
+        }
+    }
+}
+
+/// The headers of `input`: as given, or the files as RFC 9440 `Client-Cert` and
+/// `Client-Cert-Chain`.
+fn viewer_headers(input: &ViewerInput<'_>) -> anyhow::Result<http::HeaderMap> {
+    use base64::Engine as _;
+    let mut map = http::HeaderMap::new();
+    for h in input.headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("--header {h:?}: expected `Name: value`"))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("--header {h:?}: not a header name"))?;
+        let value = http::HeaderValue::from_str(value.trim())
+            .with_context(|| format!("--header {h:?}: not a header value"))?;
+        map.append(name, value);
+    }
+    let Some(cert) = input.cert else {
+        return Ok(map);
+    };
+    let mut certs = load::certificates(cert, "viewer certificate")?;
+    if let Some(chain) = input.chain {
+        certs.extend(load::certificates(chain, "certificate chain")?);
+    }
+    let sf = |der: &[u8]| {
+        format!(
+            ":{}:",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        )
+    };
+    let mut certs = certs.iter();
+    if let Some(leaf) = certs.next() {
+        map.insert(
+            crate::viewer::headers::CLIENT_CERT,
+            http::HeaderValue::from_str(&sf(leaf))?,
+        );
+    }
+    let chain: Vec<String> = certs.map(|c| sf(c)).collect();
+    if !chain.is_empty() {
+        map.insert(
+            crate::viewer::headers::CLIENT_CERT_CHAIN,
+            http::HeaderValue::from_str(&chain.join(", "))?,
+        );
+    }
+    Ok(map)
 }
 
 /// Asks the OCSP responders the handshake's admission stage would ask, prints each answer,

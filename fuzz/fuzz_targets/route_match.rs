@@ -32,7 +32,7 @@ fn table() -> &'static RouteTable {
             route("tilde", "/~user", &[]),
             route("cafe", "/caf%C3%A9/x", &[]),
         ];
-        RouteTable::compile(routes, [], Path::new("/fuzz.toml")).expect("the fixed table compiles")
+        RouteTable::compile(routes, [], false, Path::new("/fuzz.toml")).expect("the fixed table compiles")
     })
 }
 

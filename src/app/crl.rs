@@ -610,7 +610,7 @@ pub(crate) fn fetch_offline(
     if cfg.urls.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let anchors = crate::tls::state::load_anchors(&config.client_auth.truststore)?;
+    let anchors = crl_anchors(config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -620,6 +620,20 @@ pub(crate) fn fetch_offline(
         let outcomes = fetch.fetch_all_once(&anchors).await;
         Ok((fetch.in_force(), outcomes))
     })
+}
+
+/// What a fetched CRL is checked against when it arrives: every trust domain's CRL signers
+/// (`client_auth.truststore`; with `[viewer]`, `viewer.truststore` and
+/// `viewer.intermediates`). Each domain later uses only the CRLs its own CAs signed.
+pub(crate) fn crl_anchors(config: &crate::config::Config) -> Result<Vec<Anchor>, LoadError> {
+    let mut anchors = crate::tls::state::load_anchors(&config.client_auth.truststore)?;
+    if let Some(v) = &config.viewer {
+        anchors.extend(crate::tls::state::load_anchors(&v.truststore)?);
+        if let Some(path) = &v.intermediates {
+            anchors.extend(crate::tls::state::load_anchors(path)?);
+        }
+    }
+    Ok(anchors)
 }
 
 /// Where the fetch tasks get the truststore from: the current generation's, so a reload

@@ -62,6 +62,14 @@ impl TrustSources {
                 cache: self.ocsp_cache.clone(),
                 resolver: Arc::new(self.resolver(ocsp)),
             }),
+            viewer_ocsp: config
+                .viewer
+                .as_ref()
+                .filter(|v| v.ocsp.mode != OcspMode::Off)
+                .map(|v| OcspSetup {
+                    cache: self.ocsp_cache.clone(),
+                    resolver: Arc::new(self.resolver(&v.ocsp)),
+                }),
         }
     }
 
@@ -110,13 +118,20 @@ impl App {
         &self.inputs.crl
     }
 
-    /// The current generation's truststore, for checking fetched CRLs when they arrive.
+    /// The current generation's truststores (`client_auth`'s and `viewer`'s), for checking
+    /// fetched CRLs when they arrive.
     pub(crate) fn anchors_source(self: &Arc<Self>) -> AnchorsSource {
         let weak = Arc::downgrade(self);
         Arc::new(move || {
-            weak.upgrade()
-                .map(|a| a.current().tls.anchors.clone())
-                .unwrap_or_default()
+            let Some(app) = weak.upgrade() else {
+                return Vec::new();
+            };
+            let current = app.current();
+            let mut anchors = current.tls.anchors.clone();
+            if let Some(v) = &current.viewer {
+                anchors.extend(v.crl_signers.iter().cloned());
+            }
+            anchors
         })
     }
 

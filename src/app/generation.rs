@@ -13,6 +13,7 @@ use crate::proxy::upstream::Upstream;
 use crate::tls::load::{self, LoadError};
 use crate::tls::state::BuildInputs;
 use crate::tls::TlsState;
+use crate::viewer::ViewerTrust;
 
 /// Why a generation could not be built: one line naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,16 @@ pub(crate) fn build(
         upstreams.insert(name.clone(), client_for(cfg, before)?);
     }
     let sources = source_policy(&config)?;
+    let viewer = match (&config.viewer, &policy.viewer) {
+        (Some(v), Some(p)) => Some(Arc::new(ViewerTrust::build(
+            v,
+            p.allow.clone(),
+            &config.forward,
+            &inputs.fetched,
+            inputs.viewer_ocsp.as_ref(),
+        )?)),
+        _ => None,
+    };
     Ok(Generation::new(
         id,
         Arc::new(config),
@@ -80,5 +91,6 @@ pub(crate) fn build(
         upstream,
         upstreams,
         sources,
-    ))
+    )
+    .with_viewer(viewer))
 }

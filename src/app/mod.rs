@@ -20,7 +20,6 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::server::{self, NotReady};
 use crate::tls::crl::{DistributionPoint, DistributionPoints, MAX_DISTRIBUTION_POINTS};
-use crate::tls::state::load_anchors;
 use crl::{AnchorsSource, CrlFetch};
 pub(crate) use current::{App, TrustSources};
 pub(crate) use generation::BuildError;
@@ -74,7 +73,7 @@ pub(crate) async fn start(
     let anchors = if fetch_cfg.urls.is_empty() {
         Vec::new()
     } else {
-        load_anchors(&cfg.client_auth.truststore).map_err(BuildError::from)?
+        crl::crl_anchors(&cfg).map_err(BuildError::from)?
     };
     let crl = CrlFetch::new(&fetch_cfg, &anchors, metrics.clone()).map_err(BuildError::from)?;
     let (dp_tx, dp_rx) = tokio::sync::mpsc::channel(MAX_DISTRIBUTION_POINTS);

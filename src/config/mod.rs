@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use allow::AllowConfig;
 pub use error::ConfigError;
-pub use routes::RawRoute;
+pub use routes::{RawRoute, ViewerMode};
 pub use sources::{parse_allow_sources, parse_cidr};
 pub use upstream::{
     UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls, UpstreamUrlError,
@@ -53,6 +53,9 @@ pub struct Config {
     pub forward: ForwardConfig,
     /// The optional admin listener (health, readiness, metrics).
     pub admin: Option<AdminConfig>,
+    /// `[viewer]`: the certificates an edge (CloudFront) forwards from its viewers, judged
+    /// on every request; `None`: viewer headers are removed and never judged.
+    pub viewer: Option<ViewerConfig>,
     /// Logging.
     pub log: LogConfig,
     /// Hot reload by polling.
@@ -209,6 +212,49 @@ pub struct ReportOnlyConfig {
     pub allow: Option<AllowConfig>,
 }
 
+/// `[viewer]`: verify the certificate an edge (CloudFront viewer mTLS, an ALB in passthrough)
+/// forwards from each end user, per request, with the handshake's engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewerConfig {
+    /// Which headers carry the viewer's certificate.
+    pub headers: ViewerHeaders,
+    /// The CAs that issue viewer certificates (separate from `client_auth.truststore`).
+    pub truststore: PathBuf,
+    /// Untrusted intermediates offered to path building, for headers that carry the leaf only.
+    pub intermediates: Option<PathBuf>,
+    /// CRL files of the viewer CAs, PEM or DER.
+    pub crls: Vec<PathBuf>,
+    /// CRL URLs of the viewer CAs; the one fetcher fetches them with `client_auth`'s
+    /// `crl_refresh`, `crl_fetch_timeout`, `crl_max_bytes`, `crl_cache_dir` and `crl_ca`.
+    pub crl_urls: Vec<String>,
+    /// Refuse a viewer whose issuer has no CRL in force.
+    pub require_crl: bool,
+    /// OCSP for viewer certificates; timeout and refresh are `client_auth`'s.
+    pub ocsp: OcspConfig,
+    /// Verified viewer chains remembered per trust state; 0 turns the memo off.
+    pub verified_chain_cache: usize,
+    /// A request without a viewer certificate gets 403 (`viewer_no_certificate`); routes may
+    /// say otherwise.
+    pub required: bool,
+    /// Which connections may carry viewer certificates: their own verified identity must
+    /// match this allow table (never empty).
+    pub edges: AllowConfig,
+    /// Which viewers may pass, as written; empty: any viewer whose chain verifies.
+    pub allow: AllowConfig,
+}
+
+/// `viewer.headers`: where the viewer's certificate arrives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewerHeaders {
+    /// CloudFront: `Client-Cert`/`Client-Cert-Chain` (passthrough mode) or
+    /// `CloudFront-Viewer-Cert-Pem` with `-Present` and `-Sha256` (required/optional modes).
+    #[default]
+    Cloudfront,
+    /// RFC 9440's `Client-Cert` and `Client-Cert-Chain` only.
+    Rfc9440,
+}
+
 /// The CRLs fetched from URLs (`client_auth.crl_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlFetchConfig {
@@ -360,6 +406,9 @@ pub mod defaults {
     /// `client_auth.advertise_ca_names`: on, so clients that choose a certificate by the CA
     /// names in the CertificateRequest (browsers, curl with several identities) find theirs.
     pub const ADVERTISE_CA_NAMES: bool = true;
+    /// `viewer.required`: fail closed; a route that lets viewers without a certificate pass
+    /// says so itself.
+    pub const VIEWER_REQUIRED: bool = true;
     /// `client_auth.crl_refresh`: CRLs are usually published daily or more often; an hour
     /// bounds how long a new revocation waits for the shield to see it.
     pub const CRL_REFRESH: Duration = Duration::from_secs(3600);
@@ -413,6 +462,9 @@ pub mod defaults {
     }
     pub(super) fn verified_chain_cache() -> usize {
         VERIFIED_CHAIN_CACHE
+    }
+    pub(super) fn viewer_required() -> bool {
+        VIEWER_REQUIRED
     }
     pub(super) fn advertise_ca_names() -> bool {
         ADVERTISE_CA_NAMES
@@ -515,6 +567,11 @@ impl Config {
         files.extend(self.listener.allow_sources_file.iter().cloned());
         files.extend(self.client_auth.crls.iter().cloned());
         files.extend(self.client_auth.crl_fetch.ca.iter().cloned());
+        if let Some(v) = &self.viewer {
+            files.push(v.truststore.clone());
+            files.extend(v.intermediates.iter().cloned());
+            files.extend(v.crls.iter().cloned());
+        }
         if let Some(r) = &self.client_auth.report_only {
             files.extend(r.truststore.iter().cloned());
             files.extend(r.crls.iter().flatten().cloned());

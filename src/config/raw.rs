@@ -13,7 +13,7 @@ use super::{
     defaults, AdminConfig, AllowConfig, ClientAuthConfig, Config, ConfigError, CrlFetchConfig,
     ForwardConfig, Limits, ListenerConfig, LogConfig, OcspConfig, OcspMode, ProxyProtocol,
     RawRoute, ReloadConfig, ReportOnlyConfig, RuntimeConfig, SniPolicy, Timeouts,
-    UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls,
+    UpstreamClientCert, UpstreamConfig, UpstreamTarget, UpstreamTls, ViewerConfig, ViewerHeaders,
 };
 
 /// The whole file.
@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     forward: ForwardConfig,
     #[serde(default)]
     admin: Option<AdminConfig>,
+    #[serde(default)]
+    viewer: Option<RawViewer>,
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
@@ -154,6 +156,37 @@ struct RawReportOnly {
     allow: Option<AllowConfig>,
 }
 
+/// `[viewer]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawViewer {
+    #[serde(default)]
+    headers: ViewerHeaders,
+    truststore: PathBuf,
+    #[serde(default)]
+    intermediates: Option<PathBuf>,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+    #[serde(default)]
+    crl_urls: Vec<String>,
+    #[serde(default)]
+    require_crl: bool,
+    #[serde(default)]
+    ocsp: OcspMode,
+    #[serde(default)]
+    ocsp_responder: String,
+    #[serde(default)]
+    ocsp_soft_fail: bool,
+    #[serde(default = "defaults::verified_chain_cache")]
+    verified_chain_cache: usize,
+    #[serde(default = "defaults::viewer_required")]
+    required: bool,
+    #[serde(default)]
+    edges: Option<AllowConfig>,
+    #[serde(default)]
+    allow: AllowConfig,
+}
+
 /// `[upstream]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,7 +247,21 @@ impl RawConfig {
             source,
         )?;
         let listener = raw_listener.into_typed(&ctx);
-        let client_auth = self.client_auth.into_typed(&ctx)?;
+        let mut client_auth = self.client_auth.into_typed(&ctx)?;
+        let viewer = self
+            .viewer
+            .map(|v| v.into_typed(&ctx, &client_auth))
+            .transpose()?;
+        if let Some(v) = &viewer {
+            // One fetcher fetches every CRL URL, with one set of fetch settings; each trust
+            // domain then uses only the CRLs its own CAs signed.
+            let urls = &mut client_auth.crl_fetch.urls;
+            for url in &v.crl_urls {
+                if !urls.contains(url) {
+                    urls.push(url.clone());
+                }
+            }
+        }
         let upstream = self.upstream.into_typed(&ctx, "upstream")?;
         let mut upstreams = std::collections::BTreeMap::new();
         for (name, raw) in self.upstreams {
@@ -253,6 +300,7 @@ impl RawConfig {
             allow_sources,
             forward: self.forward,
             admin: self.admin,
+            viewer,
             log: self.log,
             reload: self.reload,
             runtime: self.runtime,
@@ -353,15 +401,7 @@ impl RawClientAuth {
     }
 
     fn ocsp(&self, ctx: &Ctx<'_>) -> Result<OcspConfig, ConfigError> {
-        let responder = self.ocsp_responder.trim();
-        if !responder.is_empty() && !responder.starts_with("http://") {
-            // OCSP is plain HTTP by design (RFC 6960 §A.1): the answer is signed, and an
-            // https responder would need its own revocation check to be trusted.
-            return Err(ctx.invalid(
-                "client_auth.ocsp_responder",
-                format!("{responder:?} is not an http:// URL; OCSP responders are reached over plain HTTP (the answers are signed)"),
-            ));
-        }
+        let responder = check_ocsp_responder(ctx, "client_auth", &self.ocsp_responder)?;
         if self.ocsp_timeout.is_zero() {
             return Err(ctx.invalid(
                 "client_auth.ocsp_timeout",
@@ -374,31 +414,14 @@ impl RawClientAuth {
         Ok(OcspConfig {
             refresh: self.ocsp_refresh,
             mode: self.ocsp,
-            responder: (!responder.is_empty()).then(|| responder.to_owned()),
+            responder,
             timeout: self.ocsp_timeout,
             soft_fail: self.ocsp_soft_fail,
         })
     }
 
     fn crl_fetch(&self, ctx: &Ctx<'_>) -> Result<CrlFetchConfig, ConfigError> {
-        for (i, url) in self.crl_urls.iter().enumerate() {
-            let key = format!("client_auth.crl_urls[{i}]");
-            let uri: http::Uri = url.parse().map_err(|e| {
-                ctx.invalid(
-                    &key,
-                    format!("{url:?} is not a URL ({e}); expected http://host/path.crl"),
-                )
-            })?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                return Err(ctx.invalid(
-                    &key,
-                    format!("{url:?}: a CRL URL must be http:// or https:// with a host"),
-                ));
-            }
-            if self.crl_urls[..i].contains(url) {
-                return Err(ctx.invalid(&key, format!("{url:?} is listed twice")));
-            }
-        }
+        check_crl_urls(ctx, "client_auth", &self.crl_urls)?;
         if self.crl_refresh < Duration::from_secs(1) {
             return Err(ctx.invalid("client_auth.crl_refresh", "must be at least 1s"));
         }
@@ -419,6 +442,96 @@ impl RawClientAuth {
             cache_dir: self.crl_cache_dir.clone().map(|p| ctx.resolve(p)),
             ca: self.crl_ca.clone().map(|p| ctx.resolve(p)),
             from_distribution_points: self.crl_from_distribution_points,
+        })
+    }
+}
+
+/// The `crl_urls` of `table`: each an http(s) URL with a host, none listed twice.
+fn check_crl_urls(ctx: &Ctx<'_>, table: &str, urls: &[String]) -> Result<(), ConfigError> {
+    for (i, url) in urls.iter().enumerate() {
+        let key = format!("{table}.crl_urls[{i}]");
+        let uri: http::Uri = url.parse().map_err(|e| {
+            ctx.invalid(
+                &key,
+                format!("{url:?} is not a URL ({e}); expected http://host/path.crl"),
+            )
+        })?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(ctx.invalid(
+                &key,
+                format!("{url:?}: a CRL URL must be http:// or https:// with a host"),
+            ));
+        }
+        if urls[..i].contains(url) {
+            return Err(ctx.invalid(&key, format!("{url:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// The `ocsp_responder` of `table`, trimmed: `None` when empty, else an `http://` URL.
+fn check_ocsp_responder(
+    ctx: &Ctx<'_>,
+    table: &str,
+    responder: &str,
+) -> Result<Option<String>, ConfigError> {
+    let responder = responder.trim();
+    if !responder.is_empty() && !responder.starts_with("http://") {
+        // OCSP is plain HTTP by design (RFC 6960 §A.1): the answer is signed, and an
+        // https responder would need its own revocation check to be trusted.
+        return Err(ctx.invalid(
+            &format!("{table}.ocsp_responder"),
+            format!("{responder:?} is not an http:// URL; OCSP responders are reached over plain HTTP (the answers are signed)"),
+        ));
+    }
+    Ok((!responder.is_empty()).then(|| responder.to_owned()))
+}
+
+impl RawViewer {
+    /// The checked `[viewer]`; OCSP's timeout and refresh are `client_auth`'s.
+    fn into_typed(
+        self,
+        ctx: &Ctx<'_>,
+        client_auth: &ClientAuthConfig,
+    ) -> Result<ViewerConfig, ConfigError> {
+        // Security: the edges are the trust boundary. Without them any client that may
+        // connect could write a viewer certificate header and be taken for that viewer.
+        let edges = match self.edges {
+            Some(e) if !e.is_empty() => e,
+            _ => {
+                return Err(ctx.invalid(
+                    "viewer.edges",
+                    "is required and must not be empty: name the connections that may carry viewer certificates, e.g. fingerprints_sha256 = [\"<CloudFront origin certificate SHA-256>\"]",
+                ))
+            }
+        };
+        if self.require_crl && self.crls.is_empty() && self.crl_urls.is_empty() {
+            // Fail closed at start-up, as client_auth.require_crl does.
+            return Err(ctx.invalid(
+                "viewer.require_crl",
+                "is true but viewer.crls and viewer.crl_urls are empty; add the CRL of every viewer CA, or set require_crl = false",
+            ));
+        }
+        check_crl_urls(ctx, "viewer", &self.crl_urls)?;
+        let responder = check_ocsp_responder(ctx, "viewer", &self.ocsp_responder)?;
+        Ok(ViewerConfig {
+            headers: self.headers,
+            truststore: ctx.resolve(self.truststore),
+            intermediates: self.intermediates.map(|p| ctx.resolve(p)),
+            crls: self.crls.into_iter().map(|p| ctx.resolve(p)).collect(),
+            crl_urls: self.crl_urls,
+            require_crl: self.require_crl,
+            ocsp: OcspConfig {
+                mode: self.ocsp,
+                responder,
+                timeout: client_auth.ocsp.timeout,
+                soft_fail: self.ocsp_soft_fail,
+                refresh: client_auth.ocsp.refresh,
+            },
+            verified_chain_cache: self.verified_chain_cache,
+            required: self.required,
+            edges,
+            allow: self.allow,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! `[[routes]]` as the config file spells it. The entries are compiled, checked and matched
 //! by `policy::routes`; here they are input only.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::allow::AllowConfig;
 
@@ -23,4 +23,21 @@ pub struct RawRoute {
     /// Who may use the route, on top of the connection-level policy (the same keys as
     /// `[client_auth.allow]`); absent: every client that connected.
     pub allow: Option<AllowConfig>,
+    /// Whether the route needs a viewer certificate (`[viewer]`); absent: `viewer.required`.
+    pub viewer: Option<ViewerMode>,
+    /// Which viewers may use the route, on top of `[viewer.allow]` (the keys of
+    /// `[client_auth.allow]`); absent: every viewer that verified.
+    pub viewer_allow: Option<AllowConfig>,
+}
+
+/// `routes[].viewer`: whether a route needs a viewer certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewerMode {
+    /// 403 without a verified viewer.
+    Required,
+    /// A viewer certificate, when sent, is verified (and refused if it fails); none passes.
+    Optional,
+    /// Viewer headers are removed unjudged; the request carries the edge's identity only.
+    Ignored,
 }

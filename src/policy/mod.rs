@@ -23,7 +23,7 @@ pub use path::normalize_path;
 pub use routes::{HostPattern, Lookup, Route, RouteTable};
 pub use sources::{parse_sources_file, SourcePolicy, SourceSet, SourcesFileError};
 
-use crate::config::{AllowConfig, Config, ConfigError};
+use crate::config::{AllowConfig, Config, ConfigError, ViewerMode};
 
 /// The compiled policy of one config: built by [`Policy::compile`], before anything else of a
 /// generation, so a malformed entry refuses the whole config (at start, by `check`, or by a
@@ -36,6 +36,31 @@ pub struct Policy {
     pub report_only_allow: Option<AllowList>,
     /// `[[routes]]`.
     pub routes: RouteTable,
+    /// `[viewer]`'s edges and allow-list, when viewer certificates are judged.
+    pub viewer: Option<ViewerPolicy>,
+}
+
+/// Who may carry viewer certificates, and which viewers may pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewerPolicy {
+    /// `[viewer.edges]`: the connections whose viewer headers count.
+    pub edges: AllowList,
+    /// `[viewer.allow]`: which verified viewers may pass.
+    pub allow: AllowList,
+    /// `viewer.required`: the mode of a request no route covers, and of routes that do not
+    /// say.
+    pub required: bool,
+}
+
+impl ViewerPolicy {
+    /// What a request on `route` (`None`: no route covers it) needs of its viewer.
+    pub fn mode_for(&self, route: Option<&Route>) -> ViewerMode {
+        match route.and_then(Route::viewer) {
+            Some(mode) => mode,
+            None if self.required => ViewerMode::Required,
+            None => ViewerMode::Optional,
+        }
+    }
 }
 
 impl Policy {
@@ -55,12 +80,22 @@ impl Policy {
         let routes = RouteTable::compile(
             config.routes.clone(),
             config.upstreams.keys().map(String::as_str),
+            config.viewer.is_some(),
             &config.source,
         )?;
+        let viewer = match &config.viewer {
+            Some(v) => Some(ViewerPolicy {
+                edges: compile_allow(config, "viewer.edges", &v.edges)?,
+                allow: compile_allow(config, "viewer.allow", &v.allow)?,
+                required: v.required,
+            }),
+            None => None,
+        };
         Ok(Policy {
             allow,
             report_only_allow,
             routes,
+            viewer,
         })
     }
 }

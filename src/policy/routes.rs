@@ -37,7 +37,7 @@ use http::Method;
 
 use super::allow::AllowList;
 use super::path::{canonical_segments, names, normalize_path, resolve, segment_name, AMBIGUOUS};
-use crate::config::{ConfigError, RawRoute};
+use crate::config::{ConfigError, RawRoute, ViewerMode};
 
 /// The `host` of a route, normalised.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -103,6 +103,8 @@ pub struct Route {
     methods: Vec<Method>,
     upstream: Option<String>,
     allow: Option<AllowList>,
+    viewer: Option<ViewerMode>,
+    viewer_allow: Option<AllowList>,
 }
 
 impl Route {
@@ -146,6 +148,16 @@ impl Route {
     /// policy.
     pub fn allow(&self) -> Option<&AllowList> {
         self.allow.as_ref()
+    }
+
+    /// What the route needs of a viewer certificate; `None`: `viewer.required` decides.
+    pub fn viewer(&self) -> Option<ViewerMode> {
+        self.viewer
+    }
+
+    /// The route's own viewer allow-list, on top of `[viewer.allow]`.
+    pub fn viewer_allow(&self) -> Option<&AllowList> {
+        self.viewer_allow.as_ref()
     }
 
     fn covers_method(&self, method: &Method) -> bool {
@@ -202,6 +214,7 @@ impl RouteTable {
     pub fn compile<'a>(
         raw: Vec<RawRoute>,
         upstreams: impl IntoIterator<Item = &'a str>,
+        viewer_configured: bool,
         source: &Path,
     ) -> Result<RouteTable, ConfigError> {
         let upstreams: BTreeSet<&str> = upstreams.into_iter().collect();
@@ -255,6 +268,8 @@ impl RouteTable {
                         .map_err(|e| invalid(key(&format!("allow.{}", e.key)), e.message))?,
                 ),
             };
+            let (viewer, viewer_allow) =
+                compile_viewer(&r, viewer_configured).map_err(|(k, m)| invalid(key(&k), m))?;
             let label = r.name.clone().unwrap_or_else(|| index.to_string());
             routes.push(Route {
                 index,
@@ -266,6 +281,8 @@ impl RouteTable {
                 methods,
                 upstream: r.upstream,
                 allow,
+                viewer,
+                viewer_allow,
             });
         }
         for (i, later) in routes.iter().enumerate() {
@@ -444,6 +461,42 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// The normal form of a `path_prefix` without trailing `/`, and its lower-case segments.
+/// A route's `viewer` and `viewer_allow`, or the key at fault (under the route) and why.
+fn compile_viewer(
+    r: &RawRoute,
+    viewer_configured: bool,
+) -> Result<(Option<ViewerMode>, Option<AllowList>), (String, String)> {
+    if !viewer_configured {
+        if r.viewer.is_some() {
+            return Err(("viewer".into(), "needs a [viewer] table: viewer certificates are judged only when [viewer] names their truststore and edges".into()));
+        }
+        if r.viewer_allow.is_some() {
+            return Err(("viewer_allow".into(), "needs a [viewer] table: viewer certificates are judged only when [viewer] names their truststore and edges".into()));
+        }
+    }
+    let allow = match &r.viewer_allow {
+        None => None,
+        Some(_) if r.viewer == Some(ViewerMode::Ignored) => {
+            return Err((
+                "viewer_allow".into(),
+                "is set on a route whose viewer = \"ignored\"; remove one of them".into(),
+            ))
+        }
+        // Security: as with `allow`, an empty table would let every viewer through while
+        // the operator almost surely meant to restrict.
+        Some(a) if a.is_empty() => {
+            return Err((
+                "viewer_allow".into(),
+                "has no entries; list which viewers may use this route, or remove the table".into(),
+            ))
+        }
+        Some(a) => Some(
+            AllowList::compile(a).map_err(|e| (format!("viewer_allow.{}", e.key), e.message))?,
+        ),
+    };
+    Ok((r.viewer, allow))
+}
+
 fn compile_prefix(p: &str) -> Result<(String, Vec<String>), String> {
     if !p.starts_with('/') {
         return Err(format!(
@@ -650,7 +703,12 @@ mod tests {
     }
 
     fn compile(toml_text: &str) -> Result<RouteTable, ConfigError> {
-        RouteTable::compile(raw(toml_text), ["admin", "api"], Path::new("/etc/s.toml"))
+        RouteTable::compile(
+            raw(toml_text),
+            ["admin", "api"],
+            true,
+            Path::new("/etc/s.toml"),
+        )
     }
 
     fn table(toml_text: &str) -> RouteTable {
@@ -786,6 +844,7 @@ mod tests {
         let e = RouteTable::compile(
             raw("[[routes]]\nupstream = \"admin\"\n"),
             [],
+            false,
             Path::new("s.toml"),
         )
         .unwrap_err()
@@ -994,7 +1053,7 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 shuffled.swap(i, (seed >> 33) as usize % (i + 1));
             }
-            let t = RouteTable::compile(shuffled, ["admin"], Path::new("s.toml")).unwrap();
+            let t = RouteTable::compile(shuffled, ["admin"], false, Path::new("s.toml")).unwrap();
             let got: Vec<String> = requests
                 .iter()
                 .map(|(h, p)| hit(&t, *h, "GET", p))

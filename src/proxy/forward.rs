@@ -2,11 +2,10 @@
 //! upstream, streaming the answer back, upgrades, and the few answers the proxy writes
 //! itself (405, 413, 400, 502, 504), all through [`local`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
@@ -14,46 +13,14 @@ use hyper_util::rt::TokioIo;
 
 use super::activity::Activity;
 use super::body::{BodyState, RequestBody, ResponseBody};
-use super::generation::Generation;
+pub(crate) use super::context::ConnContext;
 use super::headers;
 use super::record::{Finish, RequestRecord};
 use super::slot::ConnectionSlot;
 use super::trust::ConnTrust;
 use super::upstream::{Upstream, UpstreamFailure};
-use crate::identity::ClientIdentity;
-use crate::metrics::Metrics;
-use crate::policy::Lookup;
-
-/// What every request on one accepted connection shares. Built once per connection.
-#[derive(Debug)]
-pub(crate) struct ConnContext {
-    /// Client address.
-    pub(crate) peer: SocketAddr,
-    /// The upstream connections this client connection keeps between its requests.
-    pub(crate) affinity: super::pool::Affinity,
-    /// The client's address as rendered into `X-Forwarded-For`.
-    pub(crate) forwarded_peer: headers::ForwardedPeer,
-    /// The verified identity.
-    pub(crate) identity: Arc<ClientIdentity>,
-    /// Identity headers, rendered once for this connection.
-    pub(crate) identity_headers: Vec<(HeaderName, HeaderValue)>,
-    /// Activity tracker for idle and header timeouts.
-    pub(crate) activity: Arc<Activity>,
-    /// The generation the connection started on: its upstreams, routes and listener settings.
-    pub(crate) generation: Arc<Generation>,
-    /// Metrics sink.
-    pub(crate) metrics: Arc<Metrics>,
-    /// Write access-log lines.
-    pub(crate) access_log: bool,
-    /// The connection's `max_connections` slot; an upgraded tunnel holds it for as long as
-    /// it runs, so tunnels count against the limit (and are waited for when draining).
-    pub(crate) slot: ConnectionSlot,
-    /// The connection's standing with the current trust state, checked before each request.
-    pub(crate) trust: Arc<ConnTrust>,
-    /// The connection's server name (SNI), when `listener.require_sni_host_match` is on and the
-    /// client sent one: every request's Host must name it.
-    pub(crate) sni: Option<Box<str>>,
-}
+use super::viewer;
+use crate::policy::{Lookup, Route};
 
 fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -114,17 +81,22 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
     let upgrade = is_upgrade_request(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let http1 = parts.version < Version::HTTP_2;
+    let framing = Framing {
+        http1: parts.version < Version::HTTP_2,
+        has_body: !body.is_end_stream(),
+    };
+    // Before the identity headers are stripped: they carry the viewer's certificate.
+    let viewer_input = viewer::read(ctx, &parts.headers);
     rewrite_head(ctx, &mut parts, &body, upgrade);
     let access = ctx.access_log.then(|| (ctx.peer.ip(), &ctx.identity));
     let mut books = RequestRecord::open(&ctx.activity, &ctx.metrics, access, start, &parts);
     let bytes_in = books.bytes_in();
     if let Some(answer) = refuse_before_upstream(ctx, &parts, &body) {
-        return local(books.close(answer.status(), None), answer, http1);
+        return local(books.close(answer.status(), None), answer, framing);
     }
-    let upstream = match route(ctx, &parts, &mut books) {
+    let upstream = match route_and_viewer(ctx, &mut parts, viewer_input, &mut books).await {
         Ok(upstream) => upstream,
-        Err(answer) => return local(books.close(answer.status(), None), answer, http1),
+        Err(answer) => return local(books.close(answer.status(), None), answer, framing),
     };
     parts.uri = upstream.uri_for(&parts.uri);
     parts.version = Version::HTTP_11;
@@ -151,7 +123,7 @@ async fn respond(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response
                 tracing::warn!(peer = %ctx.peer, upstream = %upstream.target(), error = %failure, status = failure.status().as_u16(), "upstream request failed");
                 Answer::Upstream(failure)
             });
-            local(books.close(answer.status(), None), answer, http1)
+            local(books.close(answer.status(), None), answer, framing)
         }
     }
 }
@@ -210,17 +182,42 @@ fn refuse_before_upstream(ctx: &ConnContext, parts: &Parts, body: &Incoming) -> 
     })
 }
 
-/// The upstream a request goes to, by `[[routes]]`, or the answer that refuses it: 403 when
-/// the matching route's allow-list refuses the connection's identity (the upstream is never
-/// contacted), 400 for a path or Host whose meaning upstreams could disagree on.
+/// The upstream a request goes to, once its route and its viewer certificate (`[viewer]`)
+/// allow it; a verified viewer's identity replaces the edge's in the headers. 403 when the
+/// viewer is refused (see `viewer`): the upstream is never contacted.
+async fn route_and_viewer<'a>(
+    ctx: &'a ConnContext,
+    parts: &mut Parts,
+    input: viewer::ViewerInput,
+    books: &mut RequestRecord,
+) -> Result<&'a Arc<Upstream>, Answer> {
+    let (upstream, route) = route(ctx, parts, books)?;
+    match viewer::judge(ctx, input, route, parts).await {
+        Ok(None) => {}
+        Ok(Some(v)) => {
+            books.viewer(viewer::accepted_note(&v));
+            viewer::set_identity(&mut parts.headers, ctx, &v);
+        }
+        Err(refusal) => {
+            books.viewer(viewer::refused_note(refusal));
+            return Err(Answer::Forbidden);
+        }
+    }
+    Ok(upstream)
+}
+
+/// The upstream a request goes to, by `[[routes]]`, and its route, or the answer that refuses
+/// it: 403 when the matching route's allow-list refuses the connection's identity (the
+/// upstream is never contacted), 400 for a path or Host whose meaning upstreams could
+/// disagree on.
 fn route<'a>(
     ctx: &'a ConnContext,
     parts: &Parts,
     books: &mut RequestRecord,
-) -> Result<&'a Arc<Upstream>, Answer> {
+) -> Result<(&'a Arc<Upstream>, Option<&'a Route>), Answer> {
     let routes = &ctx.generation.policy.routes;
     if routes.is_empty() {
-        return Ok(&ctx.generation.upstream);
+        return Ok((&ctx.generation.upstream, None));
     }
     // Routes match the Host the upstream will see. Two Host fields, or an h2 :authority that
     // disagrees with a Host field, would let the proxy and the upstream read different hosts.
@@ -240,7 +237,7 @@ fn route<'a>(
         }
     }
     match routes.lookup(host, &parts.method, parts.uri.path()) {
-        Lookup::NoRoute => Ok(&ctx.generation.upstream),
+        Lookup::NoRoute => Ok((&ctx.generation.upstream, None)),
         Lookup::BadPath(why) | Lookup::BadHost(why) => Err(refuse(why)),
         Lookup::Route(r) => {
             books.route(r.label());
@@ -251,9 +248,11 @@ fn route<'a>(
                     return Err(Answer::Forbidden);
                 }
             }
-            Ok(r.upstream()
+            let upstream = r
+                .upstream()
                 .and_then(|name| ctx.generation.upstreams.get(name))
-                .unwrap_or(&ctx.generation.upstream))
+                .unwrap_or(&ctx.generation.upstream);
+            Ok((upstream, Some(r)))
         }
     }
 }
@@ -352,24 +351,40 @@ impl Answer {
         }
     }
 
-    /// Whether the request body may be unread, so that an HTTP/1.1 connection cannot carry
-    /// another request after this answer.
-    fn body_unread(&self) -> bool {
-        !matches!(self, Answer::Upstream(_))
+    /// Whether an HTTP/1.1 connection cannot carry another request after this answer: the
+    /// request body may be unread, or a refused CONNECT's client may already be sending
+    /// tunnel bytes. A request without a body (every CloudFront GET) keeps the connection
+    /// open after a 403, for the next request, such as another viewer's.
+    fn closes(&self, has_body: bool) -> bool {
+        match self {
+            Answer::Upstream(_) => false,
+            Answer::ConnectRefused => true,
+            _ => has_body,
+        }
     }
+}
+
+/// How a request was framed, for whether a local answer ends its connection.
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    /// HTTP/1.x (h2 streams end on their own).
+    http1: bool,
+    /// The request has a body, which the answer may leave unread.
+    has_body: bool,
 }
 
 /// Every answer the proxy writes itself: a short plain-text body, counted and logged like
 /// any other response.
-fn local(finish: Finish, answer: Answer, http1: bool) -> Response<ResponseBody> {
+fn local(finish: Finish, answer: Answer, framing: Framing) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::local(answer.body(), Some(finish)));
     *resp.status_mut() = answer.status();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if http1 && answer.body_unread() {
-        // The rest of the body is unread, so this connection cannot carry another request.
+    if framing.http1 && answer.closes(framing.has_body) {
+        // The rest of the body is unread (or CONNECT's tunnel bytes may follow), so this
+        // connection cannot carry another request.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -1,6 +1,6 @@
 //! [`Generation`]: everything built from one config, whole: the config and its compiled
 //! policy, the TLS state (certificates, trust, the verifier), the upstream clients, the HTTP
-//! server settings and the source allow-list. The app builds one at start and one per reload
+//! server settings, the source allow-list and the viewer trust. The app builds one at start and one per reload
 //! (`app::generation::build`); [`super::trust::LiveTrust`] holds the one in service, and every
 //! reader (the accept loop, open connections, the admin listener, the app) takes it from
 //! there. A connection keeps the generation it started on for its settings and upstreams, and
@@ -20,6 +20,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::policy::{Policy, SourcePolicy};
 use crate::tls::verifier::ShieldVerifier;
 use crate::tls::TlsState;
+use crate::viewer::ViewerTrust;
 use crate::x509::Inventory;
 
 /// Everything a reload replaces at once.
@@ -44,6 +45,8 @@ pub(crate) struct Generation {
     pub(crate) sources: SourcePolicy,
     /// The judgements of the connections that were open when it went into service.
     pub(crate) tally: Tally,
+    /// `[viewer]`: the trust that judges viewer certificates, when they are judged.
+    pub(crate) viewer: Option<Arc<ViewerTrust>>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -76,7 +79,14 @@ impl Generation {
             upstreams,
             sources,
             tally: Tally::default(),
+            viewer: None,
         }
+    }
+
+    /// The same generation, judging viewer certificates with `viewer` (`[viewer]`).
+    pub(crate) fn with_viewer(mut self, viewer: Option<Arc<ViewerTrust>>) -> Generation {
+        self.viewer = viewer;
+        self
     }
 
     /// `[listener]`: timeouts, limits, the PROXY protocol.

@@ -13,7 +13,8 @@ use http::request::Parts;
 use http::StatusCode;
 
 use super::activity::Activity;
-use crate::identity::ClientIdentity;
+use crate::identity::{capped_for_log, ClientIdentity};
+use crate::logs::ViewerFields;
 use crate::metrics::Metrics;
 
 /// A request's bookkeeping from its head to its status: the clock, and the access record
@@ -44,6 +45,17 @@ pub(crate) struct AccessRecord {
     pub(crate) upstream: Option<Duration>,
     /// The `[[routes]]` entry the request matched (its name, or its index).
     pub(crate) route: Option<String>,
+    /// The verdict on the request's viewer certificate, when one was judged.
+    pub(crate) viewer: Option<ViewerNote>,
+}
+
+/// A request's viewer, for its access line.
+#[derive(Debug, Clone)]
+pub(crate) struct ViewerNote {
+    /// `None`: the viewer passed; else the `viewer_*` reason.
+    pub(crate) reason: Option<&'static str>,
+    /// The viewer's certificate, when it could be read.
+    pub(crate) identity: Option<Arc<ClientIdentity>>,
 }
 
 /// What the response body needs to record the request once it ends.
@@ -87,7 +99,15 @@ impl RequestRecord {
                 bytes_in: Arc::new(AtomicU64::new(0)),
                 upstream: None,
                 route: None,
+                viewer: None,
             }),
+        }
+    }
+
+    /// Notes the verdict on the request's viewer certificate, for the access log.
+    pub(crate) fn viewer(&mut self, note: ViewerNote) {
+        if let Some(a) = &mut self.access {
+            a.viewer = Some(note);
         }
     }
 
@@ -126,6 +146,11 @@ impl Finish {
         self.metrics.request(self.status, elapsed.as_secs_f64());
         if let Some(a) = &self.access {
             let client_cn = a.identity.cn_for_log();
+            let viewer_subject = a
+                .viewer
+                .as_ref()
+                .and_then(|v| v.identity.as_ref())
+                .map(|i| capped_for_log(&i.subject));
             crate::logs::write(&crate::logs::Line {
                 peer: a.peer,
                 client_cn: &client_cn,
@@ -139,6 +164,11 @@ impl Finish {
                 total: elapsed,
                 upstream: a.upstream,
                 route: a.route.as_deref(),
+                viewer: a.viewer.as_ref().map(|v| ViewerFields {
+                    reason: v.reason,
+                    subject: viewer_subject.as_deref(),
+                    fingerprint: v.identity.as_ref().map(|i| &i.fingerprint),
+                }),
             });
         }
         self.activity.request_finished();
@@ -165,5 +195,6 @@ pub(crate) fn record_unparsed(metrics: &Metrics, client: Option<Client<'_>>, sta
         total: Duration::ZERO,
         upstream: None,
         route: None,
+        viewer: None,
     });
 }

@@ -161,6 +161,7 @@ impl<S: TrustState> LiveTrust<S> {
             registered_at,
             left_at: AtomicU64::new(u64::MAX),
             fresh: ArcSwap::from_pointee(seen.rx.clone()),
+            latest: ArcSwap::new(seen.generation.clone()),
             seen: Mutex::new(seen),
             closed: OnceLock::new(),
             wake: Notify::new(),
@@ -239,6 +240,9 @@ pub(crate) struct ConnTrust<S: TrustState = Generation> {
     /// A copy of `seen`'s subscription as of the last look, for the lock-free check that
     /// nothing new was published since.
     fresh: ArcSwap<watch::Receiver<InService<S>>>,
+    /// The generation in service as of the last look, for what each request judges itself
+    /// (viewer certificates): read lock-free.
+    latest: ArcSwap<S>,
     closed: OnceLock<Closed>,
     /// Wakes the connection's watchdog when a judgement closes the connection.
     wake: Notify,
@@ -259,6 +263,12 @@ impl<S: TrustState> ConnTrust<S> {
             return Err(c.clone());
         }
         self.judge_if_stale()
+    }
+
+    /// The generation in service as of the last [`Self::admit_request`]: the trust a
+    /// request's own checks (its viewer certificate) are made under.
+    pub(crate) fn in_service(&self) -> Arc<S> {
+        self.latest.load_full()
     }
 
     /// Judges the connection again if a newer generation is in service or its acceptance ran
@@ -284,6 +294,7 @@ impl<S: TrustState> ConnTrust<S> {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if seen.rx.has_changed().unwrap_or(false) {
                 let latest = seen.rx.borrow_and_update().generation.clone();
+                self.latest.store(latest.clone());
                 seen.generation = latest;
             }
             let stale = self.is_closed()

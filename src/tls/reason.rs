@@ -37,6 +37,14 @@ macro_rules! reasons {
                 }
             }
 
+            /// The code of the same refusal of a viewer's certificate (`[viewer]`), e.g.
+            /// `viewer_unknown_ca`.
+            pub fn viewer_code(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => concat!("viewer_", $code),)*
+                }
+            }
+
             /// What the refusal means for an operator, in one line. `verify` prints it, and
             /// it opens the reason's section of the troubleshooting reference.
             pub fn explain(self) -> &'static str {

@@ -19,7 +19,7 @@ use super::revocation::OcspPolicy;
 use super::verifier::{ShieldVerifier, Trust};
 use crate::config::{Config, ReportOnlyConfig};
 use crate::policy::Policy;
-use crate::x509::{cert_info, CertInfo, CrlInfo, Inventory};
+use crate::x509::{cert_info, CertInfo, CrlInfo, CrlSignature, Inventory};
 
 /// Sessions kept per trust state when `listener.session_resumption = true`.
 const SESSION_CACHE_SIZE: usize = 4096;
@@ -58,6 +58,8 @@ pub(crate) struct BuildInputs {
     pub(crate) distribution_points: Option<DistributionPoints>,
     /// The OCSP answers and the client that asks responders, when `client_auth.ocsp` is on.
     pub(crate) ocsp: Option<OcspSetup>,
+    /// The same for viewer certificates, when `viewer.ocsp` is on (its own soft-fail).
+    pub(crate) viewer_ocsp: Option<OcspSetup>,
 }
 
 /// What OCSP needs from the running program: the answers shared by every state, and the
@@ -122,7 +124,13 @@ impl TlsState {
             let mut c = f.crl.clone();
             let checked = c.verify_signature(&anchors, &algs).map(|()| c);
             match checked {
+                // A viewer CA's CRL is for the viewer trust (`viewer::ViewerTrust`), unless a
+                // client_auth CA signed it.
+                Ok(c)
+                    if is_viewer_url(config, &f.url)
+                        && c.info.signature != CrlSignature::Verified => {}
                 Ok(c) => crls.push(c),
+                Err(_) if is_viewer_url(config, &f.url) => {}
                 Err(e) => tracing::warn!(url = %f.url, error = %e, "fetched CRL left out"),
             }
         }
@@ -195,6 +203,14 @@ impl TlsState {
                 .map(|s| s.resolver.clone()),
         })
     }
+}
+
+/// Whether `url` is one of `viewer.crl_urls`.
+fn is_viewer_url(config: &Config, url: &str) -> bool {
+    config
+        .viewer
+        .as_ref()
+        .is_some_and(|v| v.crl_urls.iter().any(|u| u == url))
 }
 
 /// The report-only candidate's verifier: the candidate's truststore, CRL files and allow-list

@@ -41,16 +41,29 @@ use rustls_pki_types::CertificateDer;
 use super::accepted::Accepted;
 
 /// The key: SHA-256 over the presented chain.
-type ChainKey = [u8; 32];
+pub(crate) type ChainKey = [u8; 32];
 
-/// Accepted chains of one trust state.
-#[derive(Debug)]
-pub(crate) struct VerifiedChains {
-    capacity: usize,
-    entries: Mutex<HashMap<ChainKey, Arc<Accepted>>>,
+/// What the memo stores: an answer that holds for a window of time.
+pub(crate) trait Holds {
+    /// Whether the answer still holds at `now` (Unix seconds) under the same trust state.
+    fn holds_at(&self, now: i64) -> bool;
 }
 
-impl VerifiedChains {
+impl Holds for Accepted {
+    fn holds_at(&self, now: i64) -> bool {
+        Accepted::holds_at(self, now)
+    }
+}
+
+/// Accepted chains of one trust state (by default the verifier's acceptances; `[viewer]`
+/// keeps its verified viewers in one too).
+#[derive(Debug)]
+pub(crate) struct VerifiedChains<T = Accepted> {
+    capacity: usize,
+    entries: Mutex<HashMap<ChainKey, Arc<T>>>,
+}
+
+impl<T: Holds> VerifiedChains<T> {
     /// A memo of up to `capacity` chains; 0 turns it off.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
@@ -82,7 +95,7 @@ impl VerifiedChains {
 
     /// The acceptance recorded earlier for this chain, if it still holds at `now` (Unix
     /// seconds).
-    pub(crate) fn get(&self, key: &ChainKey, now: i64) -> Option<Arc<Accepted>> {
+    pub(crate) fn get(&self, key: &ChainKey, now: i64) -> Option<Arc<T>> {
         // A poisoned lock (a panic while holding it) only means a miss: the full check runs.
         let entries = self.entries.lock().ok()?;
         let e = entries.get(key)?;
@@ -90,7 +103,10 @@ impl VerifiedChains {
     }
 
     /// Remembers a chain that the full check has just accepted.
-    pub(crate) fn insert(&self, key: ChainKey, accepted: &Arc<Accepted>) {
+    pub(crate) fn insert(&self, key: ChainKey, accepted: &Arc<T>) {
+        if self.capacity == 0 {
+            return;
+        }
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -315,7 +331,7 @@ mod tests {
     fn the_same_leaf_with_other_intermediates_is_another_entry() {
         let root = ca("Root", T0 - DAY, T0 + 3650 * DAY, None);
         let client = leaf("c", T0 - DAY, T0 + 365 * DAY, &root);
-        let memo = VerifiedChains::new(16);
+        let memo: VerifiedChains = VerifiedChains::new(16);
         let alone = memo.key(&client, &[]).unwrap();
         let with_root = memo.key(&client, &[root.cert.der().clone()]).unwrap();
         assert_ne!(alone, with_root);

@@ -8,7 +8,8 @@ use mtls_shield::config::Config;
 use mtls_shield::policy::Policy;
 
 /// A config with every optional table present once (an extra upstream, a route, the
-/// report-only candidate, the admin listener), each with only its required keys.
+/// report-only candidate, the admin listener, the viewer trust), each with only its required
+/// keys.
 const BASE: &str = r#"
     [listener]
     address = "127.0.0.1:8443"
@@ -25,6 +26,10 @@ const BASE: &str = r#"
     upstream = "b"
     [admin]
     address = "127.0.0.1:9901"
+    [viewer]
+    truststore = "v.pem"
+    [viewer.edges]
+    common_names = ["edge"]
 "#;
 
 /// `text` with `key` (dotted, as in [`KEYS`]) set to the TOML value `value`.

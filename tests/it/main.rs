@@ -56,3 +56,4 @@ mod trust_gaps;
 mod upstream_forms;
 mod upstream_reuse;
 mod verified_cache;
+mod viewer;
