@@ -20,6 +20,8 @@
 #   a disturbed load phase  QUIET_WAIT [60] seconds to wait for an idle machine before each
 #   proxy start and each re-run
 #   IDLE_TARGETS [all targets] the targets whose idle (RSS) phase runs
+#   VIEWER_PHASE [1] the shield's viewer phase (KAV_VIEWERS [100] viewer chains, KAV_PROCS [8]
+#   client processes); 0 skips it
 #   SHIELD_CLIENT_AUTH_EXTRA [""] TOML lines added to mtls-shield's [client_auth], e.g.
 #   'verified_chain_cache = 0' to measure every handshake verified in full
 #   FD_MARGIN [200] file descriptors a proxy needs beyond IDLE_CONNS (listener, upstream pool,
@@ -238,6 +240,41 @@ EOF
 )
 CURL_TLS=(--cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key")
 
+# Viewer certificates (the shield's viewer phase): a P-256 root and issuing CA as a device
+# fleet's private CA makes them, and KAV_VIEWERS device certificates. viewers.txt holds each
+# device's headers as CloudFront's passthrough mode forwards them (RFC 9440 byte sequences),
+# one device per line, tab-separated.
+KAV_VIEWERS="${KAV_VIEWERS:-100}"
+KAV_PROCS="${KAV_PROCS:-8}"
+if ((want_shield)); then
+  log "making $KAV_VIEWERS viewer certificates"
+  (
+    cd "$PKI"
+    mkdir -p viewers
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out viewer-root.key
+    openssl req -x509 -new -key viewer-root.key -sha256 -days 3650 -subj "/O=fleet/CN=viewer root CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -out viewer-root.pem
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out viewer-int.key
+    openssl req -new -key viewer-int.key -subj "/O=fleet/CN=viewer issuing CA" -out viewer-int.csr
+    printf 'basicConstraints = critical, CA:TRUE, pathlen:0\nkeyUsage = critical, keyCertSign, cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n' > viewer-int.ext
+    openssl x509 -req -in viewer-int.csr -CA viewer-root.pem -CAkey viewer-root.key -CAcreateserial \
+      -days 1000 -sha256 -extfile viewer-int.ext -out viewer-int.pem 2>/dev/null
+    int_b64="$(openssl x509 -in viewer-int.pem -outform DER | base64 -w0)"
+    : > viewers.txt
+    for i in $(seq "$KAV_VIEWERS"); do
+      openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "viewers/$i.key"
+      openssl req -new -key "viewers/$i.key" -subj "/O=fleet/CN=device-$i" -out "viewers/$i.csr"
+      printf 'basicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = clientAuth\nsubjectAltName = URI:spiffe://fleet.example/device-%s\n' "$i" > "viewers/$i.ext"
+      openssl x509 -req -in "viewers/$i.csr" -CA viewer-int.pem -CAkey viewer-int.key -CAcreateserial \
+        -days 365 -sha256 -extfile "viewers/$i.ext" -out "viewers/$i.pem" 2>/dev/null
+      printf 'Client-Cert: :%s:\tClient-Cert-Chain: :%s:\n' \
+        "$(openssl x509 -in "viewers/$i.pem" -outform DER | base64 -w0)" "$int_b64" >> viewers.txt
+    done
+    openssl verify -CAfile viewer-root.pem -untrusted viewer-int.pem "viewers/1.pem" >/dev/null
+  )
+  EDGE_FP="$(openssl x509 -in "$PKI/client.pem" -outform DER | sha256sum | cut -c1-64)"
+fi
+
 # ------------------------------------------------------------------ 5. configs
 # Each proxy gets two configs that differ only in logging: NAME.conf with the access log off
 # (every phase but one) and NAME-log.conf with it on at the proxy's usual default (the
@@ -376,11 +413,12 @@ EOF
 
 SHIELD_MAX_CONNS=$(( IDLE_CONNS + 5000 ))
 (( SHIELD_MAX_CONNS < 25000 )) && SHIELD_MAX_CONNS=25000
-mk_shield() { # mk_shield TARGET off|log   (mtls-shield and mtls-shield-base: same config but the port)
+mk_shield() { # mk_shield TARGET off|log|viewer|viewer-cold   (mtls-shield and mtls-shield-base: same config but the port)
   local t=$1 d="$RUN/$1" conf="$RUN/$1/shield.toml" level='"warn,mtls_shield::cli=info,mtls_shield::app=info"' alog=false; mkdir -p "$d"
   if [[ "$2" == log ]]; then
     conf="$d/shield-log.toml"; level='"info"'; alog=true
   fi
+  [[ "$2" == viewer* ]] && conf="$d/shield-$2.toml"
   cp "$PKI/server.pem" "$PKI/server.key" "$d/"
   cp "$PKI/ca.pem" "$d/truststore.pem"
   cat > "$conf" <<EOF
@@ -411,6 +449,26 @@ access_log = $alog
 [runtime]
 worker_threads = 1
 EOF
+  if [[ "$2" == viewer* ]]; then
+    # The viewer phase: the bench client is the edge (CloudFront); requests without viewer
+    # headers pass (required = false), so the plain and viewer requests share one process.
+    cp "$PKI/viewer-root.pem" "$d/viewer-ca.pem"
+    local memo=""
+    [[ "$2" == viewer-cold ]] && memo="verified_chain_cache = 0"
+    cat >> "$conf" <<EOF
+
+[admin]
+address = "127.0.0.1:$(( ${PORT[$t]} + 1000 ))"
+
+[viewer]
+truststore = "viewer-ca.pem"
+required = false
+$memo
+
+[viewer.edges]
+fingerprints_sha256 = ["$EDGE_FP"]
+EOF
+  fi
 }
 
 mk_upstream
@@ -418,7 +476,8 @@ for t in $TARGET_LIST; do
   case "$t" in
     nginx) mk_nginx off; mk_nginx log ;;
     haproxy) mk_haproxy off; mk_haproxy log ;;
-    mtls-shield|mtls-shield-base) mk_shield "$t" off; mk_shield "$t" log ;;
+    mtls-shield|mtls-shield-base)
+      mk_shield "$t" off; mk_shield "$t" log; mk_shield "$t" viewer; mk_shield "$t" viewer-cold ;;
   esac
 done
 
@@ -476,6 +535,7 @@ start_target() { # start_target NAME [off|log] -> TPID[NAME]
       local conf="$d/shield.toml"
       # log on: the access log is the shield's stderr (its default log), into a file
       if [[ "$mode" == log ]]; then conf="$d/shield-log.toml"; err="$d/access.log"; ALOG[$t]="$err"; fi
+      [[ "$mode" == viewer* ]] && conf="$d/shield-$mode.toml"
       : > "$err"
       "${ON_PROXY[@]}" "${SBIN[$t]}" run --config "$conf" >"$d/stdout.log" 2>"$err" &
       pid=$! ;;
@@ -588,6 +648,12 @@ oha_run() { # oha_run OUTFILE ARGS... -> OHA_SUMMARY (one JSON line), OHA_CPU (o
     --cacert "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "$@")
   if [[ -s "$out" ]]; then OHA_SUMMARY=$("$PY" "$LIB" oha "$out"); else OHA_SUMMARY='{}'; fi
 }
+ka_py_run() { # ka_py_run OUTFILE ARGS... -> the same as oha_run, from lib/benchlib.py ka
+  local out=$1; shift
+  OHA_CPU=$(run_counted "$out" timeout $((DURATION + 30)) "${ON_LOAD[@]}" "$PY" "$LIB" ka \
+    --duration "$DURATION" --ca "$PKI/ca.pem" --cert "$PKI/client.pem" --key "$PKI/client.key" "$@")
+  if [[ -s "$out" ]]; then OHA_SUMMARY=$(tail -n 1 "$out"); else OHA_SUMMARY='{}'; fi
+}
 hs_py_run() { # hs_py_run OUTFILE ARGS... -> the same as oha_run, from lib/benchlib.py hs
   local out=$1; shift
   OHA_CPU=$(run_counted "$out" timeout $((DURATION + 30)) "${ON_LOAD[@]}" "$PY" "$LIB" hs \
@@ -660,13 +726,14 @@ load_phase() { # load_phase TARGET ROUND NAME oha|hs ARGS...   sets LP_N LP_RPS 
   local pid=${TPID[$t]} s out="$RUN/$t/$runner-$name-r$r.json" attempt err_ok=200
   # oha aborts its in-flight requests at the deadline (one per connection/stream) and counts
   # them as errors; the Python client finishes each connection it started: any error counts.
-  [[ "$runner" == hs ]] && err_ok=0
+  [[ "$runner" == hs || "$runner" == ka ]] && err_ok=0
   for attempt in $(seq $((RETRY_DISTURBED + 1))); do
     [[ -n "$LP_PRE" ]] && "$LP_PRE" "$t"
     phase_begin "$pid"
     case "$runner" in
       oha) oha_run "$out" "$@" ;;
       hs) hs_py_run "$out" "$@" ;;
+      ka) ka_py_run "$out" "$@" ;;
     esac
     phase_end "$pid" "$OHA_CPU"
     s=$OHA_SUMMARY
@@ -787,6 +854,42 @@ log_post() { # log_post TARGET RESPONSES
   AL_L1=$(file_lines "${ALOG[$1]}"); AL_B1=$(file_bytes "${ALOG[$1]}"); AL_N=$2
 }
 
+# The shield's viewer phase: keep-alive requests from the edge, first without viewer headers,
+# then each with the next of KAV_VIEWERS viewer chains, on the same process (the ratio of the
+# two is the cost of judging a viewer on every request); then, memo off, every request a full
+# verification (the first-sight cost). Same Python client for all three.
+measure_viewers() { # measure_viewers TARGET ROUND
+  local t=$1 r=$2 u="https://127.0.0.1:${PORT[$1]}/" admin="http://127.0.0.1:$(( ${PORT[$1]} + 1000 ))"
+  local plain_cpu viewer_cpu cold_cpu v0 v1 code
+  wait_quiet
+  if ! start_target "$t" viewer; then note "$t" "$r" "did not start with [viewer] (logs in bench/.run/$t)"; return; fi
+  v0=$(curl -s "$admin/metrics" | awk '/^mtls_shield_viewer_verifications_total/ {print $2}')
+  code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${CURL_TLS[@]}" \
+    -H "$(head -n1 "$PKI/viewers.txt" | cut -f1)" -H "$(head -n1 "$PKI/viewers.txt" | cut -f2)" "$u" || true)"
+  [[ "$code" == 200 ]] || { note "$t" "$r" "viewer phase: a good viewer got '$code'"; stop_target "$t"; return; }
+  code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${CURL_TLS[@]}" -H "Client-Cert: :AAAA:" "$u" || true)"
+  [[ "$code" == 403 ]] || { note "$t" "$r" "viewer phase: a garbage viewer got '$code', not 403"; stop_target "$t"; return; }
+  load_phase "$t" "$r" kav_plain ka --port "${PORT[$t]}" --procs "$KAV_PROCS"
+  plain_cpu=$(per_unit_us "$PH_CPU" "$LP_N")
+  emit "$t" "$r" kav_plain_cpu_us_per_req "$plain_cpu"
+  load_phase "$t" "$r" kav ka --port "${PORT[$t]}" --procs "$KAV_PROCS" --headers "$PKI/viewers.txt"
+  v1=$(curl -s "$admin/metrics" | awk '/^mtls_shield_viewer_verifications_total/ {print $2}')
+  viewer_cpu=$(per_unit_us "$PH_CPU" "$LP_N")
+  emit "$t" "$r" kav_cpu_us_per_req "$viewer_cpu"
+  emit "$t" "$r" kav_verifications "$(calc "None if '$v0' == '' or '$v1' == '' else $v1 - $v0")"
+  emit "$t" "$r" kav_ratio "$(calc "None if 'null' in ('$viewer_cpu', '$plain_cpu') else $viewer_cpu / $plain_cpu")"
+  log "  viewer phase: plain $(fmt3 "$plain_cpu") µs/req, with a viewer chain $(fmt3 "$viewer_cpu") µs/req, $LP_N requests"
+  stop_target "$t"
+  wait_quiet
+  if ! start_target "$t" viewer-cold; then note "$t" "$r" "did not start with the viewer memo off"; return; fi
+  load_phase "$t" "$r" kav_cold ka --port "${PORT[$t]}" --procs "$KAV_PROCS" --headers "$PKI/viewers.txt"
+  cold_cpu=$(per_unit_us "$PH_CPU" "$LP_N")
+  emit "$t" "$r" kav_cold_cpu_us_per_req "$cold_cpu"
+  emit "$t" "$r" kav_first_sight_us "$(calc "None if 'null' in ('$cold_cpu', '$plain_cpu') else $cold_cpu - $plain_cpu")"
+  log "  viewer phase, memo off: $(fmt3 "$cold_cpu") µs/req (each request a full verification), $LP_N requests"
+  stop_target "$t"
+}
+
 run_target() { # run_target TARGET ROUND
   local t=$1 r=$2 u="https://127.0.0.1:${PORT[$1]}/" ka_cpu
   log "round $r/$ROUNDS: $t on 127.0.0.1:${PORT[$t]} (CPU $PROXY_CPU)"
@@ -872,6 +975,8 @@ run_target() { # run_target TARGET ROUND
   head -n 5 "${ALOG[$t]}" > "$RUN/$t/access-sample-r$r.log" 2>/dev/null || true
   tail -n 5 "${ALOG[$t]}" >> "$RUN/$t/access-sample-r$r.log" 2>/dev/null || true
   : > "${ALOG[$t]}"
+  # The base build may predate [viewer]: the phase runs for the shield under test only.
+  if [[ "$t" == mtls-shield && "${VIEWER_PHASE:-1}" == 1 ]]; then measure_viewers "$t" "$r"; fi
 }
 
 for r in $(seq "$ROUNDS"); do

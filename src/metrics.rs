@@ -452,7 +452,7 @@ impl Metrics {
         );
         registry.register(
             "viewer_headers_removed",
-            "Requests whose viewer certificate headers were removed unjudged, because their connection is not one of [viewer.edges] (or [viewer] is not set)",
+            "Requests whose viewer certificate headers were removed unjudged, because their connection is not one of [viewer.edges]",
             m.viewer_headers_removed.clone(),
         );
         registry.register(
@@ -721,7 +721,7 @@ impl Metrics {
     }
 
     /// Counts a request whose viewer headers were removed unjudged: its connection is not
-    /// one of `[viewer.edges]`, or `[viewer]` is not set.
+    /// one of `[viewer.edges]`.
     pub(crate) fn viewer_headers_removed(&self) {
         self.viewer_headers_removed.inc();
     }

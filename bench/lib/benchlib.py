@@ -294,17 +294,25 @@ def cmd_hs(a):
     version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[a.tls]
     want_version = {"1.2": "TLSv1.2", "1.3": "TLSv1.3"}[a.tls]
     ctx = _client_ctx(a, version, a.cipher)
+    _fan_out(a.procs, a.duration,
+             lambda n, t_end, w: _hs_child(a, ctx, want_version, a.cipher, t_end, w))
+
+
+def _fan_out(procs, duration, child):
+    """Runs `child(n, t_end, out_fd)` in `procs` forked processes until `duration` has passed,
+    gathers what each wrote (one JSON line: ok, non2xx, errs, negotiated, lat) and prints one
+    JSON line shaped like the `oha` summary."""
     t0 = time.monotonic()
-    t_end = t0 + a.duration
+    t_end = t0 + duration
     kids = []
-    for _ in range(a.procs):
+    for n in range(procs):
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(r)
             for _, f in kids:
                 f.close()
-            _hs_child(a, ctx, want_version, a.cipher, t_end, w)
+            child(n, t_end, w)
         os.close(w)
         kids.append((pid, os.fdopen(r)))
     ok = non2xx = 0
@@ -334,6 +342,61 @@ def cmd_hs(a):
         "status_codes": {}, "total_s": total, "rps": ok / total if total > 0 else None,
         "p50_ms": pct(0.50), "p99_ms": pct(0.99), "negotiated": negotiated,
     }))
+
+
+# ---------------------------------------------------------------- keep-alive client with per-request headers
+
+def _ka_child(a, ctx, sets, offset, t_end, out_fd):
+    """One keep-alive connection (a new one after a failure), each request with the next
+    header set: the way CloudFront interleaves many viewers on one origin connection."""
+    base = (f"GET {a.path} HTTP/1.1\r\nHost: 127.0.0.1:{a.port}\r\n"
+            "User-Agent: Amazon CloudFront\r\n"
+            "Via: 1.1 0123456789abcdef0123456789abcdef.cloudfront.net (CloudFront)\r\n")
+    reqs = [(base + "".join(h + "\r\n" for h in hs) + "\r\n").encode() for hs in sets]
+    ok = non2xx = 0
+    errs, lat = {}, []
+    i = offset
+    s = None
+    while time.monotonic() < t_end:
+        t0 = time.perf_counter()
+        try:
+            if s is None:
+                raw = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+                s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            s.sendall(reqs[i % len(reqs)])
+            status = _read_response(s)
+        except Exception as e:  # noqa: BLE001 - count any failure kind, then reconnect
+            k = type(e).__name__
+            errs[k] = errs.get(k, 0) + 1
+            if s is not None:
+                s.close()
+            s = None
+            continue
+        i += 1
+        if 200 <= status < 300:
+            ok += 1
+            lat.append(time.perf_counter() - t0)
+        else:
+            non2xx += 1
+    if s is not None:
+        s.close()
+    os.write(out_fd, (json.dumps({"ok": ok, "non2xx": non2xx, "errs": errs, "negotiated": {},
+                                  "lat": lat}) + "\n").encode())
+    os._exit(0)
+
+
+def cmd_ka(a):
+    """Keep-alive HTTP/1.1 requests for --duration seconds from --procs processes, one
+    connection each, every request carrying the next set of headers from --headers (one set
+    per line, headers separated by tabs; none: no extra headers). Prints one JSON line shaped
+    like the `oha` summary."""
+    ctx = _client_ctx(a)
+    sets = [[]]
+    if a.headers:
+        with open(a.headers) as f:
+            sets = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    _fan_out(a.procs, a.duration,
+             lambda n, t_end, w: _ka_child(a, ctx, sets, n * len(sets) // max(1, a.procs), t_end, w))
 
 
 # ---------------------------------------------------------------- syslog sink
@@ -422,6 +485,10 @@ METRICS = [
     ("hs_cpu_us_per_hs", "Proxy CPU per full handshake, TLS 1.3", "µs", "lower", 0.5, "{:.0f}"),
     ("hs12_cps", "Full mTLS handshakes/s, TLS 1.2 ECDHE-ECDSA-AES128-GCM-SHA256 (Python client)", "conn/s", "higher", None, "{:,.0f}"),
     ("hs12_cpu_us_per_hs", "Proxy CPU per full handshake, TLS 1.2 ECDHE-ECDSA-AES128-GCM", "µs", "lower", 0.5, "{:.0f}"),
+    ("kav_plain_cpu_us_per_req", "Proxy CPU per keep-alive request from an edge, no viewer headers ([viewer] on; Python client, 8 conns)", "µs", "lower", None, "{:.1f}"),
+    ("kav_cpu_us_per_req", "Proxy CPU per keep-alive request with a viewer chain (100 viewers interleaved, memo warm)", "µs", "lower", None, "{:.1f}"),
+    ("kav_ratio", "Viewer request CPU / plain request CPU, same process and round (goal ≤ 1.15)", "×", "lower", None, "{:.3f}"),
+    ("kav_first_sight_us", "First sight of a viewer chain: one full verification (memo off, minus plain)", "µs", "lower", None, "{:.0f}"),
     ("h2_rps", "h2 req/s, 4 conns x 25 streams", "req/s", "higher", None, "{:,.0f}"),
     ("h2_cpu_us_per_req", "Proxy CPU per h2 request", "µs", "lower", None, "{:.1f}"),
     ("idle_rss_kib_per_conn", "RSS per idle mTLS connection", "KiB", "lower", 0.7, "{:.1f}"),
@@ -439,6 +506,10 @@ AUX = [
     ("hs_proxy_busy_pct", "Proxy CPU busy during TLS 1.3 handshake phase", "%", "{:.0f}"),
     ("hs12_proxy_busy_pct", "Proxy CPU busy during TLS 1.2 handshake phase", "%", "{:.0f}"),
     ("h2_proxy_busy_pct", "Proxy CPU busy during h2 phase", "%", "{:.0f}"),
+    ("kav_plain_proxy_busy_pct", "Proxy CPU busy during the plain edge phase", "%", "{:.0f}"),
+    ("kav_proxy_busy_pct", "Proxy CPU busy during the viewer phase", "%", "{:.0f}"),
+    ("kav_cold_cpu_us_per_req", "Proxy CPU per viewer request with the memo off (every request verified)", "µs", "{:.1f}"),
+    ("kav_verifications", "Viewer chains verified in full from the start of the viewer instance (check: 100, one per chain)", "chains", "{:,.0f}"),
     ("dl_proxy_busy_pct", "Proxy CPU busy during download", "%", "{:.0f}"),
     ("ka_user_us_per_req", "Proxy user-space CPU per keep-alive request, log off (the rest is kernel)", "µs", "{:.1f}"),
     ("ka_log_user_us_per_req", "Proxy user-space CPU per keep-alive request, log on", "µs", "{:.1f}"),
@@ -678,6 +749,15 @@ def main():
     sp.add_argument("--ca", required=True)
     sp.add_argument("--cert", required=True)
     sp.add_argument("--key", required=True)
+    sp = sub.add_parser("ka")
+    sp.add_argument("--port", type=int, required=True)
+    sp.add_argument("--path", default="/")
+    sp.add_argument("--procs", type=int, default=8)
+    sp.add_argument("--duration", type=float, default=10.0)
+    sp.add_argument("--headers", default="")
+    sp.add_argument("--ca", required=True)
+    sp.add_argument("--cert", required=True)
+    sp.add_argument("--key", required=True)
     sp = sub.add_parser("syslog-sink")
     sp.add_argument("--port", type=int, required=True)
     sp.add_argument("--out", required=True)
@@ -701,6 +781,8 @@ def main():
         cmd_idle(a)
     elif a.cmd == "hs":
         cmd_hs(a)
+    elif a.cmd == "ka":
+        cmd_ka(a)
     elif a.cmd == "syslog-sink":
         cmd_syslog_sink(a)
     elif a.cmd == "oha":

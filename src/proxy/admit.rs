@@ -270,12 +270,7 @@ async fn resolve_ocsp(
         });
     };
     match resolver.resolve(&accepted.ocsp_pending).await {
-        Ok(until) => Ok(Arc::new(Accepted {
-            identity: accepted.identity.clone(),
-            valid_from: accepted.valid_from,
-            valid_until: accepted.valid_until.min(until),
-            ocsp_pending: Vec::new(),
-        })),
+        Ok(until) => Ok(Arc::new(accepted.answered(until))),
         Err((reason, detail)) => Err(Refusal {
             tls_version,
             certificate: Some(accepted.identity.clone()),

@@ -267,8 +267,8 @@ impl<S: TrustState> ConnTrust<S> {
 
     /// The generation in service as of the last [`Self::admit_request`]: the trust a
     /// request's own checks (its viewer certificate) are made under.
-    pub(crate) fn in_service(&self) -> Arc<S> {
-        self.latest.load_full()
+    pub(crate) fn in_service(&self) -> arc_swap::Guard<Arc<S>> {
+        self.latest.load()
     }
 
     /// Judges the connection again if a newer generation is in service or its acceptance ran

@@ -23,6 +23,17 @@ pub struct Accepted {
 }
 
 impl Accepted {
+    /// The same acceptance once its pending OCSP queries were answered, holding until `until`
+    /// at the latest (the answers' nextUpdate).
+    pub(crate) fn answered(&self, until: i64) -> Accepted {
+        Accepted {
+            identity: self.identity.clone(),
+            valid_from: self.valid_from,
+            valid_until: self.valid_until.min(until),
+            ocsp_pending: Vec::new(),
+        }
+    }
+
     /// Whether the acceptance still holds at `now` (Unix seconds) under the same trust state.
     pub fn holds_at(&self, now: i64) -> bool {
         self.valid_from <= now && now < self.valid_until

@@ -306,12 +306,7 @@ impl ViewerTrust {
             ));
         };
         match resolver.resolve(&accepted.ocsp_pending).await {
-            Ok(until) => Ok(Arc::new(Accepted {
-                identity: accepted.identity.clone(),
-                valid_from: accepted.valid_from,
-                valid_until: accepted.valid_until.min(until),
-                ocsp_pending: Vec::new(),
-            })),
+            Ok(until) => Ok(Arc::new(accepted.answered(until))),
             Err((reason, detail)) => Err(refuse(reason, detail)),
         }
     }

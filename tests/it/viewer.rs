@@ -835,18 +835,17 @@ fn refused_config(config: &Path) -> String {
     stderr.lines().next().unwrap_or_default().to_owned()
 }
 
-#[test]
-fn a_viewer_table_without_edges_is_refused_naming_the_key() {
+/// The refusal of a config made of the base and `tables` (no `[viewer.edges]` added).
+fn refused_without_viewer_edges(tables: &str) -> String {
     let w = world();
     let path = w.pki.path("mtls-shield.toml");
-    let text = config_with(
-        &w.up.url(),
-        "",
-        "",
-        "[viewer]\ntruststore = \"viewer-ca.pem\"\n",
-    );
-    std::fs::write(&path, text).unwrap();
-    let line = refused_config(&path);
+    std::fs::write(&path, config_with(&w.up.url(), "", "", tables)).unwrap();
+    refused_config(&path)
+}
+
+#[test]
+fn a_viewer_table_without_edges_is_refused_naming_the_key() {
+    let line = refused_without_viewer_edges("[viewer]\ntruststore = \"viewer-ca.pem\"\n");
     assert!(
         line.contains("viewer.edges") && line.contains("fingerprints_sha256"),
         "{line}"
@@ -855,16 +854,8 @@ fn a_viewer_table_without_edges_is_refused_naming_the_key() {
 
 #[test]
 fn a_route_with_viewer_rules_and_no_viewer_table_is_refused_naming_the_key() {
-    let w = world();
-    let path = w.pki.path("mtls-shield.toml");
-    let text = config_with(
-        &w.up.url(),
-        "",
-        "",
-        "[[routes]]\npath_prefix = \"/d\"\nviewer = \"required\"\n",
-    );
-    std::fs::write(&path, text).unwrap();
-    let line = refused_config(&path);
+    let line =
+        refused_without_viewer_edges("[[routes]]\npath_prefix = \"/d\"\nviewer = \"required\"\n");
     assert!(
         line.contains("routes[0].viewer") && line.contains("[viewer]"),
         "{line}"
