@@ -83,6 +83,20 @@ pub(crate) enum Command {
         #[arg(long, requires = "viewer")]
         path: Option<String>,
     },
+    /// Ask a running shield's admin listener for its trust state and print what expires, CRL
+    /// freshness, the clients seen and the last refusals. Exit 0 when nothing needs
+    /// attention, 2 when something does, 1 when the shield cannot be asked.
+    Status {
+        /// The admin listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// A file with the admin listener's bearer token (else MTLS_SHIELD_ADMIN_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Print the `/trust` JSON document instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a development PKI (CA, server and client certificates) as PEM files.
     #[cfg(feature = "demo")]
     GenCerts {
@@ -161,6 +175,11 @@ pub fn main() -> anyhow::Result<ExitCode> {
             let cert = cert.context("a certificate file is required")?;
             crate::verify::run(&config, &cert, chain.as_deref(), at.as_deref(), report_only)
         }
+        Command::Status {
+            admin,
+            token_file,
+            json,
+        } => crate::status::run(admin, token_file.as_deref(), json),
         #[cfg(feature = "demo")]
         Command::GenCerts { out, force } => crate::demo::gen_certs(&out, force),
     }

@@ -14,12 +14,14 @@ pub mod config;
 pub mod demo;
 pub mod docs;
 pub mod identity;
+mod ledger;
 mod logs;
 mod metrics;
 #[cfg(feature = "demo")]
 mod pki;
 pub mod policy;
 pub mod proxy;
+mod status;
 pub mod tls;
 mod verify;
 pub mod viewer;

@@ -242,6 +242,24 @@ struct RouteLabels {
     route: TextLabel,
 }
 
+/// Labels of `mtls_shield_tls_handshakes_total`: IANA names, from a bounded set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TlsLabels {
+    /// `TLSv1_3` or `TLSv1_2`.
+    pub(crate) version: &'static str,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub(crate) suite: &'static str,
+    /// The key-exchange group, e.g. `X25519MLKEM768`; `none` when there was none.
+    pub(crate) group: &'static str,
+}
+
+/// Labels of `mtls_shield_clients_expiring`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WithinLabels {
+    /// `7d` or `30d`.
+    within: &'static str,
+}
+
 /// Labels of `mtls_shield_viewer_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ViewerLabels {
@@ -309,6 +327,12 @@ pub(crate) struct Metrics {
     requests_denied: Family<RouteLabels, Counter>,
     /// `mtls_shield_viewer_requests_total`
     viewer_requests: Family<ViewerLabels, Counter>,
+    /// `mtls_shield_tls_handshakes_total`
+    tls_handshakes: Family<TlsLabels, Counter>,
+    /// `mtls_shield_clients_seen`
+    clients_seen: Gauge,
+    /// `mtls_shield_clients_expiring{within}`
+    clients_expiring: Family<WithinLabels, Gauge>,
     /// `mtls_shield_viewer_verifications_total`
     viewer_verifications: Counter,
     /// `mtls_shield_viewer_headers_removed_total`
@@ -372,6 +396,9 @@ impl Metrics {
             report_only: Family::default(),
             requests_denied: Family::default(),
             viewer_requests: Family::default(),
+            tls_handshakes: Family::default(),
+            clients_seen: Gauge::default(),
+            clients_expiring: Family::default(),
             viewer_verifications: Counter::default(),
             viewer_headers_removed: Counter::default(),
             crl_last_success: Family::default(),
@@ -439,6 +466,21 @@ impl Metrics {
             "requests_denied",
             "Requests refused with 403 because the matching route's allow-list refuses the client, by route (its name, or its index)",
             m.requests_denied.clone(),
+        );
+        registry.register(
+            "clients_seen",
+            "Distinct client and viewer certificates in the inventory of /trust (at most admin.inventory_max)",
+            m.clients_seen.clone(),
+        );
+        registry.register(
+            "clients_expiring",
+            "Certificates of the inventory whose notAfter is within 7d or 30d (or past), by window",
+            m.clients_expiring.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Accepted handshakes by protocol version, cipher suite and key-exchange group (IANA names; X25519MLKEM768 is the hybrid post-quantum group)",
+            m.tls_handshakes.clone(),
         );
         registry.register(
             "viewer_requests",
@@ -715,6 +757,22 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets the inventory gauges: certificates seen, and those expiring within 7 and 30 days.
+    pub(crate) fn clients(&self, seen: usize, within_7d: usize, within_30d: usize) {
+        let g = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.clients_seen.set(g(seen));
+        for (within, n) in [("7d", within_7d), ("30d", within_30d)] {
+            self.clients_expiring
+                .get_or_create(&WithinLabels { within })
+                .set(g(n));
+        }
+    }
+
+    /// Counts an accepted handshake by what it negotiated.
+    pub(crate) fn tls_handshake(&self, labels: TlsLabels) {
+        self.tls_handshakes.get_or_create(&labels).inc();
+    }
+
     /// Counts a full verification of a viewer chain (the memo did not have it).
     pub(crate) fn viewer_verification(&self) {
         self.viewer_verifications.inc();
@@ -865,6 +923,12 @@ pub(crate) fn reference_markdown() -> String {
     m.report_only_series();
     m.route_series(["admin"]);
     m.viewer_request(None, Some("devices"));
+    m.clients(1, 0, 0);
+    m.tls_handshake(TlsLabels {
+        version: "TLSv1_3",
+        suite: "TLS13_AES_256_GCM_SHA384",
+        group: "X25519MLKEM768",
+    });
     m.set_inventory(&example_inventory());
     let mut families: Vec<(String, String, String, Vec<String>)> = Vec::new();
     for line in m.encode().lines() {

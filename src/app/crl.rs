@@ -31,6 +31,7 @@ use x509_parser::num_bigint::BigUint;
 
 use super::fetch::{Fetched, Fetcher, Validators};
 use crate::config::CrlFetchConfig;
+use crate::ledger::UrlStatus;
 use crate::metrics::{CrlFetchResult, Metrics};
 use crate::proxy::server::Server;
 use crate::tls::crl::{Anchor, Crl, DistributionPoint, MAX_DISTRIBUTION_POINTS};
@@ -90,6 +91,8 @@ struct Settings {
 pub(crate) struct CrlFetch {
     settings: Mutex<Settings>,
     sources: Mutex<HashMap<String, Source>>,
+    /// Each URL's last attempt, for `/trust`.
+    status: Mutex<HashMap<String, UrlStatus>>,
     metrics: Arc<Metrics>,
     /// Notified when a new CRL arrived: the app rebuilds the trust state.
     changed: Notify,
@@ -144,6 +147,7 @@ impl CrlFetch {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<CrlFetch>, LoadError> {
         let fetch = CrlFetch {
+            status: Mutex::default(),
             settings: Mutex::new(Settings {
                 fetcher: Fetcher::new(config)?,
                 config: config.clone(),
@@ -377,6 +381,7 @@ impl CrlFetch {
                     backoff(failures, refresh)
                 }
             };
+            self.note_next(&url, wait);
             if server.is_draining() {
                 return;
             }
@@ -395,6 +400,7 @@ impl CrlFetch {
         let (validators, issuer) = self.validators_and_issuer(url);
         match settings.fetcher.get(url, &validators).await {
             Ok(Fetched::NotModified) => {
+                self.note(url, "not_modified".to_owned(), true);
                 self.metrics.crl_fetch(url, CrlFetchResult::not_modified);
                 self.metrics
                     .crl_success(url, crate::proxy::trust::unix_now());
@@ -420,6 +426,7 @@ impl CrlFetch {
                             true => CrlFetchResult::updated,
                             false => CrlFetchResult::unchanged,
                         };
+                        self.note(url, format!("{result:?}"), true);
                         self.metrics.crl_fetch(url, result);
                         self.metrics
                             .crl_success(url, crate::proxy::trust::unix_now());
@@ -429,6 +436,7 @@ impl CrlFetch {
                         Ok(next)
                     }
                     Err(e) => {
+                        self.note(url, format!("failure: {e}"), false);
                         self.metrics.crl_fetch(url, CrlFetchResult::failure);
                         tracing::warn!(url, error = %e, "fetched CRL refused; the last good CRL stays in force");
                         Err(())
@@ -436,11 +444,63 @@ impl CrlFetch {
                 }
             }
             Err(e) => {
+                self.note(url, format!("failure: {e}"), false);
                 self.metrics.crl_fetch(url, CrlFetchResult::failure);
                 tracing::warn!(url, error = %e, "CRL fetch failed; the last good CRL stays in force");
                 Err(())
             }
         }
+    }
+
+    /// Notes an attempt on `url` and what it gave.
+    fn note(&self, url: &str, result: String, success: bool) {
+        let now = crate::proxy::trust::unix_now();
+        if let Ok(mut status) = self.status.lock() {
+            let s = status.entry(url.to_owned()).or_insert_with(|| UrlStatus {
+                url: url.to_owned(),
+                ..UrlStatus::default()
+            });
+            s.last_attempt = Some(now);
+            s.result = Some(result);
+            if success {
+                s.last_success = Some(now);
+            }
+        }
+    }
+
+    /// Notes when `url` is fetched next.
+    fn note_next(&self, url: &str, wait: Duration) {
+        let at = crate::proxy::trust::unix_now()
+            .saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX));
+        if let Ok(mut status) = self.status.lock() {
+            if let Some(s) = status.get_mut(url) {
+                s.next_fetch = Some(at);
+            }
+        }
+    }
+
+    /// Each URL fetched now (configured, or a distribution point), as last seen.
+    pub(crate) fn status(&self) -> Vec<UrlStatus> {
+        let urls: Vec<String> = self
+            .sources
+            .lock()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        let status = self.status.lock().ok();
+        let mut out: Vec<UrlStatus> = urls
+            .into_iter()
+            .map(|url| {
+                status
+                    .as_ref()
+                    .and_then(|s| s.get(&url).cloned())
+                    .unwrap_or(UrlStatus {
+                        url,
+                        ..UrlStatus::default()
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| a.url.cmp(&b.url));
+        out
     }
 
     fn validators_and_issuer(&self, url: &str) -> (Validators, Option<CertificateDer<'static>>) {

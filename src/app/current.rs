@@ -10,8 +10,9 @@ use super::crl::{AnchorsSource, CrlFetch};
 use super::generation::Generation;
 use super::ocsp::{InFlight, Resolver};
 use crate::config::{OcspConfig, OcspMode};
+use crate::ledger::{Fetching, Reloaded};
 use crate::metrics::Metrics;
-use crate::proxy::server::Server;
+use crate::proxy::server::{FetchingSource, Server};
 use crate::proxy::trust::Judged;
 use crate::tls::crl::DistributionPoints;
 use crate::tls::ocsp::OcspCache;
@@ -94,7 +95,28 @@ impl App {
             metrics.report_only_series();
         }
         let max_connections = first.config.listener.limits.max_connections;
-        let server = Server::new(Arc::new(first), metrics.clone(), max_connections);
+        let inventory_max = first.config.admin.as_ref().map_or(0, |a| a.inventory_max);
+        let server = Server::new(
+            Arc::new(first),
+            metrics.clone(),
+            max_connections,
+            inventory_max,
+        );
+        server.ledger().reloaded(Reloaded {
+            at: crate::proxy::trust::unix_now(),
+            cause: "start".to_owned(),
+            generation: Some(1),
+            error: None,
+        });
+        let (crl, cache) = (inputs.crl.clone(), inputs.ocsp_cache.clone());
+        server.set_fetching(FetchingSource(Arc::new(move || {
+            let (ocsp_entries, ocsp_oldest_age) = cache.stats(crate::proxy::trust::unix_now());
+            Fetching {
+                crl_urls: crl.status(),
+                ocsp_entries,
+                ocsp_oldest_age,
+            }
+        })));
         Arc::new(Self {
             server,
             metrics,

@@ -55,6 +55,21 @@ fn source_policy(config: &Config) -> Result<SourcePolicy, BuildError> {
     Ok(SourcePolicy::from_parts(config.allow_sources.clone(), file))
 }
 
+/// The token of `admin.bearer_token_file`: its first line, trimmed. An empty one is refused
+/// (fail closed: it would let anyone in who sends an empty token).
+fn admin_token(admin: &Option<crate::config::AdminConfig>) -> Result<Option<Box<str>>, BuildError> {
+    let Some(path) = admin.as_ref().and_then(|a| a.bearer_token_file.as_ref()) else {
+        return Ok(None);
+    };
+    let bytes = load::read(path, "admin.bearer_token_file")?;
+    let text = String::from_utf8_lossy(&bytes);
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(LoadError::new(path, "admin.bearer_token_file is empty; write a long random token into it (e.g. openssl rand -hex 32)").into());
+    }
+    Ok(Some(token.into()))
+}
+
 /// Loads every file `config` names and builds generation `id`. `previous` lends its upstream
 /// pools when the upstream settings and TLS files did not change, so a certificate reload
 /// does not drop warm connections.
@@ -73,6 +88,7 @@ pub(crate) fn build(
         upstreams.insert(name.clone(), client_for(cfg, before)?);
     }
     let sources = source_policy(&config)?;
+    let config_admin = config.admin.clone();
     let viewer = match (&config.viewer, &policy.viewer) {
         (Some(v), Some(p)) => Some(Arc::new(ViewerTrust::build(
             v,
@@ -92,5 +108,6 @@ pub(crate) fn build(
         upstreams,
         sources,
     )
-    .with_viewer(viewer))
+    .with_viewer(viewer)
+    .with_admin_token(admin_token(&config_admin)?))
 }

@@ -16,7 +16,9 @@ use super::current::App;
 use super::fetch::Fetcher;
 use super::generation::{self, BuildError, Generation};
 use crate::config::{Config, ConfigError};
+use crate::ledger::Reloaded;
 use crate::metrics::ReloadOutcome;
+use crate::proxy::trust::unix_now;
 use crate::x509::{rfc3339_z, CertInfo, Inventory};
 
 /// Why a reload did not happen; the last good generation stays in service.
@@ -98,6 +100,12 @@ impl Reloader {
         match built {
             Err(e) => {
                 metrics.reload(ReloadOutcome::failure);
+                self.app.server().ledger().reloaded(Reloaded {
+                    at: unix_now(),
+                    cause: cause.to_owned(),
+                    generation: None,
+                    error: Some(e.to_string()),
+                });
                 tracing::error!(target: crate::logs::target::RELOAD, cause, error = %e, generation = current.id, "reload failed; keeping the last good configuration");
                 Err(e)
             }
@@ -120,6 +128,12 @@ impl Reloader {
                 let id = next.id;
                 let _ = self.app.swap(next).await;
                 metrics.reload(ReloadOutcome::success);
+                self.app.server().ledger().reloaded(Reloaded {
+                    at: unix_now(),
+                    cause: cause.to_owned(),
+                    generation: Some(id),
+                    error: None,
+                });
                 tracing::info!(target: crate::logs::target::RELOAD, cause, generation = id, "reload complete");
                 Ok(id)
             }
@@ -270,6 +284,9 @@ const RESTART_CHECKS: &[(&str, Changed)] = &[
     }),
     ("admin.address", |o, n| {
         o.admin.as_ref().map(|a| a.address) != n.admin.as_ref().map(|a| a.address)
+    }),
+    ("admin.inventory_max", |o, n| {
+        o.admin.as_ref().map(|a| a.inventory_max) != n.admin.as_ref().map(|a| a.inventory_max)
     }),
     ("log.level", |o, n| o.log.level != n.log.level),
     ("log.format", |o, n| o.log.format != n.log.format),

@@ -752,7 +752,19 @@ pub const KEYS: &[Key] = &[
         name: "admin.address",
         default: DefaultValue::Required,
         reload: OnReload::Restart,
-        meaning: "The plain-HTTP admin listener (`/healthz`, `/readyz`, `/metrics`). Keep it on loopback or a private port; remove `[admin]` to disable it.",
+        meaning: "The plain-HTTP admin listener (`/healthz`, `/readyz`, `/metrics`, `/trust` and the trust page `/`). Keep it on loopback or a private port; remove `[admin]` to disable it.",
+    },
+    Key {
+        name: "admin.inventory_max",
+        default: DefaultValue::Int(defaults::INVENTORY_MAX as u64),
+        reload: OnReload::Restart,
+        meaning: "Distinct client and viewer certificates kept in the inventory of `/trust` (the oldest goes first when full); 0 turns it off.",
+    },
+    Key {
+        name: "admin.bearer_token_file",
+        default: DefaultValue::Unset,
+        reload: OnReload::Live,
+        meaning: "A file holding a token (one line); when set, `/trust`, `/` and `/metrics` require `Authorization: Bearer <token>`, while `/healthz` and `/readyz` stay open for probes. Re-read on reload.",
     },
     Key {
         name: "log.level",

@@ -321,6 +321,14 @@ impl Default for ForwardConfig {
 pub struct AdminConfig {
     /// Address of the plain-HTTP admin listener. Keep it on loopback or a private port.
     pub address: SocketAddr,
+    /// Distinct client and viewer certificates kept in the inventory of `/trust`; 0 turns
+    /// the inventory off.
+    #[serde(default = "defaults::inventory_max")]
+    pub inventory_max: usize,
+    /// A file holding the bearer token that `/trust`, `/` and `/metrics` require; absent:
+    /// no token (keep the listener private).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// Log line format.
@@ -406,6 +414,9 @@ pub mod defaults {
     /// `client_auth.advertise_ca_names`: on, so clients that choose a certificate by the CA
     /// names in the CertificateRequest (browsers, curl with several identities) find theirs.
     pub const ADVERTISE_CA_NAMES: bool = true;
+    /// `admin.inventory_max`: far more distinct certificates than an origin behind CloudFront
+    /// sees, a few MiB when full (an entry keeps the chain as presented).
+    pub const INVENTORY_MAX: usize = 10_000;
     /// `viewer.required`: fail closed; a route that lets viewers without a certificate pass
     /// says so itself.
     pub const VIEWER_REQUIRED: bool = true;
@@ -462,6 +473,9 @@ pub mod defaults {
     }
     pub(super) fn verified_chain_cache() -> usize {
         VERIFIED_CHAIN_CACHE
+    }
+    pub(super) fn inventory_max() -> usize {
+        INVENTORY_MAX
     }
     pub(super) fn viewer_required() -> bool {
         VIEWER_REQUIRED
@@ -565,6 +579,11 @@ impl Config {
             self.client_auth.truststore.clone(),
         ];
         files.extend(self.listener.allow_sources_file.iter().cloned());
+        files.extend(
+            self.admin
+                .iter()
+                .flat_map(|a| a.bearer_token_file.iter().cloned()),
+        );
         files.extend(self.client_auth.crls.iter().cloned());
         files.extend(self.client_auth.crl_fetch.ca.iter().cloned());
         if let Some(v) = &self.viewer {

@@ -299,7 +299,10 @@ impl RawConfig {
             routes,
             allow_sources,
             forward: self.forward,
-            admin: self.admin,
+            admin: self.admin.map(|mut a| {
+                a.bearer_token_file = a.bearer_token_file.map(|p| ctx.resolve(p));
+                a
+            }),
             viewer,
             log: self.log,
             reload: self.reload,

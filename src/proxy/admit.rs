@@ -42,6 +42,41 @@ pub(crate) struct Admitted {
     pub(crate) candidate: Option<CandidateVerdict>,
     /// The server name (SNI) the client asked for, lower-cased.
     pub(crate) sni: Option<Box<str>>,
+    /// The protocol version, cipher suite and key-exchange group negotiated.
+    pub(crate) posture: Posture,
+}
+
+/// What a handshake negotiated, as the IANA names rustls gives them (a bounded set: the
+/// provider's versions, suites and groups), `none` where there is none (a resumed TLS 1.2
+/// session has no key exchange).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Posture {
+    /// `TLSv1_3` or `TLSv1_2`.
+    pub(crate) version: &'static str,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub(crate) suite: &'static str,
+    /// e.g. `X25519MLKEM768`.
+    pub(crate) group: &'static str,
+}
+
+impl Posture {
+    /// What `conn` negotiated.
+    fn of(conn: &rustls::ServerConnection) -> Posture {
+        Posture {
+            version: conn
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("none"),
+            suite: conn
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or("none"),
+            group: conn
+                .negotiated_key_exchange_group()
+                .and_then(|g| g.name().as_str())
+                .unwrap_or("none"),
+        }
+    }
 }
 
 /// A refused connection: one connection-log line and one count, written by [`Refusal::record`].
@@ -219,6 +254,7 @@ pub(crate) async fn admit(
         _ => "TLSv1.2",
     });
     let is_h2 = conn.alpn_protocol() == Some(b"h2");
+    let posture = Posture::of(conn);
     let sni = conn.server_name().map(|n| {
         n.trim_end_matches('.')
             .to_ascii_lowercase()
@@ -239,6 +275,7 @@ pub(crate) async fn admit(
         is_h2,
         candidate,
         sni,
+        posture,
     }))
 }
 

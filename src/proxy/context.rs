@@ -13,6 +13,7 @@ use super::headers;
 use super::slot::ConnectionSlot;
 use super::trust::ConnTrust;
 use crate::identity::ClientIdentity;
+use crate::ledger::{Ledger, Seen};
 use crate::metrics::Metrics;
 
 /// What every request on one accepted connection shares. Built once per connection.
@@ -44,4 +45,8 @@ pub(crate) struct ConnContext {
     /// The connection's server name (SNI), when `listener.require_sni_host_match` is on and the
     /// client sent one: every request's Host must name it.
     pub(crate) sni: Option<Box<str>>,
+    /// The connection's certificate among the clients seen, counting its requests.
+    pub(crate) seen: Option<Arc<Seen>>,
+    /// The ledger, where the viewers its requests carry are entered.
+    pub(crate) ledger: Arc<Ledger>,
 }

@@ -56,6 +56,9 @@ pub(crate) async fn handle(
         return Err(Untrusted(closed.reason.as_str()));
     }
     ctx.activity.request_started();
+    if let Some(seen) = &ctx.seen {
+        seen.request(super::trust::unix_now());
+    }
     let mut pending = Pending(Some(ctx.activity.clone()));
     let response = respond(&ctx, req).await;
     // From here the response body closes the request's books (see `record::Finish`).

@@ -47,6 +47,8 @@ pub(crate) struct Generation {
     pub(crate) tally: Tally,
     /// `[viewer]`: the trust that judges viewer certificates, when they are judged.
     pub(crate) viewer: Option<Arc<ViewerTrust>>,
+    /// The token of `admin.bearer_token_file`, read when the generation was built.
+    pub(crate) admin_token: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -80,7 +82,14 @@ impl Generation {
             sources,
             tally: Tally::default(),
             viewer: None,
+            admin_token: None,
         }
+    }
+
+    /// The same generation, with the admin listener's bearer token.
+    pub(crate) fn with_admin_token(mut self, token: Option<Box<str>>) -> Generation {
+        self.admin_token = token;
+        self
     }
 
     /// The same generation, judging viewer certificates with `viewer` (`[viewer]`).

@@ -20,6 +20,7 @@ use super::slot::ConnectionSlot;
 use super::trust::{unix_now, ConnTrust, InService};
 use crate::config::SniPolicy;
 use crate::identity::{capped_for_log, ClientIdentity};
+use crate::ledger::{Ledger, Seen};
 use crate::metrics::Metrics;
 
 /// What a connection is served with besides its stream and generation.
@@ -35,6 +36,10 @@ pub(crate) struct ServeDeps {
     /// Its subscription to what is in service: the watchdog judges the connection again
     /// when the generation changes, and starts closing it when draining starts.
     pub(crate) current: watch::Receiver<InService<Generation>>,
+    /// Its certificate's entry among the clients seen (`None` when the inventory is off).
+    pub(crate) seen: Option<Arc<Seen>>,
+    /// The ledger, for the viewers its requests carry.
+    pub(crate) ledger: Arc<Ledger>,
 }
 
 /// Serves `admitted` until it closes, times out, misbehaves, loses the trust it was admitted
@@ -294,6 +299,8 @@ fn context(
             && tracing::enabled!(target: crate::logs::target::ACCESS, tracing::Level::INFO),
         slot: deps.slot.clone(),
         trust: deps.trust.clone(),
+        seen: deps.seen.clone(),
+        ledger: deps.ledger.clone(),
         sni: (generation.listener().sni == SniPolicy::RequireHostMatch)
             .then_some(sni)
             .flatten(),

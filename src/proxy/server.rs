@@ -20,6 +20,7 @@ use super::serve::{draining, serve as serve_connection, ServeDeps};
 use super::slot::ConnectionSlot;
 use super::trust::{Judged, LiveTrust};
 use crate::config::ProxyProtocol;
+use crate::ledger::{Fetching, Ledger, Refused};
 use crate::metrics::Metrics;
 
 /// State shared by the accept loop, every connection, the admin listener and the reloader.
@@ -34,6 +35,23 @@ pub(crate) struct Server {
     /// Why the program is not ready yet besides the listener and the upstream (e.g. a CRL URL
     /// that has not delivered), asked by `/readyz`.
     not_ready: std::sync::RwLock<Option<NotReady>>,
+    /// The clients seen, the last refusals and reloads, for `/trust`.
+    ledger: Arc<Ledger>,
+    /// The CRL URLs' fetching and the OCSP answers, given by the app, for `/trust`.
+    fetching: std::sync::RwLock<Option<FetchingSource>>,
+}
+
+/// The ledger's name for the handshake's trust domain.
+pub(crate) const CLIENT_AUTH: &str = "client_auth";
+
+/// What the app reports of its fetcher and OCSP cache.
+#[derive(Clone)]
+pub(crate) struct FetchingSource(pub(crate) Arc<dyn Fn() -> Fetching + Send + Sync>);
+
+impl std::fmt::Debug for FetchingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FetchingSource")
+    }
 }
 
 /// A readiness condition the app adds: `Some(why)` while not ready.
@@ -53,6 +71,7 @@ impl Server {
         first: Arc<Generation>,
         metrics: Arc<Metrics>,
         max_connections: usize,
+        inventory_max: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             trust: Arc::new(LiveTrust::new(first, metrics.clone())),
@@ -61,7 +80,27 @@ impl Server {
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             not_ready: std::sync::RwLock::new(None),
+            ledger: Arc::new(Ledger::new(inventory_max)),
+            fetching: std::sync::RwLock::new(None),
         })
+    }
+
+    /// The clients seen, the last refusals and reloads.
+    pub(crate) fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Sets what reports the fetcher and the OCSP cache.
+    pub(crate) fn set_fetching(&self, source: FetchingSource) {
+        if let Ok(mut f) = self.fetching.write() {
+            *f = Some(source);
+        }
+    }
+
+    /// The CRL URLs' fetching and the OCSP answers, as the app reports them now.
+    pub(crate) fn fetching(&self) -> Fetching {
+        let source = self.fetching.read().ok().and_then(|f| f.clone());
+        source.map(|s| (s.0)()).unwrap_or_default()
     }
 
     /// The generation in service: new connections use it.
@@ -252,6 +291,21 @@ async fn admission(
     match admit(stream, peer, &generation, &activity).await {
         Ok(Some(admitted)) => {
             metrics.handshake(None);
+            let seen = server.ledger().seen(
+                &admitted.accepted.identity,
+                CLIENT_AUTH,
+                crate::proxy::trust::unix_now(),
+            );
+            if let Some(seen) = &seen {
+                seen.connections.fetch_add(1, Ordering::Relaxed);
+            }
+            let p = admitted.posture;
+            metrics.tls_handshake(crate::metrics::TlsLabels {
+                version: p.version,
+                suite: p.suite,
+                group: p.group,
+            });
+            server.ledger().handshake(p.version, p.suite, p.group);
             report_candidate(
                 metrics,
                 admitted.peer,
@@ -271,6 +325,8 @@ async fn admission(
                 slot,
                 current: registered.trust().subscribe(),
                 trust: registered.trust().clone(),
+                seen,
+                ledger: server.ledger().clone(),
             };
             // Boxed, so the serving future holds a pointer, not the TLS stream's bytes twice.
             let admitted = Box::new(admitted);
@@ -279,6 +335,19 @@ async fn admission(
         Ok(None) => None,
         Err(refusal) => {
             refusal.record(metrics);
+            if refusal.reason != crate::tls::Reason::SourceNotAllowed {
+                // Sources refused before TLS are counted and rate-limited in the log, not
+                // kept: a scan would push every certificate refusal out.
+                server.ledger().refused(
+                    Refused {
+                        at: crate::proxy::trust::unix_now(),
+                        peer: refusal.peer,
+                        reason: refusal.reason.as_str(),
+                        identity: refusal.certificate.clone(),
+                    },
+                    CLIENT_AUTH,
+                );
+            }
             None
         }
     }

@@ -22,9 +22,13 @@ use super::context::ConnContext;
 use super::generation::Generation;
 use crate::config::ViewerMode;
 use crate::identity::names::XFCC;
+use crate::ledger::Refused;
 use crate::policy::{Lookup, Route};
 use crate::proxy::record::ViewerNote;
 use crate::viewer::{is_viewer_header, Presented, Viewer, ViewerRefusal};
+
+/// The ledger's name for the viewer trust domain.
+pub(crate) const VIEWER: &str = "viewer";
 
 /// A request's viewer headers, as read before the identity headers are stripped.
 // It lives on the stack for one request; boxing `Presented` would cost an allocation on every
@@ -89,10 +93,27 @@ pub(crate) async fn judge(
     let refusal = match verdict {
         Ok(viewer) => {
             ctx.metrics.viewer_request(None, label);
+            if let Some(v) = &viewer {
+                let seen = v
+                    .seen
+                    .get_or_init(|| ctx.ledger.seen(v.identity(), VIEWER, now));
+                if let Some(seen) = seen {
+                    seen.request(now);
+                }
+            }
             return Ok(viewer);
         }
         Err(refusal) => refusal,
     };
+    ctx.ledger.refused(
+        Refused {
+            at: now,
+            peer: ctx.peer,
+            reason: refusal.reason.as_str(),
+            identity: refusal.identity.clone(),
+        },
+        VIEWER,
+    );
     ctx.metrics
         .viewer_request(Some(refusal.reason.as_str()), label);
     let fingerprint = refusal.identity.as_ref().map(|i| i.fingerprint_hex());

@@ -15,3 +15,27 @@ use rustls::crypto::CryptoProvider;
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README says ML-DSA client certificates verify: the provider's signature algorithms,
+    /// which both path building and the CertificateVerify check use, must list ML-DSA-44, -65
+    /// and -87 (OIDs 2.16.840.1.101.3.4.3.17 to .19).
+    #[test]
+    fn the_provider_verifies_ml_dsa_signatures() {
+        let algs = provider().signature_verification_algorithms;
+        for last in [0x11u8, 0x12, 0x13] {
+            let oid = [
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, last,
+            ];
+            assert!(
+                algs.all
+                    .iter()
+                    .any(|a| a.signature_alg_id().as_ref() == oid),
+                "ML-DSA OID ending {last:#x} is not among the provider's algorithms"
+            );
+        }
+    }
+}

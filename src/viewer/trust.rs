@@ -13,7 +13,7 @@
 //! remembered; a refusal is decided afresh every time. The route's `viewer_allow` is not in
 //! the memo: the caller matches it on every request.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -22,6 +22,7 @@ use super::headers::{DecodeError, Presented};
 use super::reason::ViewerReason;
 use crate::config::{ForwardConfig, OcspMode, ViewerConfig, ViewerHeaders, ViewerMode};
 use crate::identity::ClientIdentity;
+use crate::ledger::Seen;
 use crate::policy::{AllowList, Route, ViewerPolicy};
 use crate::tls::accepted::Accepted;
 use crate::tls::crl::{self, Anchor, Crl};
@@ -62,6 +63,9 @@ pub struct Viewer {
     pub accepted: Arc<Accepted>,
     /// The identity headers that describe the viewer, rendered once per chain.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Its entry among the clients seen, found on its first request (then each request
+    /// costs an atomic increment, not a lookup).
+    pub(crate) seen: OnceLock<Option<Arc<Seen>>>,
 }
 
 impl Holds for Viewer {
@@ -259,6 +263,22 @@ impl ViewerTrust {
         Ok(Some(viewer))
     }
 
+    /// Whether the chain is accepted at `at` without asking any OCSP responder (for `/trust`):
+    /// until when, or `None`.
+    pub(crate) fn accepts(
+        &self,
+        leaf: &CertificateDer<'_>,
+        presented: &[CertificateDer<'_>],
+        at: UnixTime,
+    ) -> Option<i64> {
+        let mut intermediates: Vec<CertificateDer<'_>> = presented.to_vec();
+        intermediates.extend(self.intermediates.iter().cloned());
+        self.verifier
+            .check(leaf, &intermediates, at)
+            .ok()
+            .map(|a| a.valid_until)
+    }
+
     /// The full check of one chain: path, expiry, EKU, keyUsage, revocation (OCSP asked
     /// when its answers are not cached), then `[viewer.allow]`. `verify --viewer` calls it.
     pub async fn verify(
@@ -282,7 +302,11 @@ impl ViewerTrust {
                 })?;
         let accepted = self.resolve_ocsp(accepted).await?;
         let headers = accepted.identity.headers(&self.forward);
-        Ok(Viewer { accepted, headers })
+        Ok(Viewer {
+            accepted,
+            headers,
+            seen: OnceLock::new(),
+        })
     }
 
     /// Security: as on the handshake path, an OCSP status the cache could not answer is

@@ -894,3 +894,103 @@ fn check_reports_the_viewer_trust_its_edges_and_routes() {
         "{text}"
     );
 }
+
+/// A viewer CA whose leaves name an OCSP responder (the CA signs the answers itself), the
+/// responder, and a device that it knows.
+struct OcspWorld {
+    w: World,
+    device: Issued,
+    responder: OcspResponder,
+}
+
+fn ocsp_world() -> OcspWorld {
+    let w = world();
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let device = w.viewer_root.issue(
+        Leaf::client("device-o")
+            .ocsp_url(&format!("http://127.0.0.1:{port}/"))
+            .pca_serial(),
+    );
+    let signer = (w.viewer_root.pem(), w.viewer_root.key.serialize_pem());
+    let responder = OcspResponder::start_on(
+        port,
+        &w.viewer_root,
+        (&signer.0, &signer.1),
+        &[&device.serial_number],
+    );
+    OcspWorld {
+        w,
+        device,
+        responder,
+    }
+}
+
+fn leaf_only(device: &Issued) -> Vec<(&'static str, String)> {
+    vec![("client-cert", sf(&device.cert_der))]
+}
+
+#[test]
+fn a_viewer_the_ocsp_responder_calls_good_passes_and_its_answer_is_reused() {
+    let o = ocsp_world();
+    let proxy = o.w.start("ocsp = \"always\"", "");
+    for _ in 0..3 {
+        let got = send(&o.w, &proxy, &leaf_only(&o.device));
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    assert_eq!(
+        proxy.metric("mtls_shield_ocsp_requests_total{result=\"good\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_viewer_the_ocsp_responder_calls_revoked_is_refused() {
+    let mut o = ocsp_world();
+    o.responder.revoke(&o.device.serial_number);
+    let proxy = o.w.start("ocsp = \"always\"", "");
+    let got = send(&o.w, &proxy, &leaf_only(&o.device));
+    assert_refused(&o.w, &proxy, &got, "viewer_revoked");
+}
+
+#[test]
+fn a_viewer_whose_responder_is_down_is_refused_as_revocation_unknown() {
+    let o = ocsp_world();
+    drop(o.responder);
+    let proxy = o.w.start("ocsp = \"always\"", "");
+    let got = send(&o.w, &proxy, &leaf_only(&o.device));
+    assert_refused(&o.w, &proxy, &got, "viewer_revocation_unknown");
+}
+
+#[test]
+fn the_trust_inventory_lists_a_viewer_seen_with_its_requests() {
+    let w = world();
+    let proxy = w.start("", "");
+    for _ in 0..3 {
+        assert_eq!(
+            send(&w, &proxy, &rfc9440(&w.device, &w.viewer_ca)).status,
+            200
+        );
+    }
+    let (status, body) = proxy.admin_get("/trust");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let viewer = doc["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["domain"] == "viewer")
+        .expect("the viewer is in the inventory")
+        .clone();
+    assert_eq!(viewer["fingerprint_sha256"], w.device.fingerprint());
+    assert_eq!(viewer["requests"], 3);
+    assert_eq!(viewer["accepted_now"], true);
+    let domains: Vec<&str> = doc["trust_domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(domains, ["client_auth", "viewer"]);
+}
