@@ -47,6 +47,17 @@ fn admin(proxy: &Proxy, path: &str, token: Option<&str>) -> (u16, String) {
     (status, body)
 }
 
+/// `GET /pets` as the client `cert`, which must be answered.
+fn get_as(proxy: &Proxy, pki: &Pki, cert: &Issued) -> Got {
+    block_request(
+        proxy.addr,
+        &pki.root,
+        &ClientOpts::with(ClientCert::leaf(cert)),
+        get("/pets"),
+    )
+    .unwrap()
+}
+
 fn trust(proxy: &Proxy) -> Value {
     let (status, body) = admin(proxy, "/trust", None);
     assert_eq!(status, 200, "{body}");
@@ -160,13 +171,7 @@ fn the_inventory_keeps_at_most_inventory_max_certificates_oldest_out_first() {
     let proxy = Proxy::start(&config(&pki, &up, "inventory_max = 2", "", ""));
     for cn in ["first", "second", "third"] {
         let c = pki.root.issue(Leaf::client(cn));
-        let got = block_request(
-            proxy.addr,
-            &pki.root,
-            &ClientOpts::with(ClientCert::leaf(&c)),
-            get("/pets"),
-        )
-        .unwrap();
+        let got = get_as(&proxy, &pki, &c);
         assert_eq!(got.status, 200);
     }
     let doc = trust(&proxy);
@@ -191,13 +196,7 @@ fn a_hostile_subject_is_escaped_in_json_and_in_html() {
     let up = Upstream::start();
     let proxy = Proxy::start(&config(&pki, &up, "", "", ""));
     let c = pki.root.issue(Leaf::client(HOSTILE));
-    block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&c)),
-        get("/pets"),
-    )
-    .unwrap();
+    get_as(&proxy, &pki, &c);
     let doc = trust(&proxy);
     let subjects: Vec<&str> = doc["clients"]
         .as_array()
@@ -302,13 +301,7 @@ fn status_exits_2_naming_a_client_certificate_that_expires_within_a_week() {
     let short = pki
         .root
         .issue(Leaf::client("short-lived").valid_days(-1, 3));
-    block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&short)),
-        get("/pets"),
-    )
-    .unwrap();
+    get_as(&proxy, &pki, &short);
     let (code, out) = status(&proxy, &[]);
     assert_eq!(code, 2, "{out}");
     assert!(
@@ -380,13 +373,7 @@ fn the_trust_page_renders_in_a_real_browser_with_its_rows_and_warnings() {
     let short = pki
         .root
         .issue(Leaf::client("short-lived").valid_days(-1, 3));
-    block_request(
-        proxy.addr,
-        &pki.root,
-        &ClientOpts::with(ClientCert::leaf(&short)),
-        get("/pets"),
-    )
-    .unwrap();
+    get_as(&proxy, &pki, &short);
     let stranger = pki.root.issue(Leaf::client("stranger"));
     stranger.write(pki.dir.path(), "stranger");
     curl_pki(

@@ -895,7 +895,7 @@ fn check_reports_the_viewer_trust_its_edges_and_routes() {
     );
 }
 
-/// A viewer CA whose leaves name an OCSP responder (the CA signs the answers itself), the
+/// A viewer CA whose leaves name an OCSP responder (a delegated one signs the answers), the
 /// responder, and a device that it knows.
 struct OcspWorld {
     w: World,
@@ -913,7 +913,13 @@ fn ocsp_world() -> OcspWorld {
             .ocsp_url(&format!("http://127.0.0.1:{port}/"))
             .pca_serial(),
     );
-    let signer = (w.viewer_root.pem(), w.viewer_root.key.serialize_pem());
+    // A delegated responder, as AWS Private CA's OCSP answers are signed: its own
+    // certificate with the OCSPSigning EKU, issued by the CA it answers for.
+    let responder_cert = w.viewer_root.issue(
+        Leaf::client("viewer OCSP responder")
+            .eku(vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning]),
+    );
+    let signer = (responder_cert.cert_pem, responder_cert.key_pem);
     let responder = OcspResponder::start_on(
         port,
         &w.viewer_root,
