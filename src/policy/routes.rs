@@ -32,6 +32,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::sync::Arc;
 
 use http::Method;
 
@@ -94,7 +95,8 @@ impl fmt::Display for HostPattern {
 pub struct Route {
     index: usize,
     name: Option<String>,
-    label: String,
+    /// Shared, so that counting a request by route clones a pointer, not the string.
+    label: Arc<str>,
     host: HostPattern,
     path_prefix: String,
     /// The prefix's segment names, lower-case: what request segments are compared with.
@@ -120,6 +122,11 @@ impl Route {
 
     /// The label for metrics and logs: the name, or the index as a string.
     pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The label as a shared string, for per-request metric labels.
+    pub fn shared_label(&self) -> &Arc<str> {
         &self.label
     }
 
@@ -270,7 +277,10 @@ impl RouteTable {
             };
             let (viewer, viewer_allow) =
                 compile_viewer(&r, viewer_configured).map_err(|(k, m)| invalid(key(&k), m))?;
-            let label = r.name.clone().unwrap_or_else(|| index.to_string());
+            let label: Arc<str> = r
+                .name
+                .as_deref()
+                .map_or_else(|| index.to_string().into(), Arc::from);
             routes.push(Route {
                 index,
                 name: r.name,

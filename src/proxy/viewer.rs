@@ -80,7 +80,7 @@ pub(crate) async fn judge(
         return Ok(None);
     };
     let route = route_in(&generation, ctx, route, parts);
-    let label = route.map(|r| r.label());
+    let label = route.map(Route::shared_label);
     if policy.mode_for(route) == ViewerMode::Ignored {
         return Ok(None);
     }
@@ -120,7 +120,7 @@ pub(crate) async fn judge(
     tracing::info!(
         target: crate::logs::target::REQUEST,
         peer = %ctx.peer,
-        route = label.unwrap_or("-"),
+        route = label.map_or("-", |l| &**l),
         reason = refusal.reason.as_str(),
         viewer_fingerprint = fingerprint.as_deref().unwrap_or("-"),
         detail = %refusal.detail,
